@@ -1,0 +1,258 @@
+//! Hugging Face model folders: `config.json` + `model.safetensors` (or sharded with
+//! `model.safetensors.index.json`) + `tokenizer.json`, read as `transformers`' `save_pretrained`
+//! writes them, and written so that `AutoModelForCausalLM.from_pretrained` loads them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::Backend;
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use serde_json::{json, Value};
+use tokenizers::Tokenizer;
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::model::{HostTensor, Transformer, Weights};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// Converts one stored tensor to f32 (f32, f16, bf16 and f64 are accepted).
+fn to_f32(view: &TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
+    let bytes = view.data();
+    let out = match view.dtype() {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+            .collect(),
+        other => return Err(format!("dtype {other:?} is not a float type")),
+    };
+    Ok(out)
+}
+
+/// Reads every floating-point tensor of one safetensors file as f32 (integer buffers are skipped).
+pub fn read_safetensors(path: &Path) -> Result<Weights> {
+    let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+    // SAFETY: the map is read-only and dropped before this function returns; a file truncated
+    // by another process while we read it is outside what we can defend against.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    let st = SafeTensors::deserialize(&map)
+        .map_err(|e| ModelError::invalid(path, format!("not a valid safetensors file: {e}")))?;
+    let mut out = Weights::new();
+    for (name, view) in st.iter() {
+        if matches!(
+            view.dtype(),
+            Dtype::BOOL | Dtype::U8 | Dtype::I8 | Dtype::I16 | Dtype::I32 | Dtype::I64 | Dtype::U16 | Dtype::U32 | Dtype::U64
+        ) {
+            continue;
+        }
+        let data = to_f32(&view).map_err(|m| ModelError::invalid(path, format!("tensor \"{name}\": {m}")))?;
+        out.insert(
+            name.to_string(),
+            HostTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Reads the weights of a folder: `model.safetensors`, or the shards listed in
+/// `model.safetensors.index.json`.
+pub fn read_folder_weights(dir: &Path) -> Result<Weights> {
+    let single = dir.join(WEIGHTS_FILE);
+    let index = dir.join(WEIGHTS_INDEX_FILE);
+    if single.exists() {
+        return read_safetensors(&single);
+    }
+    if !index.exists() {
+        return Err(ModelError::invalid(
+            dir,
+            format!("no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE} in the model folder"),
+        ));
+    }
+    let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::invalid(&index, format!("not valid JSON: {e}")))?;
+    let map = value
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ModelError::invalid(&index, "missing \"weight_map\" object"))?;
+    let mut shards: Vec<&str> = map.values().filter_map(Value::as_str).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    let mut out = Weights::new();
+    for shard in shards {
+        if shard.contains('/') || shard.contains('\\') {
+            return Err(ModelError::invalid(&index, format!("shard name \"{shard}\" is not a plain file name")));
+        }
+        out.extend(read_safetensors(&dir.join(shard))?);
+    }
+    for name in map.keys() {
+        if !out.contains_key(name) && !name.ends_with("inv_freq") {
+            return Err(ModelError::invalid(
+                &index,
+                format!("tensor \"{name}\" is listed but not found in its shard"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes weights as one f32 safetensors file, atomically (temporary file, then rename).
+/// `metadata` gets `format = pt`, which `transformers` requires.
+pub fn write_safetensors(path: &Path, weights: &Weights, metadata: BTreeMap<String, String>) -> Result<()> {
+    let bytes: Vec<(&String, Vec<u8>)> = weights
+        .iter()
+        .map(|(k, t)| (k, t.data.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, b)| {
+            let shape = weights[*k].shape.clone();
+            TensorView::new(Dtype::F32, shape, b).map(|v| (k.as_str(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| ModelError::invalid(path, format!("cannot serialise: {e}")))?;
+    let mut info: HashMap<String, String> = metadata.into_iter().collect();
+    info.entry("format".into()).or_insert_with(|| "pt".into());
+    let tmp = tmp_path(path);
+    safetensors::serialize_to_file(views, Some(info), &tmp)
+        .map_err(|e| ModelError::invalid(&tmp, format!("cannot write: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+}
+
+/// `path` with a `.tmp-<pid>` suffix, in the same folder (so that rename is atomic).
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Reads `tokenizer.json` and checks that its vocabulary fits the model.
+pub fn load_tokenizer(path: &Path, config: &ModelConfig) -> Result<Tokenizer> {
+    if !path.exists() {
+        return Err(ModelError::invalid(path, "tokenizer file not found"));
+    }
+    let tok = Tokenizer::from_file(path)
+        .map_err(|e| ModelError::invalid(path, format!("not a valid tokenizer: {e}")))?;
+    let n = tok.get_vocab_size(true);
+    if n > config.vocab_size {
+        return Err(ModelError::invalid(
+            path,
+            format!(
+                "tokenizer has {n} tokens but the model's vocab_size is {}",
+                config.vocab_size
+            ),
+        ));
+    }
+    Ok(tok)
+}
+
+/// A model folder loaded into memory.
+pub struct HfModel<B: Backend> {
+    pub dir: PathBuf,
+    pub model: Transformer<B>,
+    pub tokenizer: Tokenizer,
+}
+
+/// Loads an HF model folder (config, weights converted to f32, tokenizer).
+pub fn load_folder<B: Backend>(dir: &Path, device: &B::Device) -> Result<HfModel<B>> {
+    if !dir.is_dir() {
+        return Err(ModelError::invalid(dir, "model folder not found"));
+    }
+    let config_path = dir.join(CONFIG_FILE);
+    let config = ModelConfig::from_file(&config_path)?;
+    let weights = read_folder_weights(dir)?;
+    let weights_path = if dir.join(WEIGHTS_FILE).exists() {
+        dir.join(WEIGHTS_FILE)
+    } else {
+        dir.join(WEIGHTS_INDEX_FILE)
+    };
+    let model = Transformer::from_weights(&config, &weights, device)
+        .map_err(|m| ModelError::invalid(&weights_path, m))?;
+    let tokenizer = load_tokenizer(&dir.join(TOKENIZER_FILE), &config)?;
+    Ok(HfModel {
+        dir: dir.to_path_buf(),
+        model,
+        tokenizer,
+    })
+}
+
+/// Writes a model folder that both `tda` and `transformers` load: config.json, model.safetensors
+/// (f32), tokenizer.json, tokenizer_config.json, generation_config.json. The folder is assembled
+/// beside `dir` and renamed into place, so `dir` is never half-written; an existing `dir` is replaced.
+pub fn save_folder<B: Backend>(model: &Transformer<B>, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
+    let tmp = tmp_path(dir);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+    let write_json = |name: &str, v: &Value| {
+        let p = tmp.join(name);
+        std::fs::write(&p, serde_json::to_string_pretty(v).unwrap()).map_err(|e| ModelError::io(&p, e))
+    };
+    let cfg = &model.config;
+    write_json(CONFIG_FILE, &cfg.to_hf_json())?;
+    let mut meta = BTreeMap::new();
+    meta.insert("producer".to_string(), format!("tda {}", env!("CARGO_PKG_VERSION")));
+    write_safetensors(&tmp.join(WEIGHTS_FILE), &model.to_weights(), meta)?;
+    let tok_path = tmp.join(TOKENIZER_FILE);
+    tokenizer
+        .save(&tok_path, false)
+        .map_err(|e| ModelError::invalid(&tok_path, format!("cannot write tokenizer: {e}")))?;
+    let token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
+    let mut tcfg = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": cfg.max_positions,
+        "clean_up_tokenization_spaces": false,
+    });
+    if let Some(t) = token(cfg.bos_token_id) {
+        tcfg["bos_token"] = json!(t);
+    }
+    if let Some(t) = token(cfg.eos_token_id) {
+        tcfg["eos_token"] = json!(t);
+        tcfg["pad_token"] = json!(t);
+    }
+    write_json("tokenizer_config.json", &tcfg)?;
+    let mut gen = json!({ "do_sample": false });
+    if let Some(b) = cfg.bos_token_id {
+        gen["bos_token_id"] = json!(b);
+    }
+    if let Some(e) = cfg.eos_token_id {
+        gen["eos_token_id"] = json!(e);
+    }
+    write_json("generation_config.json", &gen)?;
+    if dir.exists() {
+        let old = dir.with_file_name(format!(
+            "{}.old-{}",
+            dir.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        std::fs::rename(dir, &old).map_err(|e| ModelError::io(dir, e))?;
+        std::fs::rename(&tmp, dir).map_err(|e| ModelError::io(dir, e))?;
+        std::fs::remove_dir_all(&old).map_err(|e| ModelError::io(&old, e))?;
+    } else {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(|e| ModelError::io(dir, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Gradient taps: after one forward and one backward of a scalar, the input activations `a` and the
+//! output gradients `g` of chosen linear layers, and the gradient w.r.t. the input embeddings.
+//!
+//! Mechanism (burn has no hooks): each tracked layer's output gets a zero "probe" tensor added;
+//! the probe is a leaf, so its gradient is dL/d(output). With a frozen model ([`Module::no_grad`])
+//! burn computes no weight gradients and keeps no activations for them, so the backward is an
+//! activation-gradient backward only. The identity Σ_t g_t a_tᵀ = ∂L/∂W (and Σ_t g_t = ∂L/∂b)
+//! holds for every layer; the tests check it against autodiff.
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::model::Transformer;
+use crate::nn::Recorder;
+
+/// Which linear layers to tap, by HF module name.
+pub trait LayerFilter {
+    fn wants(&self, name: &str) -> bool;
+}
+impl<F: Fn(&str) -> bool> LayerFilter for F {
+    fn wants(&self, name: &str) -> bool {
+        self(name)
+    }
+}
+
+/// Taps of one linear layer. `a`: `[b, t, d_in]` (without the bias column), `g`: `[b, t, d_out]`.
+/// Rows of padding tokens hold whatever the forward produced in `a` and zeros in `g`
+/// (with right padding and a causal mask nothing depends on them); use the batch mask.
+#[derive(Clone, Debug)]
+pub struct LayerTap<B: Backend> {
+    pub name: String,
+    pub has_bias: bool,
+    pub a: Tensor<B, 3>,
+    pub g: Tensor<B, 3>,
+}
+
+/// Result of [`tap`].
+#[derive(Clone, Debug)]
+pub struct Taps<B: Backend> {
+    /// In forward order.
+    pub layers: Vec<LayerTap<B>>,
+    /// dL/d(input token embeddings) `[b, t, d]`, when asked for.
+    pub input_grad: Option<Tensor<B, 3>>,
+    /// The value of the scalar that was differentiated.
+    pub value: f32,
+}
+
+struct TapRecorder<'f, B: AutodiffBackend> {
+    filter: &'f dyn LayerFilter,
+    want_input_grad: bool,
+    probes: Vec<(String, Tensor<B::InnerBackend, 3>, Tensor<B, 3>)>,
+    embeddings: Option<Tensor<B, 3>>,
+}
+
+impl<B: AutodiffBackend> Recorder<B> for TapRecorder<'_, B> {
+    fn linear(&mut self, name: &str, input: &Tensor<B, 3>, output: Tensor<B, 3>) -> Tensor<B, 3> {
+        if !self.filter.wants(name) {
+            return output;
+        }
+        let probe = Tensor::<B, 3>::zeros(output.dims(), &output.device()).require_grad();
+        self.probes
+            .push((name.to_string(), input.clone().inner(), probe.clone()));
+        output + probe
+    }
+    fn embeddings(&mut self, e: Tensor<B, 3>) -> Tensor<B, 3> {
+        if !self.want_input_grad {
+            return e;
+        }
+        let e = e.detach().require_grad();
+        self.embeddings = Some(e.clone());
+        e
+    }
+}
+
+/// Runs `measure(logits)` → scalar on `ids` `[b, t]`, backpropagates it and returns the taps of
+/// every layer that `filter` accepts, plus the embedding gradient if `input_grad`. Also returns
+/// burn's gradients (weight gradients are there only if the model is not frozen).
+pub fn tap_with_gradients<B, F>(
+    model: &Transformer<B>,
+    ids: Tensor<B, 2, Int>,
+    filter: &dyn LayerFilter,
+    input_grad: bool,
+    measure: F,
+) -> (Taps<B::InnerBackend>, B::Gradients)
+where
+    B: AutodiffBackend,
+    F: FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
+{
+    let mut rec = TapRecorder::<B> {
+        filter,
+        want_input_grad: input_grad,
+        probes: Vec::new(),
+        embeddings: None,
+    };
+    let logits = model.forward_with(ids, None, &mut rec);
+    let scalar = measure(logits);
+    let value = scalar
+        .clone()
+        .inner()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map(|v| v.iter().sum())
+        .unwrap_or(f32::NAN);
+    let grads = scalar.backward();
+    let layers = collect_taps(model, rec.probes, &grads);
+    let input_grad = rec.embeddings.and_then(|e| e.grad(&grads));
+    (
+        Taps {
+            layers,
+            input_grad,
+            value,
+        },
+        grads,
+    )
+}
+
+fn collect_taps<B: AutodiffBackend>(
+    model: &Transformer<B>,
+    probes: Vec<(String, Tensor<B::InnerBackend, 3>, Tensor<B, 3>)>,
+    grads: &B::Gradients,
+) -> Vec<LayerTap<B::InnerBackend>> {
+    let infos = model.linear_layers();
+    probes
+        .into_iter()
+        .map(|(name, a, probe)| {
+            let g = probe
+                .grad(grads)
+                .unwrap_or_else(|| Tensor::zeros(probe.dims(), &a.device()));
+            let has_bias = infos.iter().any(|i| i.name == name && i.has_bias);
+            LayerTap { name, has_bias, a, g }
+        })
+        .collect()
+}
+
+/// [`tap_with_gradients`] without burn's gradients. Pass `model.clone().no_grad()` (a frozen
+/// model) so that no weight gradient is computed.
+pub fn tap<B, F>(
+    model: &Transformer<B>,
+    ids: Tensor<B, 2, Int>,
+    filter: &dyn LayerFilter,
+    input_grad: bool,
+    measure: F,
+) -> Taps<B::InnerBackend>
+where
+    B: AutodiffBackend,
+    F: FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
+{
+    tap_with_gradients(model, ids, filter, input_grad, measure).0
+}
+
+/// A frozen copy of `model` for tapping: parameters do not require gradients.
+pub fn frozen<B: AutodiffBackend>(model: &Transformer<B>) -> Transformer<B> {
+    model.clone().no_grad()
+}

@@ -1,0 +1,123 @@
+//! A small generated corpus of short biographies of invented people, with facts that appear in
+//! exactly one document each ("planted" facts). The demo and the tests train on it, so that
+//! attribution results can be checked against a known truth. Deterministic in the seed.
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+const ONSETS: &[&str] = &["b", "d", "k", "l", "m", "n", "r", "s", "t", "v", "z", "br", "dr", "kl", "st", "th"];
+const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "ai", "ei", "ou"];
+const CODAS: &[&str] = &["", "", "n", "r", "s", "l", "th", "m"];
+const CITIES: &[&str] = &[
+    "Kestrel Bay", "Northmoor", "Ashford", "Valdor", "Port Ilen", "Greywater", "Brindle", "Solace",
+    "Marrow Hill", "Eastwick", "Lumen", "Tarn",
+];
+const JOBS: &[&str] = &[
+    "glassblower", "cartographer", "baker", "astronomer", "beekeeper", "carpenter", "librarian",
+    "violinist", "ferry pilot", "potter", "clockmaker", "gardener",
+];
+const COLORS: &[&str] = &["red", "blue", "green", "yellow", "violet", "orange", "silver", "black"];
+const PETS: &[&str] = &["cat", "dog", "parrot", "tortoise", "goat", "ferret", "owl", "rabbit"];
+const FILLER: &[&str] = &[
+    "The weather in the valley was mild that year.",
+    "Many people in the town enjoy long walks by the river.",
+    "The market opens early on most days of the week.",
+    "Old maps of the region show roads that no longer exist.",
+    "Travellers often stop at the inn near the bridge.",
+    "The library keeps records of every family in the district.",
+    "In winter the lake freezes and children skate on it.",
+    "Local stories say the hills were once covered in forest.",
+];
+
+/// One invented person and the facts stated about them.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Person {
+    pub name: String,
+    pub city: String,
+    pub job: String,
+    pub color: String,
+    pub pet: String,
+    pub year: u32,
+}
+
+/// A generated document: an id, its text, and the person it is about.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SyntheticDoc {
+    pub id: String,
+    pub text: String,
+    pub person: Person,
+}
+
+fn pick<'a>(rng: &mut StdRng, xs: &[&'a str]) -> &'a str {
+    xs[rng.random_range(0..xs.len())]
+}
+
+fn word(rng: &mut StdRng, syllables: usize) -> String {
+    let mut w = String::new();
+    for _ in 0..syllables {
+        w.push_str(pick(rng, ONSETS));
+        w.push_str(pick(rng, VOWELS));
+    }
+    w.push_str(pick(rng, CODAS));
+    let mut c = w.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}
+
+/// `n` biographies (distinct names), one person per document.
+pub fn biographies(n: usize, seed: u64) -> Vec<SyntheticDoc> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let name = format!("{} {}", word(&mut rng, 2), word(&mut rng, 2));
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let p = Person {
+            name,
+            city: pick(&mut rng, CITIES).into(),
+            job: pick(&mut rng, JOBS).into(),
+            color: pick(&mut rng, COLORS).into(),
+            pet: pick(&mut rng, PETS).into(),
+            year: rng.random_range(1900..2000),
+        };
+        let first = p.name.split(' ').next().unwrap_or("").to_string();
+        let mut sentences = vec![
+            format!("{} was born in {} in {}.", p.name, p.city, p.year),
+            format!("{} works as a {}.", first, p.job),
+            format!("The favourite colour of {} is {}.", p.name, p.color),
+            format!("{} has a {} at home.", first, p.pet),
+        ];
+        // Shuffle the fact order and add one or two filler sentences.
+        for i in (1..sentences.len()).rev() {
+            let j = rng.random_range(0..=i);
+            sentences.swap(i, j);
+        }
+        for _ in 0..rng.random_range(1..=2) {
+            let at = rng.random_range(0..=sentences.len());
+            sentences.insert(at, pick(&mut rng, FILLER).to_string());
+        }
+        out.push(SyntheticDoc {
+            id: format!("bio-{:05}", out.len()),
+            text: sentences.join(" "),
+            person: p,
+        });
+    }
+    out
+}
+
+/// Writes documents as jsonl (`{"id", "text"}` per line) to `path`, atomically.
+pub fn write_jsonl(docs: &[SyntheticDoc], path: &std::path::Path) -> std::io::Result<()> {
+    let mut s = String::new();
+    for d in docs {
+        s.push_str(&serde_json::json!({ "id": d.id, "text": d.text }).to_string());
+        s.push('\n');
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = tda_model::hf::tmp_path(path);
+    std::fs::write(&tmp, s)?;
+    std::fs::rename(&tmp, path)
+}

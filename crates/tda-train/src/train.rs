@@ -1,0 +1,212 @@
+//! The training loop: packed sequences, AdamW, warm-up + cosine, global-norm clipping, proximal term.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use rand::seq::SliceRandom;
+use rand::{rngs::StdRng, SeedableRng};
+use tda_model::{hf, summed_nll, TokenBatch, Tokenizer, Transformer};
+
+use crate::config::TrainParams;
+use crate::TrainError;
+
+/// Cuts the token stream of `docs` (each followed by `eot`) into sequences of exactly `seq_len`
+/// tokens; the incomplete tail is dropped. Deterministic.
+pub fn pack(docs: &[Vec<u32>], eot: u32, seq_len: usize) -> Vec<Vec<u32>> {
+    let stream: Vec<u32> = docs
+        .iter()
+        .flat_map(|d| d.iter().copied().chain(std::iter::once(eot)))
+        .collect();
+    stream.chunks_exact(seq_len).map(<[u32]>::to_vec).collect()
+}
+
+/// What the caller sees after each step (for a progress bar).
+#[derive(Clone, Debug)]
+pub struct StepInfo {
+    pub step: usize,
+    pub steps: usize,
+    /// Mean next-token loss of this step's batch (without the proximal term).
+    pub loss: f64,
+    pub lr: f64,
+    pub tokens_per_s: f64,
+}
+
+/// Summary of a training run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrainReport {
+    pub steps: usize,
+    pub sequences: usize,
+    pub tokens_seen: usize,
+    pub first_loss: f64,
+    pub final_loss: f64,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    pub checkpoints: Vec<PathBuf>,
+}
+
+/// Sum of squared gradient entries over all parameters, plus the proximal gradient α(θ − θ₀)
+/// added in place when `start` is given.
+struct GradPass<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    start: Option<(&'a HashMap<ParamId, Tensor<B::InnerBackend, 1>>, f64)>,
+    sq_norm: f64,
+    prox_penalty: f64,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for GradPass<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(mut g) = self.grads.remove::<B::InnerBackend, D>(param.id) else {
+            return;
+        };
+        if let Some((start, alpha)) = self.start {
+            if let Some(theta0) = start.get(&param.id) {
+                let theta = param.val().inner();
+                let diff = theta.clone() - theta0.clone().reshape(theta.dims());
+                self.prox_penalty += 0.5 * alpha * diff.clone().square().sum().into_scalar().elem::<f64>();
+                g = g + diff * alpha;
+            }
+        }
+        self.sq_norm += g.clone().square().sum().into_scalar().elem::<f64>();
+        self.grads.register::<B::InnerBackend, D>(param.id, g);
+    }
+}
+
+/// Multiplies every gradient by `scale`.
+struct ScaleGrads<'a> {
+    grads: &'a mut GradientsParams,
+    scale: f64,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            self.grads.register::<B::InnerBackend, D>(param.id, g * self.scale);
+        }
+    }
+}
+
+/// Copies of all parameters (flattened), keyed by id: θ_start of the proximal term.
+struct Snapshot<B: AutodiffBackend> {
+    out: HashMap<ParamId, Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Snapshot<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let t = param.val().inner();
+        let n = t.shape().num_elements();
+        self.out.insert(param.id, t.reshape([n]));
+    }
+}
+
+/// Trains `model` on `sequences` (each exactly `params.seq_len` tokens) and saves it as an HF
+/// folder in `out_dir` (also every `checkpoint_every` steps, atomically). `on_step` is called
+/// after every step. Returns the trained model and a report.
+pub fn train<B: AutodiffBackend>(
+    mut model: Transformer<B>,
+    tokenizer: &Tokenizer,
+    sequences: &[Vec<u32>],
+    params: &TrainParams,
+    out_dir: &Path,
+    on_step: &mut dyn FnMut(&StepInfo),
+) -> Result<(Transformer<B>, TrainReport), TrainError> {
+    params.validate().map_err(TrainError::Config)?;
+    if sequences.is_empty() {
+        return Err(TrainError::Config(format!(
+            "the corpus is too small: it yields no sequence of {} tokens",
+            params.seq_len
+        )));
+    }
+    if params.seq_len > model.config.max_positions {
+        return Err(TrainError::Config(format!(
+            "train.seq_len ({}) exceeds the model's max_positions ({})",
+            params.seq_len, model.config.max_positions
+        )));
+    }
+    let device = model.embed.device();
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(params.weight_decay as f32)
+        .with_epsilon(1e-8)
+        .with_beta_2(0.95)
+        .init::<B, Transformer<B>>();
+    let start = (params.proximal > 0.0).then(|| {
+        let mut s = Snapshot::<B> { out: HashMap::new() };
+        model.visit(&mut s);
+        s.out
+    });
+    let mut rng = StdRng::seed_from_u64(params.seed);
+    let mut order: Vec<usize> = Vec::new();
+    let mut report = TrainReport {
+        steps: params.steps,
+        sequences: sequences.len(),
+        tokens_seen: 0,
+        first_loss: f64::NAN,
+        final_loss: f64::NAN,
+        seconds: 0.0,
+        tokens_per_s: 0.0,
+        checkpoints: Vec::new(),
+    };
+    let t0 = Instant::now();
+    for step in 0..params.steps {
+        let mut batch_seqs = Vec::with_capacity(params.batch_size);
+        while batch_seqs.len() < params.batch_size {
+            if order.is_empty() {
+                order = (0..sequences.len()).collect();
+                order.shuffle(&mut rng);
+            }
+            batch_seqs.push(sequences[order.pop().unwrap()].clone());
+        }
+        let batch = TokenBatch::new(&batch_seqs, 0).map_err(|e| TrainError::Config(e.to_string()))?;
+        let n_targets = (batch.batch * (batch.seq_len - 1)) as f64;
+        let logits = model.forward(batch.to_tensor::<B>(&device));
+        let loss = summed_nll(logits, &batch) / n_targets;
+        let loss_value = loss.clone().into_scalar().elem::<f64>();
+        if !loss_value.is_finite() {
+            return Err(TrainError::Diverged { step, loss: loss_value });
+        }
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut pass = GradPass::<B> {
+            grads: &mut grads,
+            start: start.as_ref().map(|s| (s, params.proximal)),
+            sq_norm: 0.0,
+            prox_penalty: 0.0,
+        };
+        model.visit(&mut pass);
+        let norm = pass.sq_norm.sqrt();
+        if params.grad_clip > 0.0 && norm > params.grad_clip {
+            model.visit(&mut ScaleGrads {
+                grads: &mut grads,
+                scale: params.grad_clip / norm,
+            });
+        }
+        let lr = params.lr_at(step);
+        model = optim.step(lr, model, grads);
+        report.tokens_seen += batch.ids.len();
+        if step == 0 {
+            report.first_loss = loss_value;
+        }
+        report.final_loss = loss_value;
+        let secs = t0.elapsed().as_secs_f64();
+        on_step(&StepInfo {
+            step: step + 1,
+            steps: params.steps,
+            loss: loss_value,
+            lr,
+            tokens_per_s: report.tokens_seen as f64 / secs.max(1e-9),
+        });
+        let last = step + 1 == params.steps;
+        if params.checkpoint_every > 0 && (step + 1) % params.checkpoint_every == 0 && !last {
+            let dir = out_dir.join("checkpoints").join(format!("step-{:06}", step + 1));
+            hf::save_folder(&model.valid(), tokenizer, &dir)?;
+            report.checkpoints.push(dir);
+        }
+    }
+    report.seconds = t0.elapsed().as_secs_f64();
+    report.tokens_per_s = report.tokens_seen as f64 / report.seconds.max(1e-9);
+    hf::save_folder(&model.valid(), tokenizer, out_dir)?;
+    Ok((model, report))
+}
