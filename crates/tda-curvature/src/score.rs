@@ -1,0 +1,363 @@
+//! Query-batched scoring of candidate sequences, self-influence, gradient norms, relabeling.
+//!
+//! For candidate token `t` (taps `a_t`, `g_t` of the *training loss*), query `q` and layer `ℓ`:
+//!
+//! ```text
+//!   s_t(q, ℓ) = g_tᵀ P_{q,ℓ} a_t = Σ_r (g_t · L_{q,r}) (a_t · R_{q,r})
+//! ```
+//!
+//! computed for all queries at once as two GEMMs per layer over the concatenated query factors
+//! (`g [B·T, d_out] · L_cat [d_out, Σ_q r_q]` and `a [B·T, d_in] · R_cat [d_in, Σ_q r_q]` + bias row),
+//! then a reduction over each query's `r` columns. Per-sequence weight gradients are never formed.
+//! Sequence score `= Σ_t Σ_ℓ s_t(q, ℓ) = ⟨P_q, G_b⟩ = −∇fᵀ (G + λI)⁻¹ ∇L(z_b)` (positive = up-weighting
+//! the candidate raises `f`).
+
+use crate::error::{CurvatureError, Result};
+use crate::factors::Factors;
+use crate::linalg::{gemm, Op};
+use crate::normalize::CandidateStats;
+use crate::precondition::{Damping, PreconditionedQuery};
+use crate::{validate_batches, LayerBatch, LayerSpec};
+use rayon::prelude::*;
+
+/// Per-layer concatenation of the queries' factors.
+struct PackedLayer {
+    /// `[d_out, width]` row-major.
+    left: Vec<f32>,
+    /// `[d_a, width]` row-major (last row = bias row when the layer has a bias).
+    right: Vec<f32>,
+    width: usize,
+    /// Column ranges per query: `offsets[q]..offsets[q + 1]`.
+    offsets: Vec<usize>,
+}
+
+/// All queries, packed for the one-pass kernel.
+pub struct QueryBatch {
+    specs: Vec<LayerSpec>,
+    n_queries: usize,
+    layers: Vec<PackedLayer>,
+    sq_norms: Vec<f64>,
+}
+
+impl QueryBatch {
+    pub fn new(specs: &[LayerSpec], queries: &[PreconditionedQuery]) -> Result<Self> {
+        if queries.is_empty() {
+            return Err(CurvatureError::Usage("no queries".into()));
+        }
+        let mut layers = Vec::with_capacity(specs.len());
+        for (l, spec) in specs.iter().enumerate() {
+            let (d_out, d_a) = (spec.d_out, spec.d_a());
+            let mut offsets = vec![0];
+            for q in queries {
+                let lr = q.layers.get(l).ok_or_else(|| {
+                    CurvatureError::Usage(format!(
+                        "query has {} layers, specs have {}",
+                        q.layers.len(),
+                        specs.len()
+                    ))
+                })?;
+                if lr.left.len() != d_out * lr.rank || lr.right.len() != d_a * lr.rank {
+                    return Err(crate::error::shape_err(
+                        &spec.name,
+                        "query factor sizes do not match the layer",
+                    ));
+                }
+                offsets.push(offsets.last().unwrap() + lr.rank);
+            }
+            let width = *offsets.last().unwrap();
+            let mut left = vec![0.0f32; d_out * width];
+            let mut right = vec![0.0f32; d_a * width];
+            for (qi, q) in queries.iter().enumerate() {
+                let lr = &q.layers[l];
+                let off = offsets[qi];
+                for i in 0..d_out {
+                    left[i * width + off..i * width + off + lr.rank]
+                        .copy_from_slice(&lr.left[i * lr.rank..(i + 1) * lr.rank]);
+                }
+                for i in 0..d_a {
+                    right[i * width + off..i * width + off + lr.rank]
+                        .copy_from_slice(&lr.right[i * lr.rank..(i + 1) * lr.rank]);
+                }
+            }
+            layers.push(PackedLayer {
+                left,
+                right,
+                width,
+                offsets,
+            });
+        }
+        Ok(Self {
+            specs: specs.to_vec(),
+            n_queries: queries.len(),
+            layers,
+            sq_norms: queries.iter().map(|q| q.sq_norm).collect(),
+        })
+    }
+
+    pub fn n_queries(&self) -> usize {
+        self.n_queries
+    }
+
+    /// `‖P_q‖²_F` per query.
+    pub fn sq_norms(&self) -> &[f64] {
+        &self.sq_norms
+    }
+
+    pub fn specs(&self) -> &[LayerSpec] {
+        &self.specs
+    }
+}
+
+/// Scores of one candidate batch: `B` sequences × `T` tokens × `Q` queries × `L` layers.
+/// Masked tokens score 0. Invariants: `Σ_t per_token = total`, `Σ_ℓ per_layer = total`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CandidateScores {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub n_queries: usize,
+    pub n_layers: usize,
+    /// `[B, Q]`.
+    pub total: Vec<f64>,
+    /// `[B, T, Q]`.
+    pub per_token: Vec<f64>,
+    /// `[B, L, Q]`.
+    pub per_layer: Vec<f64>,
+}
+
+impl CandidateScores {
+    pub fn total(&self, b: usize, q: usize) -> f64 {
+        self.total[b * self.n_queries + q]
+    }
+    pub fn token(&self, b: usize, t: usize, q: usize) -> f64 {
+        self.per_token[(b * self.seq_len + t) * self.n_queries + q]
+    }
+    pub fn layer(&self, b: usize, l: usize, q: usize) -> f64 {
+        self.per_layer[(b * self.n_layers + l) * self.n_queries + q]
+    }
+}
+
+/// Scores all queries against one batch of candidate taps (gradients of the training loss), in a
+/// single pass (two f32 GEMMs per layer + reduction, f64 accumulation of the reductions).
+pub fn score_candidates(
+    queries: &QueryBatch,
+    batches: &[LayerBatch<'_>],
+) -> Result<CandidateScores> {
+    validate_batches(&queries.specs, batches)?;
+    let (bsz, t_len, nq, nl) = (
+        batches[0].batch,
+        batches[0].seq_len,
+        queries.n_queries,
+        queries.specs.len(),
+    );
+    let rows = bsz * t_len;
+    let mut per_token = vec![0.0f64; rows * nq];
+    let mut per_layer = vec![0.0f64; bsz * nl * nq];
+    for (l, (spec, lb)) in queries.specs.iter().zip(batches).enumerate() {
+        let pk = &queries.layers[l];
+        let w = pk.width;
+        let mut x = vec![0.0f32; rows * w];
+        let mut y = vec![0.0f32; rows * w];
+        gemm(
+            &mut x,
+            Op::n(lb.g, rows, spec.d_out),
+            Op::n(&pk.left, spec.d_out, w),
+            false,
+        );
+        gemm(
+            &mut y,
+            Op::n(lb.a, rows, spec.d_in),
+            Op::n(&pk.right[..spec.d_in * w], spec.d_in, w),
+            false,
+        );
+        let bias = spec.has_bias.then(|| &pk.right[spec.d_in * w..]);
+        // Reduction: one row (token) per task.
+        let contrib: Vec<f64> = (0..rows)
+            .into_par_iter()
+            .flat_map_iter(|r| {
+                let out: Vec<f64> = if !lb.mask[r] {
+                    vec![0.0; nq]
+                } else {
+                    let (xr, yr) = (&x[r * w..(r + 1) * w], &y[r * w..(r + 1) * w]);
+                    (0..nq)
+                        .map(|q| {
+                            let (s, e) = (pk.offsets[q], pk.offsets[q + 1]);
+                            let mut acc = 0.0f64;
+                            for c in s..e {
+                                let yc = match bias {
+                                    Some(bv) => yr[c] + bv[c],
+                                    None => yr[c],
+                                };
+                                acc += xr[c] as f64 * yc as f64;
+                            }
+                            acc
+                        })
+                        .collect()
+                };
+                out.into_iter()
+            })
+            .collect();
+        for r in 0..rows {
+            let b = r / t_len;
+            for q in 0..nq {
+                let v = contrib[r * nq + q];
+                per_token[r * nq + q] += v;
+                per_layer[(b * nl + l) * nq + q] += v;
+            }
+        }
+    }
+    let mut total = vec![0.0f64; bsz * nq];
+    for b in 0..bsz {
+        for l in 0..nl {
+            for q in 0..nq {
+                total[b * nq + q] += per_layer[(b * nl + l) * nq + q];
+            }
+        }
+    }
+    Ok(CandidateScores {
+        batch: bsz,
+        seq_len: t_len,
+        n_queries: nq,
+        n_layers: nl,
+        total,
+        per_token,
+        per_layer,
+    })
+}
+
+/// Relabeling influence: the change of `f` (per unit ε) when the continuation of each sequence is
+/// replaced, i.e. up-weighting `(x, y')` and down-weighting `(x, y)`:
+/// `score(replacement) − score(original)` = `−∇fᵀ (G+λI)⁻¹ (∇L(x, y') − ∇L(x, y))`. `[B, Q]`.
+pub fn relabel_influence(
+    queries: &QueryBatch,
+    original: &[LayerBatch<'_>],
+    replacement: &[LayerBatch<'_>],
+) -> Result<Vec<f64>> {
+    if original.first().map(|b| b.batch) != replacement.first().map(|b| b.batch) {
+        return Err(CurvatureError::Usage(
+            "relabel: original and replacement differ in batch size".into(),
+        ));
+    }
+    let o = score_candidates(queries, original)?;
+    let r = score_candidates(queries, replacement)?;
+    Ok(r.total.iter().zip(&o.total).map(|(r, o)| r - o).collect())
+}
+
+/// Rotated (or plain) per-sequence gradient `[d_out, d_a]` of layer `l` for sequence `b` (f32 GEMMs).
+fn seq_grad(factors: &Factors, l: usize, lb: &LayerBatch<'_>, b: usize) -> Vec<f32> {
+    let layer = &factors.layers[l];
+    let spec = &layer.spec;
+    let (a, g, rows) = lb.gather_seq(spec, b);
+    let n = rows.len();
+    let mut out = vec![0.0f32; spec.n_params()];
+    match (&layer.s_basis, &layer.a_basis) {
+        (Some(sb), Some(ab)) if factors.strategy.uses_eigenbasis() => {
+            let (ar, gr) = (ab.rotate_f32(&a, n), sb.rotate_f32(&g, n));
+            gemm(
+                &mut out,
+                Op::t(&gr, n, spec.d_out),
+                Op::n(&ar, n, spec.d_a()),
+                false,
+            );
+        }
+        _ => gemm(
+            &mut out,
+            Op::t(&g, n, spec.d_out),
+            Op::n(&a, n, spec.d_a()),
+            false,
+        ),
+    }
+    out
+}
+
+/// Self-influence per sequence: `∇L(z)ᵀ (G + λI)⁻¹ ∇L(z) = Σ_ℓ Σ_ij (Q_Sᵀ G_b Q_A)²_ij / (Λ_ij + λ)` `[B]`.
+pub fn self_influence(
+    factors: &Factors,
+    damping: Damping,
+    batches: &[LayerBatch<'_>],
+) -> Result<Vec<f64>> {
+    factors.check_specs(&factors.specs())?;
+    validate_batches(&factors.specs(), batches)?;
+    let bsz = batches[0].batch;
+    let per_layer: Vec<Vec<f64>> = factors
+        .layers
+        .par_iter()
+        .enumerate()
+        .map(|(l, layer)| {
+            let lam = damping.value(layer);
+            (0..bsz)
+                .map(|b| {
+                    let gt = seq_grad(factors, l, &batches[l], b);
+                    match &layer.lambda {
+                        None => gt.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / (1.0 + lam),
+                        Some(lv) => gt
+                            .iter()
+                            .zip(lv)
+                            .map(|(&x, &v)| (x as f64).powi(2) / (v as f64 + lam))
+                            .sum(),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    Ok((0..bsz)
+        .map(|b| per_layer.iter().map(|v| v[b]).sum())
+        .collect())
+}
+
+/// `Σ_ℓ ‖G_b‖²_F` per sequence without forming `G_b` when cheaper: `Σ_{t,t'} (g_t·g_t')(a_t·a_t')`
+/// (Gram form, cost `n²(d_out + d_a)`) or directly (cost `n·d_out·d_a`), whichever is smaller.
+pub fn grad_sq_norms(specs: &[LayerSpec], batches: &[LayerBatch<'_>]) -> Result<Vec<f64>> {
+    validate_batches(specs, batches)?;
+    let bsz = batches[0].batch;
+    let per_layer: Vec<Vec<f64>> = specs
+        .par_iter()
+        .zip(batches.par_iter())
+        .map(|(spec, lb)| {
+            (0..bsz)
+                .map(|b| {
+                    let (a, g, rows) = lb.gather_seq(spec, b);
+                    let n = rows.len();
+                    let (d_out, d_a) = (spec.d_out, spec.d_a());
+                    if n * (d_out + d_a) <= d_out * d_a {
+                        let mut ka = vec![0.0f32; n * n];
+                        let mut kg = vec![0.0f32; n * n];
+                        gemm(&mut ka, Op::n(&a, n, d_a), Op::t(&a, n, d_a), false);
+                        gemm(&mut kg, Op::n(&g, n, d_out), Op::t(&g, n, d_out), false);
+                        ka.iter().zip(&kg).map(|(&x, &y)| x as f64 * y as f64).sum()
+                    } else {
+                        let mut gb = vec![0.0f32; d_out * d_a];
+                        gemm(&mut gb, Op::t(&g, n, d_out), Op::n(&a, n, d_a), false);
+                        gb.iter().map(|&x| (x as f64).powi(2)).sum()
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    Ok((0..bsz)
+        .map(|b| per_layer.iter().map(|v| v[b]).sum())
+        .collect())
+}
+
+/// Per-candidate statistics needed by the normalisations: gradient norms, real-token counts, and
+/// (when `factors` is given) self-influence with the given damping.
+pub fn candidate_stats(
+    specs: &[LayerSpec],
+    factors: Option<(&Factors, Damping)>,
+    batches: &[LayerBatch<'_>],
+) -> Result<CandidateStats> {
+    let grad_sq_norm = grad_sq_norms(specs, batches)?;
+    let lb = &batches[0];
+    let tokens = (0..lb.batch).map(|b| lb.real_rows(b).count()).collect();
+    let self_influence = match factors {
+        Some((f, d)) => {
+            f.check_specs(specs)?;
+            Some(self_influence(f, d, batches)?)
+        }
+        None => None,
+    };
+    Ok(CandidateStats {
+        grad_sq_norm,
+        self_influence,
+        tokens,
+    })
+}

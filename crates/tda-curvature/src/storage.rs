@@ -1,0 +1,349 @@
+//! Factor files: safetensors, one f32 tensor per layer and factor, written atomically
+//! (temp file in the same directory, fsync, rename) and read back through `memmap2`.
+//!
+//! Tensors (`d_a = d_in + has_bias`):
+//! - `<layer>.A_eigvecs [d_a, d_a]` (or `<layer>.A_eigvecs.block<k> [s_k, s_k]` when block-diagonal),
+//!   column `c` = eigenvector `c`; `<layer>.A_eigvals [d_a]` (ascending within each block, ≥ 0).
+//! - `<layer>.S_eigvecs`, `<layer>.S_eigvals` likewise with `d_out` (`kfac`, `ekfac`).
+//! - `<layer>.lambda [d_out, d_a]` (`diagonal`, `ekfac`; recomputed as `T̄ λ_S ⊗ λ_A` for `kfac`).
+//!
+//! Metadata (`__metadata__`, strings): `format = tda-curvature-factors`, `format_version = 1`,
+//! `fingerprint`, `strategy`, `max_block` (`none` or width), `tokens`, `covariance_sequences`,
+//! `lambda_sequences`, `layers` (JSON list of `{name, d_in, d_out, has_bias}`). Damping is never stored.
+
+use crate::error::{CurvatureError, Result};
+use crate::factors::{kron_lambda, Eigenbasis, Factors, LayerFactors, Strategy};
+use crate::linalg::partition;
+use crate::LayerSpec;
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "tda-curvature-factors";
+pub const FORMAT_VERSION: u32 = 1;
+
+struct F32View<'a> {
+    shape: Vec<usize>,
+    data: &'a [f32],
+}
+
+impl View for F32View<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        #[cfg(target_endian = "little")]
+        {
+            // SAFETY: f32 has no padding and any byte pattern is a valid u8; the slice lives as long
+            // as `self.data`.
+            Cow::Borrowed(unsafe {
+                std::slice::from_raw_parts(
+                    self.data.as_ptr() as *const u8,
+                    std::mem::size_of_val(self.data),
+                )
+            })
+        }
+        #[cfg(not(target_endian = "little"))]
+        {
+            Cow::Owned(self.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+        }
+    }
+    fn data_len(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+fn basis_tensors<'a>(
+    out: &mut Vec<(String, F32View<'a>)>,
+    name: &str,
+    side: &str,
+    b: &'a Eigenbasis,
+) {
+    if b.blocks.len() == 1 {
+        out.push((
+            format!("{name}.{side}_eigvecs"),
+            F32View {
+                shape: vec![b.dim, b.dim],
+                data: &b.vecs[0],
+            },
+        ));
+    } else {
+        for (k, (&(_, s), v)) in b.blocks.iter().zip(&b.vecs).enumerate() {
+            out.push((
+                format!("{name}.{side}_eigvecs.block{k}"),
+                F32View {
+                    shape: vec![s, s],
+                    data: v,
+                },
+            ));
+        }
+    }
+    out.push((
+        format!("{name}.{side}_eigvals"),
+        F32View {
+            shape: vec![b.dim],
+            data: &b.vals,
+        },
+    ));
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> CurvatureError {
+    CurvatureError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `factors` to `path` atomically (an existing file is replaced only once the new one is
+/// complete and synced).
+pub fn save(factors: &Factors, path: &Path) -> Result<()> {
+    let mut tensors: Vec<(String, F32View<'_>)> = vec![];
+    for l in &factors.layers {
+        let name = &l.spec.name;
+        if let Some(b) = &l.a_basis {
+            basis_tensors(&mut tensors, name, "A", b);
+        }
+        if let Some(b) = &l.s_basis {
+            basis_tensors(&mut tensors, name, "S", b);
+        }
+        if matches!(factors.strategy, Strategy::Diagonal | Strategy::Ekfac) {
+            if let Some(lam) = &l.lambda {
+                tensors.push((
+                    format!("{name}.lambda"),
+                    F32View {
+                        shape: vec![l.spec.d_out, l.spec.d_a()],
+                        data: lam,
+                    },
+                ));
+            }
+        }
+    }
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), FORMAT.to_string());
+    meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+    meta.insert("fingerprint".to_string(), factors.fingerprint.clone());
+    meta.insert("strategy".to_string(), factors.strategy.to_string());
+    meta.insert(
+        "max_block".to_string(),
+        factors
+            .max_block
+            .map_or("none".to_string(), |w| w.to_string()),
+    );
+    meta.insert("tokens".to_string(), factors.tokens.to_string());
+    meta.insert(
+        "covariance_sequences".to_string(),
+        factors.covariance_sequences.to_string(),
+    );
+    meta.insert(
+        "lambda_sequences".to_string(),
+        factors.lambda_sequences.to_string(),
+    );
+    meta.insert(
+        "layers".to_string(),
+        serde_json::to_string(&factors.specs()).expect("specs serialise"),
+    );
+
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path.file_name().ok_or_else(|| CurvatureError::Format {
+        path: path.to_path_buf(),
+        msg: "not a file path".into(),
+    })?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let tmp: PathBuf = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        file_name.to_string_lossy(),
+        std::process::id(),
+        nanos
+    ));
+    let result = (|| {
+        safetensors::serialize_to_file(tensors, Some(meta), &tmp).map_err(|e| {
+            CurvatureError::Format {
+                path: tmp.clone(),
+                msg: format!("serialisation failed: {e}"),
+            }
+        })?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_err(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all(); // best effort: persist the rename
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Reads factors from `path` (memory-mapped). When `fingerprint` is given it must match the file's.
+pub fn load(path: &Path, fingerprint: Option<&str>) -> Result<Factors> {
+    let fmt = |msg: String| CurvatureError::Format {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+    // SAFETY: the file is only read; factor files are written once via rename and never modified in
+    // place, so the mapping cannot be truncated underneath us by this crate.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_err(path, e))?;
+    let st = SafeTensors::deserialize(&mmap)
+        .map_err(|e| fmt(format!("not a valid safetensors file ({e})")))?;
+    let (_, md) =
+        SafeTensors::read_metadata(&mmap).map_err(|e| fmt(format!("bad header ({e})")))?;
+    let meta = md
+        .metadata()
+        .clone()
+        .ok_or_else(|| fmt("missing metadata".into()))?;
+    let get = |k: &str| {
+        meta.get(k)
+            .cloned()
+            .ok_or_else(|| fmt(format!("missing metadata key {k:?}")))
+    };
+    if get("format")? != FORMAT {
+        return Err(fmt(format!("format is not {FORMAT:?}")));
+    }
+    let version = get("format_version")?;
+    if version != FORMAT_VERSION.to_string() {
+        return Err(fmt(format!(
+            "format_version {version} unsupported (this build reads {FORMAT_VERSION})"
+        )));
+    }
+    let found = get("fingerprint")?;
+    if let Some(expected) = fingerprint {
+        if expected != found {
+            return Err(CurvatureError::Fingerprint {
+                path: path.to_path_buf(),
+                expected: expected.into(),
+                found,
+            });
+        }
+    }
+    let strategy: Strategy = get("strategy")?
+        .parse()
+        .map_err(|e: CurvatureError| fmt(e.to_string()))?;
+    let max_block = match get("max_block")?.as_str() {
+        "none" => None,
+        s => Some(
+            s.parse::<usize>()
+                .map_err(|_| fmt(format!("bad max_block {s:?}")))?,
+        ),
+    };
+    let num = |k: &str| -> Result<u64> { get(k)?.parse().map_err(|_| fmt(format!("bad {k}"))) };
+    let (tokens, cov_seq, lam_seq) = (
+        num("tokens")?,
+        num("covariance_sequences")?,
+        num("lambda_sequences")?,
+    );
+    let specs: Vec<LayerSpec> = serde_json::from_str(&get("layers")?)
+        .map_err(|e| fmt(format!("bad layers metadata ({e})")))?;
+
+    let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+        let t = st
+            .tensor(name)
+            .map_err(|_| fmt(format!("missing tensor {name}")))?;
+        if t.dtype() != Dtype::F32 {
+            return Err(fmt(format!(
+                "tensor {name} has dtype {:?}, expected F32",
+                t.dtype()
+            )));
+        }
+        if t.shape() != shape {
+            return Err(fmt(format!(
+                "tensor {name} has shape {:?}, expected {shape:?}",
+                t.shape()
+            )));
+        }
+        let v: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if !v.iter().all(|x| x.is_finite()) {
+            return Err(fmt(format!("tensor {name} contains NaN/Inf")));
+        }
+        Ok(v)
+    };
+    let basis = |name: &str, side: &str, dim: usize| -> Result<Eigenbasis> {
+        let blocks = partition(dim, max_block);
+        let vecs = if blocks.len() == 1 {
+            vec![tensor(&format!("{name}.{side}_eigvecs"), &[dim, dim])?]
+        } else {
+            blocks
+                .iter()
+                .enumerate()
+                .map(|(k, &(_, s))| tensor(&format!("{name}.{side}_eigvecs.block{k}"), &[s, s]))
+                .collect::<Result<_>>()?
+        };
+        let vals = tensor(&format!("{name}.{side}_eigvals"), &[dim])?;
+        Ok(Eigenbasis {
+            dim,
+            blocks,
+            vecs,
+            vals,
+        })
+    };
+    let tbar = if cov_seq > 0 {
+        tokens as f64 / cov_seq as f64
+    } else {
+        1.0
+    };
+    let mut layers = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let name = spec.name.clone();
+        let (a_basis, s_basis) = if strategy.uses_eigenbasis() {
+            (
+                Some(basis(&name, "A", spec.d_a())?),
+                Some(basis(&name, "S", spec.d_out)?),
+            )
+        } else {
+            (None, None)
+        };
+        let lambda = match strategy {
+            Strategy::Identity => None,
+            Strategy::Kfac => Some(kron_lambda(
+                &s_basis.as_ref().unwrap().vals,
+                &a_basis.as_ref().unwrap().vals,
+                tbar,
+            )),
+            Strategy::Diagonal | Strategy::Ekfac => Some(tensor(
+                &format!("{name}.lambda"),
+                &[spec.d_out, spec.d_a()],
+            )?),
+        };
+        layers.push(LayerFactors {
+            spec,
+            a_basis,
+            s_basis,
+            lambda,
+        });
+    }
+    Ok(Factors {
+        fingerprint: found,
+        strategy,
+        max_block,
+        tokens,
+        covariance_sequences: cov_seq,
+        lambda_sequences: lam_seq,
+        layers,
+    })
+}
+
+/// [`load`] plus a check that the file covers exactly `specs` (same order); errors name the file.
+pub fn load_for(path: &Path, fingerprint: &str, specs: &[LayerSpec]) -> Result<Factors> {
+    let f = load(path, Some(fingerprint))?;
+    f.check_specs(specs).map_err(|e| CurvatureError::Format {
+        path: path.to_path_buf(),
+        msg: format!("layer mismatch: {e}"),
+    })?;
+    Ok(f)
+}
