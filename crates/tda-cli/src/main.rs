@@ -1,1 +1,55 @@
-fn main() {}
+//! `tda`: training-data and context attribution for language models.
+//!
+//! This crate only parses arguments and calls the libraries; see `cmd/` for one file per command.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod output;
+
+#[derive(Parser)]
+#[command(
+    name = "tda",
+    version,
+    about = "Training-data attribution for language models: which documents made the model say this?",
+    after_help = "Start with `tda demo`: it generates a small corpus, trains a tiny model on it, and generates text.\nEach command has its own --help with examples."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the main job end to end on the embedded default (no download).
+    Demo(cmd::demo::DemoArgs),
+    /// Train a model from scratch or fine-tune an HF folder.
+    Train(cmd::train::TrainArgs),
+    /// Generate a continuation of a prompt.
+    Generate(cmd::infer::GenerateArgs),
+    /// Print each token of a text with its log-probability.
+    Logprobs(cmd::infer::LogprobsArgs),
+    /// Write the generated biography corpus that the demo and the tests use.
+    SynthCorpus(cmd::demo::SynthArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(a) => cmd::demo::run(&a),
+        Command::Train(a) => cmd::train::run(&a),
+        Command::Generate(a) => cmd::infer::generate(&a),
+        Command::Logprobs(a) => cmd::infer::logprobs(&a),
+        Command::SynthCorpus(a) => cmd::demo::synth(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined by ": ".
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

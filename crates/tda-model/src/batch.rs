@@ -23,7 +23,9 @@ impl TokenBatch {
             return Err(ModelError::Usage("empty batch".into()));
         }
         if seqs.iter().any(Vec::is_empty) {
-            return Err(ModelError::Usage("a sequence in the batch has no tokens".into()));
+            return Err(ModelError::Usage(
+                "a sequence in the batch has no tokens".into(),
+            ));
         }
         let seq_len = seqs.iter().map(Vec::len).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(seqs.len() * seq_len);
@@ -78,5 +80,7 @@ pub fn token_logprobs<B: Backend>(logits: Tensor<B, 3>, ids: Tensor<B, 2, Int>) 
 pub fn summed_nll<B: Backend>(logits: Tensor<B, 3>, batch: &TokenBatch) -> Tensor<B, 1> {
     let device = logits.device();
     let ids = batch.to_tensor::<B>(&device);
-    (token_logprobs(logits, ids) * batch.target_mask::<B>(&device)).sum().neg()
+    (token_logprobs(logits, ids) * batch.target_mask::<B>(&device))
+        .sum()
+        .neg()
 }

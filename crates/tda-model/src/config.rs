@@ -73,7 +73,8 @@ fn get_usize(obj: &Map<String, Value>, keys: &[&str]) -> Option<usize> {
 }
 
 fn get_f64(obj: &Map<String, Value>, keys: &[&str]) -> Option<f64> {
-    keys.iter().find_map(|k| obj.get(*k).and_then(Value::as_f64))
+    keys.iter()
+        .find_map(|k| obj.get(*k).and_then(Value::as_f64))
 }
 
 fn get_bool(obj: &Map<String, Value>, key: &str) -> Option<bool> {
@@ -107,9 +108,8 @@ impl ModelConfig {
         let arch = Arch::parse(model_type).ok_or_else(|| {
             format!("unknown model_type \"{model_type}\" (supported: gpt2, llama, qwen2)")
         })?;
-        let need = |keys: &[&str]| {
-            get_usize(obj, keys).ok_or_else(|| format!("missing \"{}\"", keys[0]))
-        };
+        let need =
+            |keys: &[&str]| get_usize(obj, keys).ok_or_else(|| format!("missing \"{}\"", keys[0]));
         let bos = first_token_id(obj.get("bos_token_id"));
         let eos = first_token_id(obj.get("eos_token_id"));
         let cfg = match arch {
@@ -157,10 +157,26 @@ impl ModelConfig {
                         "unsupported hidden_act \"{act}\" (supported: silu)"
                     ));
                 }
-                if let Some(scaling) = obj.get("rope_scaling") {
-                    if !scaling.is_null() {
-                        return Err("rope_scaling is not supported yet".into());
+                // transformers 4.x: `rope_theta` + `rope_scaling`; 5.x: `rope_parameters`.
+                let rope_params = obj.get("rope_parameters").and_then(Value::as_object);
+                for scaling in [
+                    obj.get("rope_scaling").and_then(Value::as_object),
+                    rope_params,
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    let kind = scaling
+                        .get("rope_type")
+                        .or_else(|| scaling.get("type"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("default");
+                    if kind != "default" {
+                        return Err(format!("rope scaling \"{kind}\" is not supported yet"));
                     }
+                }
+                if get_bool(obj, "use_sliding_window") == Some(true) {
+                    return Err("sliding-window attention is not supported yet".into());
                 }
                 let attention_bias = get_bool(obj, "attention_bias").unwrap_or(false);
                 ModelConfig {
@@ -170,14 +186,18 @@ impl ModelConfig {
                     n_layers: need(&["num_hidden_layers"])?,
                     n_heads,
                     n_kv_heads: get_usize(obj, &["num_key_value_heads"]).unwrap_or(n_heads),
-                    head_dim: get_usize(obj, &["head_dim"])
-                        .unwrap_or(if n_heads > 0 { hidden / n_heads } else { 0 }),
+                    head_dim: get_usize(obj, &["head_dim"]).unwrap_or(if n_heads > 0 {
+                        hidden / n_heads
+                    } else {
+                        0
+                    }),
                     intermediate: need(&["intermediate_size"])?,
                     max_positions: need(&["max_position_embeddings"])?,
                     norm_eps: get_f64(obj, &["rms_norm_eps"]).unwrap_or(1e-6),
-                    rope_theta: get_f64(obj, &["rope_theta"]).unwrap_or(10_000.0),
-                    tie_embeddings: get_bool(obj, "tie_word_embeddings")
-                        .unwrap_or(false),
+                    rope_theta: get_f64(obj, &["rope_theta"])
+                        .or_else(|| rope_params.and_then(|p| get_f64(p, &["rope_theta"])))
+                        .unwrap_or(10_000.0),
+                    tie_embeddings: get_bool(obj, "tie_word_embeddings").unwrap_or(false),
                     qkv_bias: arch == Arch::Qwen2 || attention_bias,
                     o_bias: attention_bias,
                     mlp_bias: get_bool(obj, "mlp_bias").unwrap_or(false),
@@ -220,7 +240,10 @@ impl ModelConfig {
             ));
         }
         if self.arch != Arch::Gpt2 && self.head_dim % 2 != 0 {
-            return Err(format!("head_dim ({}) must be even for RoPE", self.head_dim));
+            return Err(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
         }
         Ok(())
     }
@@ -282,10 +305,20 @@ impl ModelConfig {
     /// Number of parameters (tied embeddings counted once).
     pub fn n_params(&self) -> usize {
         let d = self.hidden;
-        let (q, kv) = (self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim);
+        let (q, kv) = (
+            self.n_heads * self.head_dim,
+            self.n_kv_heads * self.head_dim,
+        );
         let per_layer = match self.arch {
             Arch::Gpt2 => {
-                d * 3 * d + 3 * d + d * d + d + 2 * d * self.intermediate + self.intermediate + d + 4 * d
+                d * 3 * d
+                    + 3 * d
+                    + d * d
+                    + d
+                    + 2 * d * self.intermediate
+                    + self.intermediate
+                    + d
+                    + 4 * d
             }
             _ => {
                 d * (q + 2 * kv)
@@ -296,8 +329,16 @@ impl ModelConfig {
             }
         };
         let emb = self.vocab_size * d
-            + if self.arch == Arch::Gpt2 { self.max_positions * d } else { 0 };
-        let head = if self.tie_embeddings { 0 } else { self.vocab_size * d };
+            + if self.arch == Arch::Gpt2 {
+                self.max_positions * d
+            } else {
+                0
+            };
+        let head = if self.tie_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
         emb + head + self.n_layers * per_layer + 2 * d
     }
 }

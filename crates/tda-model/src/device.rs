@@ -37,7 +37,9 @@ impl std::str::FromStr for DeviceKind {
 /// thread when they are missing; this turns that into a clear error first.
 pub fn check_cuda() -> Result<(), String> {
     if !cfg!(feature = "cuda") {
-        return Err("this tda was built without CUDA support: rebuild with `--features cuda`".into());
+        return Err(
+            "this tda was built without CUDA support: rebuild with `--features cuda`".into(),
+        );
     }
     let mut dirs: Vec<std::path::PathBuf> = std::env::var("LD_LIBRARY_PATH")
         .unwrap_or_default()
@@ -58,12 +60,18 @@ pub fn check_cuda() -> Result<(), String> {
     let find = |prefix: &str| {
         dirs.iter().any(|d| {
             std::fs::read_dir(d)
-                .map(|it| it.flatten().any(|e| e.file_name().to_string_lossy().starts_with(prefix)))
+                .map(|it| {
+                    it.flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                })
                 .unwrap_or(false)
         })
     };
     if !find("libcuda.so") {
-        return Err("no CUDA driver found (libcuda.so.1 is not on the library path): use --device cpu".into());
+        return Err(
+            "no CUDA driver found (libcuda.so.1 is not on the library path): use --device cpu"
+                .into(),
+        );
     }
     if !find("libnvrtc") {
         return Err("the CUDA runtime compiler libnvrtc was not found on the library path (install the CUDA toolkit or the nvidia-cuda-nvrtc wheel and add it to LD_LIBRARY_PATH)".into());

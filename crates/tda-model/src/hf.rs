@@ -57,11 +57,20 @@ pub fn read_safetensors(path: &Path) -> Result<Weights> {
     for (name, view) in st.iter() {
         if matches!(
             view.dtype(),
-            Dtype::BOOL | Dtype::U8 | Dtype::I8 | Dtype::I16 | Dtype::I32 | Dtype::I64 | Dtype::U16 | Dtype::U32 | Dtype::U64
+            Dtype::BOOL
+                | Dtype::U8
+                | Dtype::I8
+                | Dtype::I16
+                | Dtype::I32
+                | Dtype::I64
+                | Dtype::U16
+                | Dtype::U32
+                | Dtype::U64
         ) {
             continue;
         }
-        let data = to_f32(&view).map_err(|m| ModelError::invalid(path, format!("tensor \"{name}\": {m}")))?;
+        let data = to_f32(&view)
+            .map_err(|m| ModelError::invalid(path, format!("tensor \"{name}\": {m}")))?;
         out.insert(
             name.to_string(),
             HostTensor {
@@ -100,7 +109,10 @@ pub fn read_folder_weights(dir: &Path) -> Result<Weights> {
     let mut out = Weights::new();
     for shard in shards {
         if shard.contains('/') || shard.contains('\\') {
-            return Err(ModelError::invalid(&index, format!("shard name \"{shard}\" is not a plain file name")));
+            return Err(ModelError::invalid(
+                &index,
+                format!("shard name \"{shard}\" is not a plain file name"),
+            ));
         }
         out.extend(read_safetensors(&dir.join(shard))?);
     }
@@ -117,7 +129,11 @@ pub fn read_folder_weights(dir: &Path) -> Result<Weights> {
 
 /// Writes weights as one f32 safetensors file, atomically (temporary file, then rename).
 /// `metadata` gets `format = pt`, which `transformers` requires.
-pub fn write_safetensors(path: &Path, weights: &Weights, metadata: BTreeMap<String, String>) -> Result<()> {
+pub fn write_safetensors(
+    path: &Path,
+    weights: &Weights,
+    metadata: BTreeMap<String, String>,
+) -> Result<()> {
     let bytes: Vec<(&String, Vec<u8>)> = weights
         .iter()
         .map(|(k, t)| (k, t.data.iter().flat_map(|x| x.to_le_bytes()).collect()))
@@ -198,7 +214,11 @@ pub fn load_folder<B: Backend>(dir: &Path, device: &B::Device) -> Result<HfModel
 /// Writes a model folder that both `tda` and `transformers` load: config.json, model.safetensors
 /// (f32), tokenizer.json, tokenizer_config.json, generation_config.json. The folder is assembled
 /// beside `dir` and renamed into place, so `dir` is never half-written; an existing `dir` is replaced.
-pub fn save_folder<B: Backend>(model: &Transformer<B>, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
+pub fn save_folder<B: Backend>(
+    model: &Transformer<B>,
+    tokenizer: &Tokenizer,
+    dir: &Path,
+) -> Result<()> {
     let tmp = tmp_path(dir);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
@@ -206,12 +226,16 @@ pub fn save_folder<B: Backend>(model: &Transformer<B>, tokenizer: &Tokenizer, di
     std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
     let write_json = |name: &str, v: &Value| {
         let p = tmp.join(name);
-        std::fs::write(&p, serde_json::to_string_pretty(v).unwrap()).map_err(|e| ModelError::io(&p, e))
+        std::fs::write(&p, serde_json::to_string_pretty(v).unwrap())
+            .map_err(|e| ModelError::io(&p, e))
     };
     let cfg = &model.config;
     write_json(CONFIG_FILE, &cfg.to_hf_json())?;
     let mut meta = BTreeMap::new();
-    meta.insert("producer".to_string(), format!("tda {}", env!("CARGO_PKG_VERSION")));
+    meta.insert(
+        "producer".to_string(),
+        format!("tda {}", env!("CARGO_PKG_VERSION")),
+    );
     write_safetensors(&tmp.join(WEIGHTS_FILE), &model.to_weights(), meta)?;
     let tok_path = tmp.join(TOKENIZER_FILE);
     tokenizer

@@ -42,7 +42,10 @@ pub fn encode_for_scoring(
 
 /// log p of every token of each sequence given its prefix: one forward pass over the padded batch.
 /// Returns per sequence `len − 1` values.
-pub fn sequence_logprobs<B: Backend>(model: &Transformer<B>, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+pub fn sequence_logprobs<B: Backend>(
+    model: &Transformer<B>,
+    seqs: &[Vec<u32>],
+) -> Result<Vec<Vec<f32>>> {
     let pad = model.config.eos_token_id.unwrap_or(0);
     let batch = TokenBatch::new(seqs, pad)?;
     check_length(model, batch.seq_len)?;
@@ -52,7 +55,11 @@ pub fn sequence_logprobs<B: Backend>(model: &Transformer<B>, seqs: &[Vec<u32>]) 
     let device = model.embed.device();
     let ids = batch.to_tensor::<B>(&device);
     let lp = token_logprobs(model.forward(ids.clone()), ids);
-    let flat = lp.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+    let flat = lp
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 data");
     let t1 = batch.seq_len - 1;
     Ok(batch
         .lengths
@@ -63,7 +70,11 @@ pub fn sequence_logprobs<B: Backend>(model: &Transformer<B>, seqs: &[Vec<u32>]) 
 }
 
 /// Scores `text`: its tokens with their log-probs (see [`encode_for_scoring`]).
-pub fn score_text<B: Backend>(model: &Transformer<B>, tokenizer: &Tokenizer, text: &str) -> Result<Vec<TokenLogprob>> {
+pub fn score_text<B: Backend>(
+    model: &Transformer<B>,
+    tokenizer: &Tokenizer,
+    text: &str,
+) -> Result<Vec<TokenLogprob>> {
     let (ids, _) = encode_for_scoring(tokenizer, &model.config, text)?;
     let lps = sequence_logprobs(model, std::slice::from_ref(&ids))?.remove(0);
     Ok(ids
@@ -117,7 +128,13 @@ fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut StdRng) -> u32 {
         logits
             .iter()
             .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
+            .fold((0usize, f32::NEG_INFINITY), |best, (i, &x)| {
+                if x > best.1 {
+                    (i, x)
+                } else {
+                    best
+                }
+            })
             .0 as u32
     };
     if opts.temperature <= 0.0 {
@@ -154,7 +171,11 @@ fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut StdRng) -> u32 {
 /// Generates up to `max_new_tokens` after `prompt` with a KV cache (one forward for the prompt,
 /// then one single-token forward per new token). Stops at the stop token or at the model's
 /// context length. Returns the new tokens only.
-pub fn generate<B: Backend>(model: &Transformer<B>, prompt: &[u32], opts: &GenerateOptions) -> Result<Vec<u32>> {
+pub fn generate<B: Backend>(
+    model: &Transformer<B>,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         return Err(ModelError::Usage("the prompt has no tokens".into()));
     }
@@ -166,10 +187,18 @@ pub fn generate<B: Backend>(model: &Transformer<B>, prompt: &[u32], opts: &Gener
     let mut input: Vec<u32> = prompt.to_vec();
     while out.len() < opts.max_new_tokens && cache.len + input.len() <= model.config.max_positions {
         let batch = TokenBatch::new(&[input.clone()], 0)?;
-        let logits = model.forward_with(batch.to_tensor::<B>(&device), Some(&mut cache), &mut crate::nn::NoRecord);
+        let logits = model.forward_with(
+            batch.to_tensor::<B>(&device),
+            Some(&mut cache),
+            &mut crate::nn::NoRecord,
+        );
         let [_, t, v] = logits.dims();
         let last = logits.narrow(1, t - 1, 1).reshape([v]);
-        let last = last.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data");
+        let last = last
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32 data");
         let next = pick(&last, opts, &mut rng);
         out.push(next);
         if Some(next) == opts.stop_token {

@@ -110,7 +110,9 @@ impl<B: Backend> Loader<'_, B> {
             ));
         }
         if let Some(bad) = t.data.iter().position(|x| !x.is_finite()) {
-            return Err(format!("tensor \"{name}\" holds a non-finite value at index {bad}"));
+            return Err(format!(
+                "tensor \"{name}\" holds a non-finite value at index {bad}"
+            ));
         }
         Ok(t)
     }
@@ -141,8 +143,12 @@ impl<B: Backend> Loader<'_, B> {
         let weight = if conv1d {
             self.tensor2(&wname, d_in, d_out)?
         } else {
-            let w = self.tensor2(&wname, d_out, d_in)?;
-            Param::from_tensor(w.val().transpose())
+            // nn.Linear stores [d_out, d_in]; transpose on the host so the parameter is a leaf.
+            let w = self.get(&wname, &[d_out, d_in])?.transposed();
+            Param::from_tensor(Tensor::from_data(
+                TensorData::new(w.data, [d_in, d_out]),
+                self.device,
+            ))
         };
         let bias = if bias {
             Some(self.tensor1(&format!("{module}.bias"), d_out)?)
@@ -179,19 +185,74 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostTensor {
     HostTensor { shape, data }
 }
 
-fn put_linear<B: Backend>(out: &mut Weights, lin: &TapLinear<B>, conv1d: bool) {
-    let w = lin.weight.val();
-    let w = if conv1d { w } else { w.transpose() };
-    out.insert(format!("{}.weight", lin.name), host(w));
-    if let Some(b) = &lin.bias {
-        out.insert(format!("{}.bias", lin.name), host(b.val()));
+impl HostTensor {
+    /// The transpose of a 2-D tensor.
+    pub fn transposed(&self) -> HostTensor {
+        let (r, c) = (self.shape[0], self.shape[1]);
+        let mut data = vec![0f32; r * c];
+        for i in 0..r {
+            for j in 0..c {
+                data[j * r + i] = self.data[i * c + j];
+            }
+        }
+        HostTensor {
+            shape: vec![c, r],
+            data,
+        }
     }
 }
 
-fn put_norm<B: Backend>(out: &mut Weights, module: &str, norm: &Norm<B>) {
-    out.insert(format!("{module}.weight"), host(norm.weight.val()));
-    if let Some(b) = &norm.bias {
-        out.insert(format!("{module}.bias"), host(b.val()));
+/// Reads one parameter tensor (its value, or its gradient) into host memory.
+pub trait ParamReader<B: Backend> {
+    fn read1(&self, p: &Param<Tensor<B, 1>>) -> Option<HostTensor>;
+    fn read2(&self, p: &Param<Tensor<B, 2>>) -> Option<HostTensor>;
+}
+
+/// Reads parameter values.
+struct Values;
+impl<B: Backend> ParamReader<B> for Values {
+    fn read1(&self, p: &Param<Tensor<B, 1>>) -> Option<HostTensor> {
+        Some(host(p.val()))
+    }
+    fn read2(&self, p: &Param<Tensor<B, 2>>) -> Option<HostTensor> {
+        Some(host(p.val()))
+    }
+}
+
+/// Reads parameter gradients from burn's `Gradients` (absent gradients are skipped).
+pub struct GradReader<'a, B: burn::tensor::backend::AutodiffBackend>(pub &'a B::Gradients);
+impl<B: burn::tensor::backend::AutodiffBackend> ParamReader<B> for GradReader<'_, B> {
+    fn read1(&self, p: &Param<Tensor<B, 1>>) -> Option<HostTensor> {
+        p.val().grad(self.0).map(host)
+    }
+    fn read2(&self, p: &Param<Tensor<B, 2>>) -> Option<HostTensor> {
+        p.val().grad(self.0).map(host)
+    }
+}
+
+fn put_linear<B: Backend>(
+    out: &mut Weights,
+    lin: &TapLinear<B>,
+    conv1d: bool,
+    r: &dyn ParamReader<B>,
+) {
+    if let Some(w) = r.read2(&lin.weight) {
+        out.insert(
+            format!("{}.weight", lin.name),
+            if conv1d { w } else { w.transposed() },
+        );
+    }
+    if let Some(b) = lin.bias.as_ref().and_then(|b| r.read1(b)) {
+        out.insert(format!("{}.bias", lin.name), b);
+    }
+}
+
+fn put_norm<B: Backend>(out: &mut Weights, module: &str, norm: &Norm<B>, r: &dyn ParamReader<B>) {
+    if let Some(w) = r.read1(&norm.weight) {
+        out.insert(format!("{module}.weight"), w);
+    }
+    if let Some(b) = norm.bias.as_ref().and_then(|b| r.read1(b)) {
+        out.insert(format!("{module}.bias"), b);
     }
 }
 
@@ -217,14 +278,32 @@ impl<B: Backend> Transformer<B> {
                     Block {
                         norm_attn: ld.norm(&format!("{b}.ln_1"), d, c.norm_eps, false)?,
                         norm_mlp: ld.norm(&format!("{b}.ln_2"), d, c.norm_eps, false)?,
-                        c_attn: Some(ld.linear(&format!("{b}.attn.c_attn"), d, 3 * d, true, conv1d)?),
+                        c_attn: Some(ld.linear(
+                            &format!("{b}.attn.c_attn"),
+                            d,
+                            3 * d,
+                            true,
+                            conv1d,
+                        )?),
                         q_proj: None,
                         k_proj: None,
                         v_proj: None,
                         o_proj: ld.linear(&format!("{b}.attn.c_proj"), d, d, true, conv1d)?,
                         gate_proj: None,
-                        up_proj: ld.linear(&format!("{b}.mlp.c_fc"), d, c.intermediate, true, conv1d)?,
-                        down_proj: ld.linear(&format!("{b}.mlp.c_proj"), c.intermediate, d, true, conv1d)?,
+                        up_proj: ld.linear(
+                            &format!("{b}.mlp.c_fc"),
+                            d,
+                            c.intermediate,
+                            true,
+                            conv1d,
+                        )?,
+                        down_proj: ld.linear(
+                            &format!("{b}.mlp.c_proj"),
+                            c.intermediate,
+                            d,
+                            true,
+                            conv1d,
+                        )?,
                     }
                 }
                 Arch::Llama | Arch::Qwen2 => {
@@ -236,7 +315,12 @@ impl<B: Backend> Transformer<B> {
                     };
                     Block {
                         norm_attn: ld.norm(&format!("{b}.input_layernorm"), d, c.norm_eps, rms)?,
-                        norm_mlp: ld.norm(&format!("{b}.post_attention_layernorm"), d, c.norm_eps, rms)?,
+                        norm_mlp: ld.norm(
+                            &format!("{b}.post_attention_layernorm"),
+                            d,
+                            c.norm_eps,
+                            rms,
+                        )?,
                         c_attn: None,
                         q_proj: Some(lin("self_attn.q_proj", d, q, c.qkv_bias)?),
                         k_proj: Some(lin("self_attn.k_proj", d, kv, c.qkv_bias)?),
@@ -278,6 +362,11 @@ impl<B: Backend> Transformer<B> {
     /// The weights in HF names and layouts (inverse of [`Transformer::from_weights`]).
     /// Tied models store no `lm_head.weight`, as `transformers` does.
     pub fn to_weights(&self) -> Weights {
+        self.read_params(&Values)
+    }
+
+    /// Every parameter read by `r` (values or gradients), under its HF name and in HF layout.
+    pub fn read_params(&self, r: &dyn ParamReader<B>) -> Weights {
         let c = &self.config;
         let p = trunk(c.arch);
         let conv1d = c.arch == Arch::Gpt2;
@@ -286,9 +375,11 @@ impl<B: Backend> Transformer<B> {
             Arch::Gpt2 => (format!("{p}.wte.weight"), format!("{p}.ln_f")),
             _ => (format!("{p}.embed_tokens.weight"), format!("{p}.norm")),
         };
-        out.insert(embed_name, host(self.embed.val()));
-        if let Some(pe) = &self.pos_embed {
-            out.insert(format!("{p}.wpe.weight"), host(pe.val()));
+        if let Some(e) = r.read2(&self.embed) {
+            out.insert(embed_name, e);
+        }
+        if let Some(pe) = self.pos_embed.as_ref().and_then(|pe| r.read2(pe)) {
+            out.insert(format!("{p}.wpe.weight"), pe);
         }
         for (i, b) in self.blocks.iter().enumerate() {
             let (n1, n2) = match c.arch {
@@ -298,15 +389,15 @@ impl<B: Backend> Transformer<B> {
                     format!("{p}.layers.{i}.post_attention_layernorm"),
                 ),
             };
-            put_norm(&mut out, &n1, &b.norm_attn);
-            put_norm(&mut out, &n2, &b.norm_mlp);
+            put_norm(&mut out, &n1, &b.norm_attn, r);
+            put_norm(&mut out, &n2, &b.norm_mlp, r);
             for lin in b.linears() {
-                put_linear(&mut out, lin, conv1d);
+                put_linear(&mut out, lin, conv1d, r);
             }
         }
-        put_norm(&mut out, &final_name, &self.norm_final);
+        put_norm(&mut out, &final_name, &self.norm_final, r);
         if let Some(h) = &self.lm_head {
-            put_linear(&mut out, h, false);
+            put_linear(&mut out, h, false, r);
         }
         out
     }
@@ -429,8 +520,14 @@ impl<B: Backend> Block<B> {
                 heads(qkv.narrow(2, 2 * d, d), c.n_heads),
             )
         } else {
-            let q = heads(self.q_proj.as_ref().unwrap().forward(h.clone(), rec), c.n_heads);
-            let k = heads(self.k_proj.as_ref().unwrap().forward(h.clone(), rec), c.n_kv_heads);
+            let q = heads(
+                self.q_proj.as_ref().unwrap().forward(h.clone(), rec),
+                c.n_heads,
+            );
+            let k = heads(
+                self.k_proj.as_ref().unwrap().forward(h.clone(), rec),
+                c.n_kv_heads,
+            );
             let v = heads(self.v_proj.as_ref().unwrap().forward(h, rec), c.n_kv_heads);
             let (cos, sin) = rope.expect("rope tables for the Llama family");
             (nn::apply_rope(q, cos, sin), nn::apply_rope(k, cos, sin), v)
@@ -487,8 +584,14 @@ pub fn init_weights(config: &ModelConfig, seed: u64) -> Weights {
     let mut w = Weights::new();
     match c.arch {
         Arch::Gpt2 => {
-            w.insert(format!("{p}.wte.weight"), normal(vec![c.vocab_size, d], std));
-            w.insert(format!("{p}.wpe.weight"), normal(vec![c.max_positions, d], std / 2.0));
+            w.insert(
+                format!("{p}.wte.weight"),
+                normal(vec![c.vocab_size, d], std),
+            );
+            w.insert(
+                format!("{p}.wpe.weight"),
+                normal(vec![c.max_positions, d], std / 2.0),
+            );
             for i in 0..c.n_layers {
                 let b = format!("{p}.h.{i}");
                 for ln in ["ln_1", "ln_2"] {
@@ -510,13 +613,19 @@ pub fn init_weights(config: &ModelConfig, seed: u64) -> Weights {
             w.insert(format!("{p}.ln_f.bias"), fill(vec![d], 0.0));
         }
         Arch::Llama | Arch::Qwen2 => {
-            w.insert(format!("{p}.embed_tokens.weight"), normal(vec![c.vocab_size, d], std));
+            w.insert(
+                format!("{p}.embed_tokens.weight"),
+                normal(vec![c.vocab_size, d], std),
+            );
             let q = c.n_heads * c.head_dim;
             let kv = c.n_kv_heads * c.head_dim;
             for i in 0..c.n_layers {
                 let b = format!("{p}.layers.{i}");
                 w.insert(format!("{b}.input_layernorm.weight"), fill(vec![d], 1.0));
-                w.insert(format!("{b}.post_attention_layernorm.weight"), fill(vec![d], 1.0));
+                w.insert(
+                    format!("{b}.post_attention_layernorm.weight"),
+                    fill(vec![d], 1.0),
+                );
                 let lins = [
                     ("self_attn.q_proj", d, q, c.qkv_bias, std),
                     ("self_attn.k_proj", d, kv, c.qkv_bias, std),

@@ -138,7 +138,11 @@ pub fn rope_tables<B: Backend>(
 }
 
 /// Applies RoPE to `[b, h, t, head_dim]`: x·cos + rotate_half(x)·sin, rotate_half(x) = [−x₂, x₁].
-pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn apply_rope<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
     let [b, h, t, d] = x.dims();
     let half = d / 2;
     let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
@@ -148,7 +152,12 @@ pub fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<
 }
 
 /// Additive causal mask `[1, 1, tq, tk]`: query `i` (absolute position `offset + i`) sees keys `≤ offset + i`.
-pub fn causal_mask<B: Backend>(tq: usize, tk: usize, offset: usize, device: &B::Device) -> Tensor<B, 4> {
+pub fn causal_mask<B: Backend>(
+    tq: usize,
+    tk: usize,
+    offset: usize,
+    device: &B::Device,
+) -> Tensor<B, 4> {
     let mut m = vec![0f32; tq * tk];
     for i in 0..tq {
         for j in (offset + i + 1)..tk {
@@ -182,7 +191,8 @@ pub fn causal_attention<B: Backend>(
     let scale = 1.0 / (hd as f64).sqrt();
     let scores = q.matmul(k.swap_dims(2, 3)) * scale;
     let scores = if tq > 1 || offset + tq < tk {
-        scores + causal_mask::<B>(tq, tk, offset, &scores.device())
+        let mask = causal_mask::<B>(tq, tk, offset, &scores.device());
+        scores + mask
     } else {
         scores
     };

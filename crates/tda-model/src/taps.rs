@@ -58,16 +58,18 @@ impl<B: AutodiffBackend> Recorder<B> for TapRecorder<'_, B> {
         if !self.filter.wants(name) {
             return output;
         }
-        let probe = Tensor::<B, 3>::zeros(output.dims(), &output.device()).require_grad();
-        self.probes
-            .push((name.to_string(), input.clone().inner(), probe.clone()));
+        let a = input.clone().inner();
+        // A leaf built from an inner-backend tensor (burn only lets leaves require grad).
+        let probe =
+            Tensor::<B, 3>::from_inner(Tensor::zeros(output.dims(), &a.device())).require_grad();
+        self.probes.push((name.to_string(), a, probe.clone()));
         output + probe
     }
     fn embeddings(&mut self, e: Tensor<B, 3>) -> Tensor<B, 3> {
         if !self.want_input_grad {
             return e;
         }
-        let e = e.detach().require_grad();
+        let e = Tensor::<B, 3>::from_inner(e.inner()).require_grad();
         self.embeddings = Some(e.clone());
         e
     }
@@ -129,7 +131,12 @@ fn collect_taps<B: AutodiffBackend>(
                 .grad(grads)
                 .unwrap_or_else(|| Tensor::zeros(probe.dims(), &a.device()));
             let has_bias = infos.iter().any(|i| i.name == name && i.has_bias);
-            LayerTap { name, has_bias, a, g }
+            LayerTap {
+                name,
+                has_bias,
+                a,
+                g,
+            }
         })
         .collect()
 }

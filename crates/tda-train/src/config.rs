@@ -80,12 +80,18 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     pub fn from_file(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::File(path.into(), e.to_string()))?;
-        let cfg: TrainConfig = toml::from_str(&text)
-            .map_err(|e| TrainError::File(path.into(), format!("invalid training config: {}", e.message())))?;
-        cfg.train
-            .validate()
-            .map_err(|m| TrainError::File(path.into(), m))?;
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::File {
+            path: path.into(),
+            msg: e.to_string(),
+        })?;
+        let cfg: TrainConfig = toml::from_str(&text).map_err(|e| TrainError::File {
+            path: path.into(),
+            msg: format!("invalid training config: {}", e.message()),
+        })?;
+        cfg.train.validate().map_err(|msg| TrainError::File {
+            path: path.into(),
+            msg,
+        })?;
         Ok(cfg)
     }
 }
@@ -135,7 +141,11 @@ impl ModelShape {
             n_layers: self.n_layers,
             n_heads: self.n_heads,
             n_kv_heads: n_kv,
-            head_dim: if self.n_heads > 0 { self.hidden / self.n_heads } else { 0 },
+            head_dim: if self.n_heads > 0 {
+                self.hidden / self.n_heads
+            } else {
+                0
+            },
             intermediate: self.intermediate,
             max_positions: self.max_positions,
             norm_eps: if arch == Arch::Gpt2 { 1e-5 } else { 1e-6 },
@@ -149,7 +159,10 @@ impl ModelShape {
         };
         cfg.validate()?;
         if self.hidden % self.n_heads != 0 {
-            return Err(format!("model.hidden ({}) is not divisible by model.n_heads ({})", self.hidden, self.n_heads));
+            return Err(format!(
+                "model.hidden ({}) is not divisible by model.n_heads ({})",
+                self.hidden, self.n_heads
+            ));
         }
         Ok(cfg)
     }

@@ -7,6 +7,7 @@
 //! - [`synthetic`]: the small generated corpus the demo and the tests train on.
 
 pub mod config;
+pub mod job;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod train;
@@ -14,14 +15,15 @@ pub mod train;
 use std::path::PathBuf;
 
 pub use config::{ModelShape, TrainConfig, TrainParams};
+pub use job::{read_texts, TrainJob};
 pub use tokenizer::{train_bpe, END_OF_TEXT};
 pub use train::{pack, train, StepInfo, TrainReport};
 
 /// An error of training. One line, naming the file where there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("{}: {1}", .0.display())]
-    File(PathBuf, String),
+    #[error("{}: {msg}", path.display())]
+    File { path: PathBuf, msg: String },
     #[error("{0}")]
     Config(String),
     #[error("tokenizer training failed: {0}")]

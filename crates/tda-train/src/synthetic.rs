@@ -4,19 +4,45 @@
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-const ONSETS: &[&str] = &["b", "d", "k", "l", "m", "n", "r", "s", "t", "v", "z", "br", "dr", "kl", "st", "th"];
+const ONSETS: &[&str] = &[
+    "b", "d", "k", "l", "m", "n", "r", "s", "t", "v", "z", "br", "dr", "kl", "st", "th",
+];
 const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "ai", "ei", "ou"];
 const CODAS: &[&str] = &["", "", "n", "r", "s", "l", "th", "m"];
 const CITIES: &[&str] = &[
-    "Kestrel Bay", "Northmoor", "Ashford", "Valdor", "Port Ilen", "Greywater", "Brindle", "Solace",
-    "Marrow Hill", "Eastwick", "Lumen", "Tarn",
+    "Kestrel Bay",
+    "Northmoor",
+    "Ashford",
+    "Valdor",
+    "Port Ilen",
+    "Greywater",
+    "Brindle",
+    "Solace",
+    "Marrow Hill",
+    "Eastwick",
+    "Lumen",
+    "Tarn",
 ];
 const JOBS: &[&str] = &[
-    "glassblower", "cartographer", "baker", "astronomer", "beekeeper", "carpenter", "librarian",
-    "violinist", "ferry pilot", "potter", "clockmaker", "gardener",
+    "glassblower",
+    "cartographer",
+    "baker",
+    "astronomer",
+    "beekeeper",
+    "carpenter",
+    "librarian",
+    "violinist",
+    "ferry pilot",
+    "potter",
+    "clockmaker",
+    "gardener",
 ];
-const COLORS: &[&str] = &["red", "blue", "green", "yellow", "violet", "orange", "silver", "black"];
-const PETS: &[&str] = &["cat", "dog", "parrot", "tortoise", "goat", "ferret", "owl", "rabbit"];
+const COLORS: &[&str] = &[
+    "red", "blue", "green", "yellow", "violet", "orange", "silver", "black",
+];
+const PETS: &[&str] = &[
+    "cat", "dog", "parrot", "tortoise", "goat", "ferret", "owl", "rabbit",
+];
 const FILLER: &[&str] = &[
     "The weather in the valley was mild that year.",
     "Many people in the town enjoy long walks by the river.",

@@ -17,7 +17,10 @@ pub const END_OF_TEXT: &str = "<|endoftext|>";
 
 /// Trains a byte-level BPE tokenizer with `vocab_size` entries (256 bytes + merges + special token)
 /// on `texts`. Deterministic for the same texts.
-pub fn train_bpe<S: AsRef<str> + Send>(texts: impl Iterator<Item = S> + Send, vocab_size: usize) -> Result<Tokenizer, TrainError> {
+pub fn train_bpe<S: AsRef<str> + Send>(
+    texts: impl Iterator<Item = S> + Send,
+    vocab_size: usize,
+) -> Result<Tokenizer, TrainError> {
     if vocab_size < 257 + 1 {
         return Err(TrainError::Config(format!(
             "tokenizer vocab_size {vocab_size} is too small: a byte-level BPE needs at least 258"
@@ -30,17 +33,23 @@ pub fn train_bpe<S: AsRef<str> + Send>(texts: impl Iterator<Item = S> + Send, vo
             .min_frequency(2)
             .show_progress(false)
             .special_tokens(vec![AddedToken::from(END_OF_TEXT, true)])
-            .initial_alphabet(ByteLevel::alphabet())
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build(),
     );
-    let mut tok = TokenizerBuilder::<ModelWrapper, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
-        .with_model(BPE::default().into())
-        .with_normalizer(None)
-        .with_pre_tokenizer(Some(byte_level.into()))
-        .with_post_processor(Some(byte_level.into()))
-        .with_decoder(Some(byte_level.into()))
-        .build()
-        .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
+    let mut tok = TokenizerBuilder::<
+        ModelWrapper,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    >::new()
+    .with_model(BPE::default().into())
+    .with_normalizer(None)
+    .with_pre_tokenizer(Some(byte_level.into()))
+    .with_post_processor(Some(byte_level.into()))
+    .with_decoder(Some(byte_level.into()))
+    .build()
+    .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
     tok.train(&mut trainer, texts)
         .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
     Ok(Tokenizer::from(tok))

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -67,7 +67,8 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradPass<'_, B> {
             if let Some(theta0) = start.get(&param.id) {
                 let theta = param.val().inner();
                 let diff = theta.clone() - theta0.clone().reshape(theta.dims());
-                self.prox_penalty += 0.5 * alpha * diff.clone().square().sum().into_scalar().elem::<f64>();
+                self.prox_penalty +=
+                    0.5 * alpha * diff.clone().square().sum().into_scalar().elem::<f64>();
                 g = g + diff * alpha;
             }
         }
@@ -85,7 +86,8 @@ struct ScaleGrads<'a> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-            self.grads.register::<B::InnerBackend, D>(param.id, g * self.scale);
+            self.grads
+                .register::<B::InnerBackend, D>(param.id, g * self.scale);
         }
     }
 }
@@ -134,7 +136,9 @@ pub fn train<B: AutodiffBackend>(
         .with_beta_2(0.95)
         .init::<B, Transformer<B>>();
     let start = (params.proximal > 0.0).then(|| {
-        let mut s = Snapshot::<B> { out: HashMap::new() };
+        let mut s = Snapshot::<B> {
+            out: HashMap::new(),
+        };
         model.visit(&mut s);
         s.out
     });
@@ -160,13 +164,17 @@ pub fn train<B: AutodiffBackend>(
             }
             batch_seqs.push(sequences[order.pop().unwrap()].clone());
         }
-        let batch = TokenBatch::new(&batch_seqs, 0).map_err(|e| TrainError::Config(e.to_string()))?;
+        let batch =
+            TokenBatch::new(&batch_seqs, 0).map_err(|e| TrainError::Config(e.to_string()))?;
         let n_targets = (batch.batch * (batch.seq_len - 1)) as f64;
         let logits = model.forward(batch.to_tensor::<B>(&device));
         let loss = summed_nll(logits, &batch) / n_targets;
         let loss_value = loss.clone().into_scalar().elem::<f64>();
         if !loss_value.is_finite() {
-            return Err(TrainError::Diverged { step, loss: loss_value });
+            return Err(TrainError::Diverged {
+                step,
+                loss: loss_value,
+            });
         }
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         let mut pass = GradPass::<B> {
@@ -200,7 +208,9 @@ pub fn train<B: AutodiffBackend>(
         });
         let last = step + 1 == params.steps;
         if params.checkpoint_every > 0 && (step + 1) % params.checkpoint_every == 0 && !last {
-            let dir = out_dir.join("checkpoints").join(format!("step-{:06}", step + 1));
+            let dir = out_dir
+                .join("checkpoints")
+                .join(format!("step-{:06}", step + 1));
             hf::save_folder(&model.valid(), tokenizer, &dir)?;
             report.checkpoints.push(dir);
         }

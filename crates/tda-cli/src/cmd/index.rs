@@ -1,0 +1,111 @@
+//! `tda index`: build (or extend) the TF-IDF / BM25 prefilter index of a corpus.
+
+use std::path::PathBuf;
+use tda_corpus::{AnalyzerSettings, CorpusIndex, IndexOptions, Progress, ReadOptions, TextMode};
+
+/// Build a tantivy index of a corpus for the `tda trace` prefilter.
+///
+/// Example:
+///   tda index --corpus data/shards/ --index indexes/pile-sample --text-column text
+///   tda index --corpus data/new-shard.parquet --index indexes/pile-sample --add
+#[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  tda index --corpus data/wiki.jsonl            # -> indexes/wiki/\n  tda index --corpus data/shards/ --index indexes/pile --text-column content\n  tda index --corpus data/shards/ --index indexes/pile --add   # index new shards only"
+)]
+pub struct IndexArgs {
+    /// Corpus: a .jsonl/.json/.txt/.parquet file or a directory of shards (repeatable).
+    #[arg(long, required = true, num_args = 1..)]
+    pub corpus: Vec<PathBuf>,
+    /// Index folder [default: indexes/<corpus name>].
+    #[arg(long)]
+    pub index: Option<PathBuf>,
+    /// Field (jsonl) or column (parquet) holding the text.
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
+    /// Field or column holding the document id (otherwise `<file>:<row>`).
+    #[arg(long, default_value = "id")]
+    pub id_column: String,
+    /// Plain-text files: one document per line or per file.
+    #[arg(long, value_enum, default_value_t = TextModeArg::Line)]
+    pub text_mode: TextModeArg,
+    /// Skip documents larger than this many MiB (counted in the summary).
+    #[arg(long, default_value_t = 64)]
+    pub max_doc_mib: usize,
+    /// Fail on the first bad record instead of skipping and counting it.
+    #[arg(long)]
+    pub strict: bool,
+    /// Keep English stop-words in the index.
+    #[arg(long)]
+    pub keep_stopwords: bool,
+    /// English stemming (running ~ runs ~ run).
+    #[arg(long)]
+    pub stem: bool,
+    /// Add the corpus files not yet in an existing index (analyzer and columns come from the index).
+    #[arg(long, conflicts_with = "overwrite")]
+    pub add: bool,
+    /// Replace an existing index (the old one is kept until the new one is complete).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Indexing threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Indexing memory budget in MiB (bounds memory use whatever the corpus size).
+    #[arg(long, default_value_t = 256)]
+    pub memory_mib: usize,
+    /// Do not merge segments at the end (faster build, slightly slower queries).
+    #[arg(long)]
+    pub no_merge: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextModeArg {
+    Line,
+    File,
+}
+
+pub fn run(args: &IndexArgs) -> anyhow::Result<()> {
+    let dir = match &args.index {
+        Some(d) => d.clone(),
+        None => tda_corpus::default_index_dir(&args.corpus[0]),
+    };
+    let progress = if args.quiet {
+        Progress::Hidden
+    } else {
+        Progress::Bar
+    };
+    let memory = args.memory_mib << 20;
+    let summary = if args.add {
+        let mut idx = CorpusIndex::open(&dir)?;
+        idx.add(&args.corpus, progress, args.threads, memory)?
+    } else {
+        let opts = IndexOptions {
+            analyzer: AnalyzerSettings {
+                stopwords: !args.keep_stopwords,
+                stemming: args.stem,
+                ..Default::default()
+            },
+            read: ReadOptions {
+                text_column: args.text_column.clone(),
+                id_column: Some(args.id_column.clone()),
+                text_mode: match args.text_mode {
+                    TextModeArg::Line => TextMode::Line,
+                    TextModeArg::File => TextMode::File,
+                },
+                max_doc_bytes: args.max_doc_mib << 20,
+                strict: args.strict,
+                ..Default::default()
+            },
+            threads: args.threads,
+            memory_budget: memory,
+            merge: !args.no_merge,
+            overwrite: args.overwrite,
+        };
+        CorpusIndex::build_many(&args.corpus, &dir, &opts, progress)?.1
+    };
+    eprintln!("{summary}");
+    eprintln!("index: {}", dir.display());
+    Ok(())
+}

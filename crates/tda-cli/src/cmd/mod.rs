@@ -1,0 +1,47 @@
+//! One module per subcommand.
+
+pub mod demo;
+pub mod infer;
+pub mod train;
+
+use tda_model::device::{check_cuda, DeviceKind};
+
+/// Fails with a clear message when `kind` cannot run here (CUDA requested without driver or feature).
+pub fn check_device(kind: DeviceKind) -> anyhow::Result<()> {
+    if kind == DeviceKind::Cuda {
+        check_cuda().map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
+/// Runs `$body` with `B` bound to the inference backend and `AD` to its autodiff backend and
+/// `device` to the device, for the device kind `$kind`.
+#[macro_export]
+macro_rules! with_backend {
+    ($kind:expr, |$B:ident, $AD:ident, $device:ident| $body:block) => {{
+        $crate::cmd::check_device($kind)?;
+        match $kind {
+            tda_model::device::DeviceKind::Cpu => {
+                #[allow(dead_code)]
+                type $B = tda_model::device::Cpu;
+                #[allow(dead_code)]
+                type $AD = tda_model::device::CpuAutodiff;
+                let $device = Default::default();
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            tda_model::device::DeviceKind::Cuda => {
+                #[allow(dead_code)]
+                type $B = tda_model::device::Gpu;
+                #[allow(dead_code)]
+                type $AD = tda_model::device::GpuAutodiff;
+                let $device = Default::default();
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            tda_model::device::DeviceKind::Cuda => {
+                unreachable!("check_device rejects cuda without the feature")
+            }
+        }
+    }};
+}

@@ -1,0 +1,204 @@
+//! Gradient taps against autodiff: Σ_t g_t a_tᵀ equals the weight gradient (and Σ_t g_t the bias
+//! gradient) of every linear layer of every architecture; per-sequence taps in a padded batch
+//! equal those computed one sequence at a time; the input-embedding gradient scatters to the
+//! embedding-weight gradient.
+//!
+//! Tolerance: f32 throughout; the two sides sum the same products in different orders, so we
+//! allow 1e-5 relative to the largest entry (observed ~1e-7).
+
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use tda_model::device::CpuAutodiff;
+use tda_model::{summed_nll, tap_with_gradients, Arch, ModelConfig, TokenBatch, Transformer};
+
+type AD = CpuAutodiff;
+
+fn tiny(arch: Arch) -> ModelConfig {
+    ModelConfig {
+        arch,
+        vocab_size: 53,
+        hidden: 16,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: if arch == Arch::Gpt2 { 4 } else { 2 },
+        head_dim: 4,
+        intermediate: 24,
+        max_positions: 32,
+        norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        tie_embeddings: arch != Arch::Llama,
+        qkv_bias: arch != Arch::Llama,
+        o_bias: arch == Arch::Gpt2,
+        mlp_bias: arch == Arch::Gpt2,
+        bos_token_id: Some(0),
+        eos_token_id: Some(0),
+    }
+}
+
+/// A model with weights large enough that gradients are not tiny.
+fn model(arch: Arch) -> Transformer<AD> {
+    let cfg = tiny(arch);
+    let mut w = tda_model::model::init_weights(&cfg, 7);
+    for t in w.values_mut() {
+        if t.shape.len() == 2 {
+            t.data.iter_mut().for_each(|x| *x *= 10.0);
+        }
+    }
+    Transformer::from_weights(&cfg, &w, &Default::default()).unwrap()
+}
+
+fn vec2(t: Tensor<<AD as AutodiffBackend>::InnerBackend, 2>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+fn assert_close(name: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{name}: length");
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        scale > 1e-6,
+        "{name}: gradient is zero, the test would be vacuous"
+    );
+    assert!(
+        err <= 1e-5 * scale,
+        "{name}: max |diff| {err} vs scale {scale}"
+    );
+}
+
+fn seqs() -> Vec<Vec<u32>> {
+    vec![vec![0, 5, 9, 12, 3, 44, 7, 8, 21], vec![0, 17, 2, 33, 50]]
+}
+
+#[test]
+fn taps_reconstruct_weight_and_bias_gradients() {
+    for arch in [Arch::Gpt2, Arch::Llama, Arch::Qwen2] {
+        let m = model(arch);
+        let batch = TokenBatch::new(&seqs(), 0).unwrap();
+        let ids = batch.to_tensor::<AD>(&Default::default());
+        let (taps, grads) = tap_with_gradients(&m, ids, &|_: &str| true, false, |logits| {
+            summed_nll(logits, &batch)
+        });
+        let mut linears: Vec<_> = m.blocks.iter().flat_map(|b| b.linears()).collect();
+        linears.extend(m.lm_head.iter());
+        assert_eq!(
+            taps.layers.len(),
+            linears.len() + usize::from(m.lm_head.is_none()),
+            "{arch:?}"
+        );
+        for lin in linears {
+            let tap = taps
+                .layers
+                .iter()
+                .find(|t| t.name == lin.name)
+                .expect("tap for every layer");
+            let [b, t, din] = tap.a.dims();
+            let dout = tap.g.dims()[2];
+            let a = tap.a.clone().reshape([b * t, din]);
+            let g = tap.g.clone().reshape([b * t, dout]);
+            let dw = a.transpose().matmul(g.clone());
+            let want = lin.weight.val().grad(&grads).expect("weight grad");
+            assert_close(
+                &format!("{arch:?} {}.weight", lin.name),
+                &vec2(dw),
+                &vec2(want),
+            );
+            if let Some(bias) = &lin.bias {
+                let db = g.sum_dim(0);
+                let want = bias.val().grad(&grads).expect("bias grad");
+                assert_close(
+                    &format!("{arch:?} {}.bias", lin.name),
+                    &vec2(db),
+                    &want.into_data().convert::<f32>().to_vec().unwrap(),
+                );
+            }
+            assert_eq!(tap.has_bias, lin.bias.is_some());
+        }
+    }
+}
+
+#[test]
+fn batched_taps_equal_one_by_one() {
+    for arch in [Arch::Gpt2, Arch::Llama, Arch::Qwen2] {
+        let m = tda_model::frozen(&model(arch));
+        let all = seqs();
+        let batch = TokenBatch::new(&all, 0).unwrap();
+        let run = |b: &TokenBatch| {
+            let ids = b.to_tensor::<AD>(&Default::default());
+            tda_model::tap(&m, ids, &|_: &str| true, true, |logits| {
+                summed_nll(logits, b)
+            })
+        };
+        let joint = run(&batch);
+        for (i, s) in all.iter().enumerate() {
+            let single = run(&TokenBatch::new(std::slice::from_ref(s), 0).unwrap());
+            let n = s.len();
+            for (lj, ls) in joint.layers.iter().zip(&single.layers) {
+                for (name, x, y) in [("a", &lj.a, &ls.a), ("g", &lj.g, &ls.g)] {
+                    let d = x.dims()[2];
+                    let xi = x.clone().narrow(0, i, 1).narrow(1, 0, n).reshape([n, d]);
+                    let yi = y.clone().reshape([n, d]);
+                    assert_close(
+                        &format!("{arch:?} seq {i} {} {name}", lj.name),
+                        &vec2(xi),
+                        &vec2(yi),
+                    );
+                }
+            }
+            let d = joint.input_grad.as_ref().unwrap().dims()[2];
+            let xi = joint
+                .input_grad
+                .clone()
+                .unwrap()
+                .narrow(0, i, 1)
+                .narrow(1, 0, n)
+                .reshape([n, d]);
+            let yi = single.input_grad.clone().unwrap().reshape([n, d]);
+            assert_close(
+                &format!("{arch:?} seq {i} input grad"),
+                &vec2(xi),
+                &vec2(yi),
+            );
+        }
+        // Padding rows get no gradient.
+        let g = &joint.layers[0].g;
+        let pad = g
+            .clone()
+            .narrow(0, 1, 1)
+            .narrow(1, all[1].len(), all[0].len() - all[1].len());
+        assert_eq!(
+            pad.abs().max().into_scalar(),
+            0.0,
+            "{arch:?}: gradient on padding"
+        );
+    }
+}
+
+#[test]
+fn input_gradient_scatters_to_embedding_gradient() {
+    // Llama here is untied, so the embedding weight gradient comes from the lookup alone.
+    let m = model(Arch::Llama);
+    let batch = TokenBatch::new(&seqs(), 0).unwrap();
+    let ids = batch.to_tensor::<AD>(&Default::default());
+    // Asking for the input gradient cuts the graph at the embeddings, so the embedding-weight
+    // gradient comes from a second, plain backward.
+    let (taps, _) = tap_with_gradients(&m, ids.clone(), &|_: &str| false, true, |logits| {
+        summed_nll(logits, &batch)
+    });
+    let (_, grads) = tap_with_gradients(&m, ids, &|_: &str| false, false, |logits| {
+        summed_nll(logits, &batch)
+    });
+    let eg = taps.input_grad.expect("input grad");
+    let [_, t, d] = eg.dims();
+    let eg = vec2(eg.reshape([batch.batch * t, d]));
+    let mut scattered = vec![0f32; m.config.vocab_size * d];
+    for (row, &id) in batch.ids.iter().enumerate() {
+        for k in 0..d {
+            scattered[id as usize * d + k] += eg[row * d + k];
+        }
+    }
+    let want = vec2(m.embed.val().grad(&grads).unwrap());
+    assert_close("embedding scatter", &scattered, &want);
+}
