@@ -291,3 +291,55 @@ fn index_options_are_stored_and_reused() {
     assert_eq!(hits[0].doc_id, "c.parquet:1");
     assert_eq!(idx2.fetch(&hits).unwrap()[0].text, "second content");
 }
+
+#[test]
+fn many_hits_across_segments_keep_id_and_source_together() {
+    // 6,000 docs in 3 shards added in 2 steps (several segments, many dictionary blocks).
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("c");
+    std::fs::create_dir(&root).unwrap();
+    let write = |name: &str, from: usize| {
+        let body: String = (from..from + 2000)
+            .map(|i| {
+                format!(
+                    "{{\"id\": \"id-{i:05}\", \"text\": \"common word {} filler{}\"}}\n",
+                    "x ".repeat(i % 7),
+                    i % 13
+                )
+            })
+            .collect();
+        std::fs::write(root.join(name), body).unwrap();
+    };
+    write("s0.jsonl", 0);
+    write("s1.jsonl", 2000);
+    let (mut idx, _) = CorpusIndex::build(
+        &root,
+        &dir.path().join("i"),
+        &IndexOptions {
+            merge: false,
+            ..opts()
+        },
+        Progress::Hidden,
+    )
+    .unwrap();
+    write("s2.jsonl", 4000);
+    idx.add(&[root.clone()], Progress::Hidden, 2, 32 << 20)
+        .unwrap();
+    for ranking in [Ranking::Bm25, Ranking::TfIdf] {
+        let hits = idx.search("common filler3", 6000, ranking).unwrap();
+        assert_eq!(hits.len(), 6000);
+        for w in hits.windows(2) {
+            assert!(w[0].score >= w[1].score);
+        }
+        for h in &hits {
+            let i: u64 = h.doc_id[3..].parse().unwrap();
+            assert_eq!(h.source.row, i % 2000, "{}", h.doc_id);
+            assert!(h.source.path.ends_with(format!("s{}.jsonl", i / 2000)));
+        }
+        let docs = idx.fetch(&hits[..50]).unwrap();
+        for (d, h) in docs.iter().zip(&hits) {
+            assert_eq!(d.id, h.doc_id);
+            assert!(d.text.starts_with("common word"));
+        }
+    }
+}
