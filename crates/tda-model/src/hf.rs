@@ -213,7 +213,8 @@ pub fn load_folder<B: Backend>(dir: &Path, device: &B::Device) -> Result<HfModel
 
 /// Writes a model folder that both `tda` and `transformers` load: config.json, model.safetensors
 /// (f32), tokenizer.json, tokenizer_config.json, generation_config.json. The folder is assembled
-/// beside `dir` and renamed into place, so `dir` is never half-written; an existing `dir` is replaced.
+/// beside `dir` and renamed into place, so `dir` is never half-written; in an existing `dir` these
+/// files are replaced and everything else (e.g. `checkpoints/`) is kept.
 pub fn save_folder<B: Backend>(
     model: &Transformer<B>,
     tokenizer: &Tokenizer,
@@ -264,6 +265,14 @@ pub fn save_folder<B: Backend>(
     }
     write_json("generation_config.json", &gen)?;
     if dir.exists() {
+        // Keep what else lives in the folder (e.g. `checkpoints/`): move it into the new folder.
+        for entry in std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))? {
+            let entry = entry.map_err(|e| ModelError::io(dir, e))?;
+            let target = tmp.join(entry.file_name());
+            if !target.exists() {
+                std::fs::rename(entry.path(), &target).map_err(|e| ModelError::io(entry.path(), e))?;
+            }
+        }
         let old = dir.with_file_name(format!(
             "{}.old-{}",
             dir.file_name().unwrap_or_default().to_string_lossy(),
