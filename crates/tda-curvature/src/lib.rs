@@ -25,7 +25,7 @@
 
 pub mod error;
 pub mod factors;
-pub(crate) mod linalg;
+pub mod linalg;
 pub mod normalize;
 pub mod precondition;
 pub mod score;

@@ -1,4 +1,5 @@
 //! Thin row-major wrappers over faer (GEMM, symmetric eigendecomposition, SVD) and small helpers.
+//! Public for benchmarks and callers that need the same kernels; all matrices are row-major slices.
 
 use faer::linalg::matmul::matmul;
 use faer::traits::ComplexField;
@@ -6,7 +7,7 @@ use faer::{Accum, MatMut, MatRef, Side};
 
 /// Row-major matrix operand: `data` is `[rows, cols]`; `t` = use its transpose.
 #[derive(Clone, Copy)]
-pub(crate) struct Op<'a, T> {
+pub struct Op<'a, T> {
     pub data: &'a [T],
     pub rows: usize,
     pub cols: usize,
@@ -56,12 +57,7 @@ fn view<'a, T>(o: Op<'a, T>) -> MatRef<'a, T> {
 }
 
 /// `c [m, n] (+)= op(a) · op(b)`, row-major, faer's global parallelism.
-pub(crate) fn gemm<T: ComplexField + Copy>(
-    c: &mut [T],
-    a: Op<'_, T>,
-    b: Op<'_, T>,
-    accumulate: bool,
-) {
+pub fn gemm<T: ComplexField + Copy>(c: &mut [T], a: Op<'_, T>, b: Op<'_, T>, accumulate: bool) {
     let (m, k, n) = (a.out_rows(), a.out_cols(), b.out_cols());
     assert_eq!(b.out_rows(), k, "gemm inner dimension");
     assert_eq!(c.len(), m * n, "gemm output size");
@@ -92,7 +88,7 @@ pub(crate) fn gemm<T: ComplexField + Copy>(
 
 /// Symmetric eigendecomposition of `m [n, n]` (row-major, symmetrised first).
 /// Returns `(eigenvalues ascending [n], eigenvectors [n, n] row-major, column k = k-th vector)`.
-pub(crate) fn sym_eigen(m: &[f64], n: usize) -> Result<(Vec<f64>, Vec<f64>), String> {
+pub fn sym_eigen(m: &[f64], n: usize) -> Result<(Vec<f64>, Vec<f64>), String> {
     let mut s = vec![0.0f64; n * n];
     for i in 0..n {
         for j in 0..n {
@@ -116,7 +112,7 @@ pub(crate) fn sym_eigen(m: &[f64], n: usize) -> Result<(Vec<f64>, Vec<f64>), Str
 
 /// Thin SVD of `m [rows, cols]` row-major: `(U [rows, r], σ [r], V [cols, r])`, `r = min(rows, cols)`,
 /// singular values non-increasing.
-pub(crate) fn thin_svd(
+pub fn thin_svd(
     m: &[f64],
     rows: usize,
     cols: usize,

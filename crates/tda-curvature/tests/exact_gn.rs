@@ -91,7 +91,7 @@ fn make_data(rng: &mut Rng, n: usize, t_max: usize, nq: usize) -> Data {
         w1: (0..P1).map(|_| rng.normal()).collect(),
         w2: (0..K * (H + 1)).map(|_| 1.5 * rng.normal()).collect(),
     };
-    let mut sample_x = |rng: &mut Rng| -> Vec<f64> {
+    let sample_x = |rng: &mut Rng| -> Vec<f64> {
         let z: Vec<f64> = (0..D0).map(|_| rng.normal()).collect();
         (0..D0)
             .map(|i| z[i] + dot(&mix[i * D0..(i + 1) * D0], &z))
