@@ -260,7 +260,7 @@ fn main() {
     println!("\nquery: {nq} queries of 100 words, top-{k}, on {} docs", idx.num_docs());
     println!("{:<8} {:<10} {:>8} {:>8} {:>8} {:>7} {:>12} {:>12}", "ranking", "max_terms", "p50 ms", "p90 ms", "max ms", "terms", "overlap@100", "overlap@k");
     for ranking in [Ranking::Bm25, Ranking::TfIdf] {
-        let full_opts = QueryOptions { ranking, max_terms: None, max_doc_freq_ratio: None };
+        let full_opts = QueryOptions { ranking, max_terms: None, max_doc_freq_ratio: None, tantivy_engine: false };
         let mut full = Vec::new();
         let mut lat = Vec::new();
         let mut terms = 0usize;
@@ -277,7 +277,7 @@ fn main() {
             percentile(&mut lat, 1.0), terms as f64 / nq as f64, "1.000", "1.000"
         );
         for cap in [16usize, 32, 64, 128] {
-            let o = QueryOptions { ranking, max_terms: Some(cap), max_doc_freq_ratio: None };
+            let o = QueryOptions { ranking, max_terms: Some(cap), max_doc_freq_ratio: None, tantivy_engine: false };
             let mut lat = Vec::new();
             let (mut o100, mut ok) = (0.0, 0.0);
             let mut terms = 0usize;

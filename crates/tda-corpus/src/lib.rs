@@ -19,13 +19,13 @@ pub use error::{CorpusError, Result};
 pub use fingerprint::{fingerprint_file, FileFingerprint};
 pub use index::{
     bm25_idf, AnalyzerSettings, BuildSummary, CorpusIndex, Hit, IndexInfo, IndexOptions,
-    IndexedFile, Progress, QueryOptions, QueryTerm, Ranking, SearchResult,
+    IndexedFile, Passages, Progress, QueryOptions, QueryTerm, Ranking, SearchResult,
 };
 pub use read::{
     fetch_by_ids, fetch_documents, open_corpus, read_record_bytes, CorpusFile, CorpusReader,
     CorpusSpec, ReadOptions, ReadStats, SkipCounts, SkipReason, TextMode,
 };
-pub use window::{windows, EncodeFn, Window};
+pub use window::{passage_spans, windows, EncodeFn, Window};
 
 /// Default folder for the index of a corpus: `indexes/<corpus file stem or folder name>`.
 pub fn default_index_dir(corpus: &std::path::Path) -> std::path::PathBuf {

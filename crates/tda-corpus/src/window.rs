@@ -79,6 +79,46 @@ pub fn windows(
     Ok(out)
 }
 
+/// Byte spans of passages of `words` whitespace-separated words starting every `stride` words
+/// (`1 ≤ stride ≤ words`). Each span runs from the start of its first word to the end of its last
+/// word; the last passage ends at the last word. A text with no words gives one span `(0, len)`.
+pub fn passage_spans(text: &str, words: usize, stride: usize) -> Result<Vec<(usize, usize)>> {
+    if words == 0 || stride == 0 || stride > words {
+        return Err(CorpusError::InvalidArgument(format!(
+            "passages of {words} words every {stride}: need 1 <= stride <= words"
+        )));
+    }
+    let mut bounds: Vec<(usize, usize)> = Vec::new();
+    let mut start = None;
+    for (i, c) in text.char_indices() {
+        match (c.is_whitespace(), start) {
+            (false, None) => start = Some(i),
+            (true, Some(s)) => {
+                bounds.push((s, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        bounds.push((s, text.len()));
+    }
+    if bounds.len() <= words {
+        return Ok(vec![(0, text.len())]);
+    }
+    let mut out = Vec::new();
+    let mut first = 0;
+    loop {
+        let last = (first + words).min(bounds.len()) - 1;
+        out.push((bounds[first].0, bounds[last].1));
+        if last == bounds.len() - 1 {
+            break;
+        }
+        first += stride;
+    }
+    Ok(out)
+}
+
 /// Smallest byte span covering the non-empty token offsets, clamped to the text and snapped
 /// outwards to char boundaries. `(0, 0)` when no token has a non-empty span.
 fn span(text: &str, offsets: &[(usize, usize)]) -> (usize, usize) {
@@ -171,6 +211,20 @@ mod tests {
         assert!(windows(&d, &ws, 2, 3).is_err());
         let bad = |_: &str| (vec![1, 2], vec![(0, 1)]);
         assert!(windows(&d, &bad, 2, 2).is_err());
+    }
+
+    #[test]
+    fn passages_cover_every_word() {
+        let t = "a bb  ccc\nd é f";
+        assert_eq!(passage_spans(t, 10, 5).unwrap(), vec![(0, t.len())]);
+        let p = passage_spans(t, 3, 2).unwrap();
+        let texts: Vec<&str> = p.iter().map(|&(s, e)| &t[s..e]).collect();
+        assert_eq!(texts, ["a bb  ccc", "ccc\nd é", "é f"]);
+        let p = passage_spans(t, 2, 2).unwrap();
+        let texts: Vec<&str> = p.iter().map(|&(s, e)| &t[s..e]).collect();
+        assert_eq!(texts, ["a bb", "ccc\nd", "é f"]);
+        assert!(passage_spans(t, 2, 3).is_err());
+        assert_eq!(passage_spans("   ", 2, 1).unwrap(), vec![(0, 3)]);
     }
 
     #[test]

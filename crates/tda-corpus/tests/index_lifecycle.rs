@@ -343,3 +343,61 @@ fn many_hits_across_segments_keep_id_and_source_together() {
         }
     }
 }
+
+#[test]
+fn passages_are_ranked_and_map_to_their_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("long.jsonl");
+    // One long document: the rare word sits in its middle; a short document mentions it once.
+    let mut words: Vec<String> = (0..1000).map(|i| format!("filler{}", i % 50)).collect();
+    words[500] = "zircon".into();
+    words[501] = "zircon".into();
+    let long = words.join(" ");
+    let body = format!(
+        "{}\n{}\n",
+        serde_json::json!({"id": "long", "text": long}),
+        serde_json::json!({"id": "short", "text": "one zircon among filler1 filler2 filler3 filler4"})
+    );
+    std::fs::write(&p, body).unwrap();
+    let o = IndexOptions {
+        passages: Some(Passages {
+            words: 100,
+            stride: 50,
+        }),
+        ..opts()
+    };
+    let (idx, s) = CorpusIndex::build(&p, &dir.path().join("i"), &o, Progress::Hidden).unwrap();
+    assert_eq!(s.docs, 2);
+    assert_eq!(s.entries, 19 + 1); // 1000 words, 100 per passage every 50 → 19 passages
+    let hits = idx.search("zircon", 10, Ranking::Bm25).unwrap();
+    // Words 500-501 fall in passages starting at 450 and 500 of the long doc.
+    assert_eq!(hits.len(), 3);
+    let docs = idx.fetch(&hits).unwrap();
+    for (h, d) in hits.iter().zip(&docs) {
+        assert!(h.text(d).contains("zircon"), "{}: {:?}", h.doc_id, h.span);
+        if h.doc_id == "long" {
+            assert_eq!(h.text(d).split(' ').count(), 100);
+        } else {
+            assert_eq!(h.span, (0, d.text.len()));
+        }
+    }
+    let reopened = CorpusIndex::open(idx.dir()).unwrap();
+    assert_eq!(
+        reopened.info().passages,
+        Some(Passages {
+            words: 100,
+            stride: 50
+        })
+    );
+    assert_eq!(reopened.info().entries, 20);
+    // Bad passage settings are an error, not a panic, and leave nothing behind.
+    let bad = IndexOptions {
+        passages: Some(Passages {
+            words: 10,
+            stride: 20,
+        }),
+        ..opts()
+    };
+    assert!(CorpusIndex::build(&p, &dir.path().join("j"), &bad, Progress::Hidden).is_err());
+    assert!(!dir.path().join("j").exists());
+}

@@ -266,8 +266,16 @@ fn bm25_and_tfidf_top_k_match_independent_computation() {
                 ranking: Ranking::Bm25,
                 max_terms: None,
                 max_doc_freq_ratio: None,
+                tantivy_engine: false,
             };
             let hits = idx.search_with(q, k, &o).unwrap().hits;
+            assert_same_top_k(&hits, &reference.bm25(q), k);
+            // tantivy's own BM25 evaluation agrees too.
+            let t = QueryOptions {
+                tantivy_engine: true,
+                ..o.clone()
+            };
+            let hits = idx.search_with(q, k, &t).unwrap().hits;
             assert_same_top_k(&hits, &reference.bm25(q), k);
             let o = QueryOptions {
                 ranking: Ranking::TfIdf,
@@ -309,11 +317,16 @@ fn segments_do_not_change_scores() {
         .unwrap();
     assert_eq!(idx.num_docs(), 300);
     let q = "w5 w9 w9 w33 w40";
-    for ranking in [Ranking::Bm25, Ranking::TfIdf] {
+    for (ranking, tantivy_engine) in [
+        (Ranking::Bm25, false),
+        (Ranking::Bm25, true),
+        (Ranking::TfIdf, false),
+    ] {
         let o = QueryOptions {
             ranking,
             max_terms: None,
             max_doc_freq_ratio: None,
+            tantivy_engine,
         };
         let hits = idx.search_with(q, 25, &o).unwrap().hits;
         let r = if ranking == Ranking::Bm25 {

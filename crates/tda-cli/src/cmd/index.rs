@@ -1,7 +1,9 @@
 //! `tda index`: build (or extend) the TF-IDF / BM25 prefilter index of a corpus.
 
 use std::path::PathBuf;
-use tda_corpus::{AnalyzerSettings, CorpusIndex, IndexOptions, Progress, ReadOptions, TextMode};
+use tda_corpus::{
+    AnalyzerSettings, CorpusIndex, IndexOptions, Passages, Progress, ReadOptions, TextMode,
+};
 
 /// Build a tantivy index of a corpus for the `tda trace` prefilter.
 ///
@@ -52,6 +54,13 @@ pub struct IndexArgs {
     /// Indexing memory budget in MiB (bounds memory use whatever the corpus size).
     #[arg(long, default_value_t = 256)]
     pub memory_mib: usize,
+    /// Index long documents as passages of this many words (the prefilter then ranks passages,
+    /// close to model-length sequences; hits carry the passage's byte span).
+    #[arg(long)]
+    pub passage_words: Option<usize>,
+    /// Words between passage starts [default: passage-words / 2].
+    #[arg(long, requires = "passage_words")]
+    pub passage_stride: Option<usize>,
     /// Do not merge segments at the end (faster build, slightly slower queries).
     #[arg(long)]
     pub no_merge: bool,
@@ -102,6 +111,10 @@ pub fn run(args: &IndexArgs) -> anyhow::Result<()> {
             memory_budget: memory,
             merge: !args.no_merge,
             overwrite: args.overwrite,
+            passages: args.passage_words.map(|words| Passages {
+                words,
+                stride: args.passage_stride.unwrap_or((words / 2).max(1)),
+            }),
         };
         CorpusIndex::build_many(&args.corpus, &dir, &opts, progress)?.1
     };

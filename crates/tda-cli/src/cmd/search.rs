@@ -66,6 +66,7 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
         },
         max_terms: (args.max_terms > 0).then_some(args.max_terms),
         max_doc_freq_ratio: args.max_df,
+        tantivy_engine: false,
     };
     let t0 = std::time::Instant::now();
     let res = idx.search_with(&query, args.top_k, &opts)?;
@@ -84,9 +85,10 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
             .map(|(i, h)| {
                 let mut v = serde_json::json!({
                     "rank": i + 1, "doc_id": h.doc_id, "score": h.score, "source": h.source,
+                    "span": h.span,
                 });
                 if let Some(t) = &texts {
-                    v["text"] = serde_json::Value::String(t[i].text.clone());
+                    v["text"] = serde_json::Value::String(h.text(&t[i]).to_string());
                 }
                 v
             })
@@ -104,9 +106,15 @@ pub fn run(args: &SearchArgs) -> anyhow::Result<()> {
             res.dropped_terms
         );
         for (i, h) in res.hits.iter().enumerate() {
-            out += &format!("{:>6}  {:>9.4}  {}  ({})\n", i + 1, h.score, h.doc_id, h.source);
+            out += &format!(
+                "{:>6}  {:>9.4}  {}  ({})\n",
+                i + 1,
+                h.score,
+                h.doc_id,
+                h.source
+            );
             if let Some(t) = &texts {
-                let s: String = t[i].text.chars().take(300).collect();
+                let s: String = h.text(&t[i]).chars().take(300).collect();
                 out += &format!("        {}\n", s.replace('\n', " "));
             }
         }
