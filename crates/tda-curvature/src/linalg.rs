@@ -110,13 +110,12 @@ pub fn sym_eigen(m: &[f64], n: usize) -> Result<(Vec<f64>, Vec<f64>), String> {
     Ok((vals, vecs))
 }
 
+/// `(U, σ, V)` of an SVD, row-major.
+pub type SvdParts = (Vec<f64>, Vec<f64>, Vec<f64>);
+
 /// Thin SVD of `m [rows, cols]` row-major: `(U [rows, r], σ [r], V [cols, r])`, `r = min(rows, cols)`,
 /// singular values non-increasing.
-pub fn thin_svd(
-    m: &[f64],
-    rows: usize,
-    cols: usize,
-) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>), String> {
+pub fn thin_svd(m: &[f64], rows: usize, cols: usize) -> Result<SvdParts, String> {
     let r = rows.min(cols);
     if r == 0 {
         return Ok((vec![], vec![], vec![]));

@@ -141,7 +141,7 @@ impl<'a> Basis64<'a> {
         transpose(&r, d_a, d_out)
     }
     /// `Q_S M Q_Aᵀ` for `M [d_out, d_a]` in the eigenbasis.
-    pub(crate) fn from_eigen(&self, m: &[f64]) -> Vec<f64> {
+    pub(crate) fn to_params(&self, m: &[f64]) -> Vec<f64> {
         let (d_out, d_a) = (self.s.dim, self.a.dim);
         let mqa = Eigenbasis::rotate(m, d_out, d_a, &self.a.blocks, &self.qa, true);
         let t = transpose(&mqa, d_out, d_a);
@@ -169,7 +169,7 @@ pub fn apply_inverse(
         let basis = Basis64::of(layer).expect("kfac/ekfac factors carry eigenbases");
         let mut r = basis.to_eigen(m);
         div(&mut r);
-        basis.from_eigen(&r)
+        basis.to_params(&r)
     } else {
         let mut r = m.to_vec();
         div(&mut r);
@@ -340,7 +340,7 @@ fn randomized_svd(
     l: usize,
     iters: usize,
     seed: u64,
-) -> std::result::Result<(Vec<f64>, Vec<f64>, Vec<f64>), String> {
+) -> std::result::Result<crate::linalg::SvdParts, String> {
     let mut rng = SplitMix::new(0x5EED_0000 ^ seed);
     let omega: Vec<f64> = (0..n * l).map(|_| rng.normal()).collect();
     let mut y = vec![0.0; m * l];

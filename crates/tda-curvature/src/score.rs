@@ -275,7 +275,6 @@ pub fn self_influence(
     damping: Damping,
     batches: &[LayerBatch<'_>],
 ) -> Result<Vec<f64>> {
-    factors.check_specs(&factors.specs())?;
     validate_batches(&factors.specs(), batches)?;
     let bsz = batches[0].batch;
     let per_layer: Vec<Vec<f64>> = factors
