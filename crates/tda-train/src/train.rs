@@ -55,7 +55,6 @@ struct GradPass<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
     start: Option<(&'a HashMap<ParamId, Tensor<B::InnerBackend, 1>>, f64)>,
     sq_norm: f64,
-    prox_penalty: f64,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for GradPass<'_, B> {
@@ -67,8 +66,6 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradPass<'_, B> {
             if let Some(theta0) = start.get(&param.id) {
                 let theta = param.val().inner();
                 let diff = theta.clone() - theta0.clone().reshape(theta.dims());
-                self.prox_penalty +=
-                    0.5 * alpha * diff.clone().square().sum().into_scalar().elem::<f64>();
                 g = g + diff * alpha;
             }
         }
@@ -105,43 +102,117 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Snapshot<B> {
     }
 }
 
+/// One optimiser step at a time: forward, mean next-token loss, backward, proximal gradient,
+/// global-norm clipping, AdamW with the scheduled learning rate.
+pub struct Trainer<B: AutodiffBackend> {
+    /// Always `Some` between calls; taken during the optimiser step so parameters are updated in place.
+    model: Option<Transformer<B>>,
+    optim: burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, Transformer<B>, B>,
+    start: Option<HashMap<ParamId, Tensor<B::InnerBackend, 1>>>,
+    params: TrainParams,
+    /// Steps taken so far.
+    pub step: usize,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    pub fn new(model: Transformer<B>, params: &TrainParams) -> Result<Self, TrainError> {
+        params.validate().map_err(TrainError::Config)?;
+        if params.seq_len > model.config.max_positions {
+            return Err(TrainError::Config(format!(
+                "train.seq_len ({}) exceeds the model's max_positions ({})",
+                params.seq_len, model.config.max_positions
+            )));
+        }
+        let optim = AdamWConfig::new()
+            .with_weight_decay(params.weight_decay as f32)
+            .with_epsilon(1e-8)
+            .with_beta_2(0.95)
+            .init::<B, Transformer<B>>();
+        let start = (params.proximal > 0.0).then(|| {
+            let mut s = Snapshot::<B> {
+                out: HashMap::new(),
+            };
+            model.visit(&mut s);
+            s.out
+        });
+        Ok(Self {
+            model: Some(model),
+            optim,
+            start,
+            params: params.clone(),
+            step: 0,
+        })
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Transformer<B> {
+        self.model.as_ref().expect("model present between steps")
+    }
+
+    /// The trained model.
+    pub fn into_model(self) -> Transformer<B> {
+        self.model.expect("model present between steps")
+    }
+
+    /// One step on `batch`; returns (mean loss without the proximal term, learning rate).
+    pub fn step(&mut self, batch: &TokenBatch) -> Result<(f64, f64), TrainError> {
+        let model = self.model.take().expect("model present between steps");
+        let device = model.embed.device();
+        let n_targets = batch
+            .lengths
+            .iter()
+            .map(|n| n.saturating_sub(1))
+            .sum::<usize>()
+            .max(1) as f64;
+        let logits = model.forward(batch.to_tensor::<B>(&device));
+        let loss = summed_nll(logits, batch) / n_targets;
+        let loss_value = loss.clone().into_scalar().elem::<f64>();
+        if !loss_value.is_finite() {
+            self.model = Some(model);
+            return Err(TrainError::Diverged {
+                step: self.step,
+                loss: loss_value,
+            });
+        }
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut pass = GradPass::<B> {
+            grads: &mut grads,
+            start: self.start.as_ref().map(|s| (s, self.params.proximal)),
+            sq_norm: 0.0,
+        };
+        model.visit(&mut pass);
+        let norm = pass.sq_norm.sqrt();
+        if self.params.grad_clip > 0.0 && norm > self.params.grad_clip {
+            model.visit(&mut ScaleGrads {
+                grads: &mut grads,
+                scale: self.params.grad_clip / norm,
+            });
+        }
+        let lr = self.params.lr_at(self.step);
+        self.model = Some(self.optim.step(lr, model, grads));
+        self.step += 1;
+        Ok((loss_value, lr))
+    }
+}
+
 /// Trains `model` on `sequences` (each exactly `params.seq_len` tokens) and saves it as an HF
 /// folder in `out_dir` (also every `checkpoint_every` steps, atomically). `on_step` is called
 /// after every step. Returns the trained model and a report.
 pub fn train<B: AutodiffBackend>(
-    mut model: Transformer<B>,
+    model: Transformer<B>,
     tokenizer: &Tokenizer,
     sequences: &[Vec<u32>],
     params: &TrainParams,
     out_dir: &Path,
     on_step: &mut dyn FnMut(&StepInfo),
 ) -> Result<(Transformer<B>, TrainReport), TrainError> {
-    params.validate().map_err(TrainError::Config)?;
     if sequences.is_empty() {
         return Err(TrainError::Config(format!(
             "the corpus is too small: it yields no sequence of {} tokens",
             params.seq_len
         )));
     }
-    if params.seq_len > model.config.max_positions {
-        return Err(TrainError::Config(format!(
-            "train.seq_len ({}) exceeds the model's max_positions ({})",
-            params.seq_len, model.config.max_positions
-        )));
-    }
-    let device = model.embed.device();
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(params.weight_decay as f32)
-        .with_epsilon(1e-8)
-        .with_beta_2(0.95)
-        .init::<B, Transformer<B>>();
-    let start = (params.proximal > 0.0).then(|| {
-        let mut s = Snapshot::<B> {
-            out: HashMap::new(),
-        };
-        model.visit(&mut s);
-        s.out
-    });
+    let mut trainer = Trainer::new(model, params)?;
     let mut rng = StdRng::seed_from_u64(params.seed);
     let mut order: Vec<usize> = Vec::new();
     let mut report = TrainReport {
@@ -166,33 +237,7 @@ pub fn train<B: AutodiffBackend>(
         }
         let batch =
             TokenBatch::new(&batch_seqs, 0).map_err(|e| TrainError::Config(e.to_string()))?;
-        let n_targets = (batch.batch * (batch.seq_len - 1)) as f64;
-        let logits = model.forward(batch.to_tensor::<B>(&device));
-        let loss = summed_nll(logits, &batch) / n_targets;
-        let loss_value = loss.clone().into_scalar().elem::<f64>();
-        if !loss_value.is_finite() {
-            return Err(TrainError::Diverged {
-                step,
-                loss: loss_value,
-            });
-        }
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        let mut pass = GradPass::<B> {
-            grads: &mut grads,
-            start: start.as_ref().map(|s| (s, params.proximal)),
-            sq_norm: 0.0,
-            prox_penalty: 0.0,
-        };
-        model.visit(&mut pass);
-        let norm = pass.sq_norm.sqrt();
-        if params.grad_clip > 0.0 && norm > params.grad_clip {
-            model.visit(&mut ScaleGrads {
-                grads: &mut grads,
-                scale: params.grad_clip / norm,
-            });
-        }
-        let lr = params.lr_at(step);
-        model = optim.step(lr, model, grads);
+        let (loss_value, lr) = trainer.step(&batch)?;
         report.tokens_seen += batch.ids.len();
         if step == 0 {
             report.first_loss = loss_value;
@@ -211,12 +256,12 @@ pub fn train<B: AutodiffBackend>(
             let dir = out_dir
                 .join("checkpoints")
                 .join(format!("step-{:06}", step + 1));
-            hf::save_folder(&model.valid(), tokenizer, &dir)?;
+            hf::save_folder(&trainer.model().valid(), tokenizer, &dir)?;
             report.checkpoints.push(dir);
         }
     }
     report.seconds = t0.elapsed().as_secs_f64();
     report.tokens_per_s = report.tokens_seen as f64 / report.seconds.max(1e-9);
-    hf::save_folder(&model.valid(), tokenizer, out_dir)?;
-    Ok((model, report))
+    hf::save_folder(&trainer.model().valid(), tokenizer, out_dir)?;
+    Ok((trainer.into_model(), report))
 }
