@@ -1,0 +1,265 @@
+//! A generated RAG set with planted truth, for evaluating citations: every fact of an answer is
+//! stated in exactly one document, and distractor documents share its words — other people with
+//! the same sentence templates, and "tie" distractors that contain every content word of the
+//! answer sentence (the same value and the asked person's name) without stating the fact.
+//! A lexical-overlap citer cannot tell a tie distractor from the true document; a model that
+//! reads "X was born in C" as a fact about X can. Deterministic in the seed.
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::docs::Document;
+use crate::prompt::PromptTemplate;
+
+const ONSETS: &[&str] = &[
+    "b", "d", "k", "l", "m", "n", "r", "s", "t", "v", "z", "br", "dr", "kl", "st", "th",
+];
+const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "ai", "ei", "ou"];
+const CODAS: &[&str] = &["", "", "n", "r", "s", "l", "th", "m"];
+const CITIES: &[&str] = &[
+    "Kestrel Bay",
+    "Northmoor",
+    "Ashford",
+    "Valdor",
+    "Port Ilen",
+    "Greywater",
+    "Brindle",
+    "Solace",
+    "Marrow Hill",
+    "Eastwick",
+    "Lumen",
+    "Tarn",
+];
+const JOBS: &[&str] = &[
+    "glassblower",
+    "cartographer",
+    "baker",
+    "astronomer",
+    "beekeeper",
+    "carpenter",
+    "librarian",
+    "violinist",
+    "ferry pilot",
+    "potter",
+    "clockmaker",
+    "gardener",
+];
+const PETS: &[&str] = &[
+    "cat", "dog", "parrot", "tortoise", "goat", "ferret", "owl", "rabbit",
+];
+const COLORS: &[&str] = &[
+    "red", "blue", "green", "yellow", "violet", "orange", "silver", "black",
+];
+
+/// The kinds of facts; each has a question phrase, a statement and a tie-distractor form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fact {
+    City,
+    Job,
+    Pet,
+    Color,
+}
+
+impl Fact {
+    const ALL: [Fact; 4] = [Fact::City, Fact::Job, Fact::Pet, Fact::Color];
+    fn values(self) -> &'static [&'static str] {
+        match self {
+            Fact::City => CITIES,
+            Fact::Job => JOBS,
+            Fact::Pet => PETS,
+            Fact::Color => COLORS,
+        }
+    }
+    fn ask(self, name: &str) -> String {
+        match self {
+            Fact::City => format!("where was {name} born"),
+            Fact::Job => format!("what does {name} work as"),
+            Fact::Pet => format!("which pet does {name} have"),
+            Fact::Color => format!("which colour does {name} like"),
+        }
+    }
+    /// The predicate after the subject, e.g. "was born in Ashford".
+    fn predicate(self, v: &str) -> String {
+        match self {
+            Fact::City => format!("was born in {v}"),
+            Fact::Job => format!("works as a {v}"),
+            Fact::Pet => format!("has a {v}"),
+            Fact::Color => format!("likes the colour {v}"),
+        }
+    }
+}
+
+fn pick<'a>(rng: &mut StdRng, xs: &[&'a str]) -> &'a str {
+    xs[rng.random_range(0..xs.len())]
+}
+
+fn word(rng: &mut StdRng) -> String {
+    let mut w = String::new();
+    for _ in 0..2 {
+        w.push_str(pick(rng, ONSETS));
+        w.push_str(pick(rng, VOWELS));
+    }
+    w.push_str(pick(rng, CODAS));
+    let mut c = w.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}
+
+fn name(rng: &mut StdRng) -> String {
+    format!("{} {}", word(rng), word(rng))
+}
+
+/// One question with documents, the reference answer (one sentence per fact), and per answer
+/// sentence the 1-based index of the one document that states it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RagExample {
+    pub question: String,
+    pub docs: Vec<Document>,
+    pub answer: String,
+    pub sentences: Vec<String>,
+    pub gold: Vec<usize>,
+}
+
+/// `n` examples: two facts about one person, stated in two documents, plus two or three
+/// distractor documents (same templates about other people; with probability ½ per fact a tie
+/// distractor "{Other}, who {predicate}, knows {Name}."). Documents are shuffled.
+pub fn rag_set(n: usize, seed: u64) -> Vec<RagExample> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n).map(|_| one(&mut rng)).collect()
+}
+
+fn one(rng: &mut StdRng) -> RagExample {
+    let who = name(rng);
+    let f1 = Fact::ALL[rng.random_range(0..4)];
+    let f2 = loop {
+        let f = Fact::ALL[rng.random_range(0..4)];
+        if f != f1 {
+            break f;
+        }
+    };
+    let v1 = pick(rng, f1.values());
+    let v2 = pick(rng, f2.values());
+    // (text, gold for sentence k)
+    let mut docs: Vec<(String, Option<usize>)> = vec![
+        (format!("{who} {}.", f1.predicate(v1)), Some(0)),
+        (format!("{who} {}.", f2.predicate(v2)), Some(1)),
+    ];
+    for (f, v) in [(f1, v1), (f2, v2)] {
+        let other = name(rng);
+        if rng.random_bool(0.5) {
+            docs.push((
+                format!("{other}, who {}, knows {who}.", f.predicate(v)),
+                None,
+            ));
+        } else {
+            let w = loop {
+                let w = pick(rng, f.values());
+                if w != v {
+                    break w;
+                }
+            };
+            docs.push((format!("{other} {}.", f.predicate(w)), None));
+        }
+    }
+    if rng.random_bool(0.5) {
+        let f = Fact::ALL[rng.random_range(0..4)];
+        docs.push((
+            format!("{} {}.", name(rng), f.predicate(pick(rng, f.values()))),
+            None,
+        ));
+    }
+    for i in (1..docs.len()).rev() {
+        let j = rng.random_range(0..=i);
+        docs.swap(i, j);
+    }
+    let mut gold = vec![0; 2];
+    for (i, (_, g)) in docs.iter().enumerate() {
+        if let Some(k) = g {
+            gold[*k] = i + 1;
+        }
+    }
+    let q = format!("{} and {}?", f1.ask(&who), f2.ask(&who));
+    let question = q[..1].to_uppercase() + &q[1..];
+    let sentences = vec![
+        format!("{who} {}.", f1.predicate(v1)),
+        format!("{who} {}.", f2.predicate(v2)),
+    ];
+    RagExample {
+        question,
+        docs: docs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (t, _))| Document::new(format!("d{}", i + 1), None, t))
+            .collect(),
+        answer: sentences.join(" "),
+        sentences,
+        gold,
+    }
+}
+
+/// The prompt template the planted-truth model is trained with: MIRAGE's form without the
+/// instruction (which would only cost context).
+pub fn template() -> PromptTemplate {
+    PromptTemplate {
+        instruction: String::new(),
+        prompt: "Question: {question}\n\n{context}\nAnswer:".into(),
+        ..PromptTemplate::default()
+    }
+}
+
+/// The training text of an example: the prompt, the separator, the answer.
+pub fn training_text(ex: &RagExample) -> String {
+    let tpl = template();
+    let (prompt, _) = crate::prompt::render_prompt(&tpl, &ex.question, &ex.docs, None)
+        .expect("the planted template renders");
+    format!("{prompt}{}{}", tpl.answer_separator, ex.answer)
+}
+
+/// Citation precision / recall / F1 against the planted truth (one gold document per sentence).
+/// Recall: share of sentences whose gold document is cited. Precision: share of citations that
+/// are gold. F1: their harmonic mean (ALCE style, corpus level).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Prf {
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub sentences: usize,
+    pub citations: usize,
+}
+
+/// Scores `cited[s]` (1-based documents cited for sentence s) against `gold[s]`.
+pub fn score(cited: &[Vec<usize>], gold: &[usize]) -> Prf {
+    assert_eq!(
+        cited.len(),
+        gold.len(),
+        "one citation list per gold sentence"
+    );
+    let hits: usize = cited
+        .iter()
+        .zip(gold)
+        .filter(|(c, g)| c.contains(g))
+        .count();
+    let n_cites: usize = cited.iter().map(Vec::len).sum();
+    let recall = if gold.is_empty() {
+        0.0
+    } else {
+        hits as f64 / gold.len() as f64
+    };
+    let precision = if n_cites == 0 {
+        0.0
+    } else {
+        hits as f64 / n_cites as f64
+    };
+    let f1 = if precision + recall == 0.0 {
+        0.0
+    } else {
+        2.0 * precision * recall / (precision + recall)
+    };
+    Prf {
+        precision,
+        recall,
+        f1,
+        sentences: gold.len(),
+        citations: n_cites,
+    }
+}
