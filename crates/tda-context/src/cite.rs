@@ -149,3 +149,74 @@ pub fn sentence_of(text: &str, span: (usize, usize), sentences: &[Range<usize>])
         .or_else(|| sentences.iter().rposition(|r| r.start <= first))
         .or(if sentences.is_empty() { None } else { Some(0) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_range_keeps_the_top_of_the_range_over_candidates() {
+        let s = [9.0, 1.0, 2.0, 10.0, 0.5, 9.6];
+        // Candidates 1..=5: range [0.5, 10], 5 % cut = 10 − 0.475 = 9.525.
+        let c = [false, true, true, true, true, true];
+        assert_eq!(
+            filter_scores(&s, &c, CciFilter::TopRangePct(5.0)),
+            vec![0.0, 0.0, 0.0, 10.0, 0.0, 9.6]
+        );
+        // The non-candidate 9.0 never survives, even with everything kept.
+        assert_eq!(filter_scores(&s, &c, CciFilter::All)[0], 0.0);
+        assert_eq!(
+            filter_scores(&s, &c, CciFilter::TopK(2)),
+            vec![0.0, 0.0, 0.0, 10.0, 0.0, 9.6]
+        );
+        assert_eq!(
+            filter_scores(&s, &[false; 6], CciFilter::TopK(2)),
+            vec![0.0; 6]
+        );
+        // 100 % of the range keeps every candidate.
+        assert_eq!(
+            filter_scores(&s, &c, CciFilter::TopRangePct(100.0)),
+            vec![0.0, 1.0, 2.0, 10.0, 0.5, 9.6]
+        );
+    }
+
+    #[test]
+    fn doc_sums_and_citations() {
+        let scores = [1.0, 2.0, 3.0, 4.0];
+        let doc_of = [None, Some(1), Some(0), Some(1)];
+        assert_eq!(doc_sums(&scores, &doc_of, 3), vec![3.0, 6.0, 0.0]);
+        assert_eq!(citations(&[3.0, 6.0, 0.0, 1.0, 2.0], 3, 0.0), vec![1, 0, 4]);
+        assert_eq!(citations(&[3.0, 6.0, 0.0, 1.0, 2.0], 3, 0.25), vec![1, 0]);
+        assert_eq!(citations(&[0.0, 0.0], 3, 0.0), Vec::<usize>::new());
+        assert_eq!(citations(&[1.0, 1.0], 1, 0.0), vec![0], "ties by index");
+    }
+
+    #[test]
+    fn sentences_by_offsets() {
+        let t = "Mira was born in Tarn. She works as a baker!  Pi is 3.14 \"really.\" Yes\nNo";
+        let s: Vec<&str> = split_sentences(t).into_iter().map(|r| &t[r]).collect();
+        assert_eq!(
+            s,
+            vec![
+                "Mira was born in Tarn.",
+                "She works as a baker!",
+                "Pi is 3.14 \"really.\"",
+                "Yes",
+                "No"
+            ]
+        );
+        assert!(split_sentences("  \n ").is_empty());
+        let u = "Zürich — 東京. Ok";
+        let r = split_sentences(u);
+        assert_eq!(&u[r[0].clone()], "Zürich — 東京.");
+        // Token " She" (leading space) belongs to the second sentence; "." to the first.
+        let rs = split_sentences(t);
+        assert_eq!(sentence_of(t, (22, 26), &rs), Some(1));
+        assert_eq!(sentence_of(t, (21, 22), &rs), Some(0));
+        assert_eq!(
+            sentence_of(t, (44, 46), &rs),
+            Some(1),
+            "whitespace-only token"
+        );
+    }
+}

@@ -241,7 +241,7 @@ pub fn attribute<B: AutodiffBackend>(
             TokenReport {
                 index: t,
                 id,
-                text: answer.get(s..e).map(str::to_string).unwrap_or_default(),
+                text: tokenizer.decode(&[id], false).unwrap_or_default(),
                 start: s,
                 end: e,
                 sentence: sentence_of_token[t],

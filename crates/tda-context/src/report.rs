@@ -9,7 +9,8 @@ use crate::cti::Threshold;
 use crate::error::{ContextError, Result};
 use crate::pipeline::Method;
 
-/// One answer token. `start..end` are byte offsets in [`Attribution::answer`].
+/// One answer token. `text` is the token decoded alone (with its leading space, if any);
+/// `start..end` are byte offsets in [`Attribution::answer`] (whitespace may be trimmed).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TokenReport {
     pub index: usize,
