@@ -81,7 +81,11 @@ impl Language {
         }
         // Topic words: mid-frequency ranks (500..50,000).
         let topics = (0..TOPICS)
-            .map(|_| (0..TOPIC_WORDS).map(|_| 500 + (rng.next() % 49_500) as u32).collect())
+            .map(|_| {
+                (0..TOPIC_WORDS)
+                    .map(|_| 500 + (rng.next() % 49_500) as u32)
+                    .collect()
+            })
             .collect();
         Language { words, cdf, topics }
     }
@@ -123,7 +127,8 @@ fn generate(dir: &Path, n: usize, lang: &Language, rng: &mut Rng) -> u64 {
             if let Some(mut old) = w.take() {
                 old.flush().unwrap();
             }
-            let f = std::fs::File::create(dir.join(format!("shard-{:04}.jsonl", i / SHARD_DOCS))).unwrap();
+            let f = std::fs::File::create(dir.join(format!("shard-{:04}.jsonl", i / SHARD_DOCS)))
+                .unwrap();
             w = Some(std::io::BufWriter::with_capacity(1 << 20, f));
         }
         let len = (150.0 * (0.9 * rng.normal()).exp()).clamp(5.0, 20_000.0) as usize;
@@ -159,7 +164,11 @@ fn dir_size(p: &Path) -> u64 {
             rd.filter_map(|e| e.ok())
                 .map(|e| {
                     let m = e.metadata().unwrap();
-                    if m.is_dir() { dir_size(&e.path()) } else { m.len() }
+                    if m.is_dir() {
+                        dir_size(&e.path())
+                    } else {
+                        m.len()
+                    }
                 })
                 .sum()
         })
@@ -167,7 +176,10 @@ fn dir_size(p: &Path) -> u64 {
 }
 
 fn env(key: &str, default: usize) -> usize {
-    std::env::var(key).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -181,7 +193,11 @@ fn overlap(a: &[tda_corpus::Hit], b: &[tda_corpus::Hit], k: usize) -> f64 {
         return 1.0;
     }
     let set: std::collections::HashSet<&str> = b[..k].iter().map(|h| h.doc_id.as_str()).collect();
-    a[..k].iter().filter(|h| set.contains(h.doc_id.as_str())).count() as f64 / k as f64
+    a[..k]
+        .iter()
+        .filter(|h| set.contains(h.doc_id.as_str()))
+        .count() as f64
+        / k as f64
 }
 
 fn main() {
@@ -224,24 +240,55 @@ fn main() {
         overwrite: true,
         ..Default::default()
     };
+    // Sample anonymous (heap) and file-backed (mmap'd index pages, reclaimable) RSS separately:
+    // VmHWM mixes both, and the file part grows with the index being merged.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut anon, mut file) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                anon = anon.max(status_kib("RssAnon:"));
+                file = file.max(status_kib("RssFile:"));
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            (anon, file)
+        })
+    };
     let (idx, summary) = CorpusIndex::build(&corpus, &index_dir, &opts, Progress::Bar).unwrap();
     let peak = status_kib("VmHWM:");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (peak_anon, peak_file) = sampler.join().unwrap();
     println!("build: {summary}");
     println!(
         "build: {:.0} docs/s, {:.1} MB/s (jsonl bytes), index {:.1} MB on disk, {} segment(s)",
         summary.docs_per_s(),
         summary.mb_per_s(),
         dir_size(&index_dir) as f64 / 1e6,
-        std::fs::read_dir(&index_dir).unwrap().filter(|e| {
-            e.as_ref().map(|e| e.file_name().to_string_lossy().ends_with(".idx")).unwrap_or(false)
-        }).count()
+        std::fs::read_dir(&index_dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .map(|e| e.file_name().to_string_lossy().ends_with(".idx"))
+                    .unwrap_or(false)
+            })
+            .count()
     );
     println!(
         "build: peak RSS {:.0} MiB (VmHWM{}; RSS before build {:.0} MiB; budget {} MiB)",
         peak as f64 / 1024.0,
-        if reset { ", reset before build" } else { ", NOT reset: includes generation" },
+        if reset {
+            ", reset before build"
+        } else {
+            ", NOT reset: includes generation"
+        },
         rss_before as f64 / 1024.0,
         opts.memory_budget >> 20
+    );
+    println!(
+        "build: sampled peaks every 20 ms: RssAnon {:.0} MiB (heap), RssFile {:.0} MiB (mapped index files)",
+        peak_anon as f64 / 1024.0,
+        peak_file as f64 / 1024.0
     );
 
     // Queries: 100-word "completions" from random topics.
@@ -257,10 +304,30 @@ fn main() {
     for q in queries.iter().take(2) {
         idx.search(q, k, Ranking::Bm25).unwrap();
     }
-    println!("\nquery: {nq} queries of 100 words, top-{k}, on {} docs", idx.num_docs());
-    println!("{:<8} {:<10} {:>8} {:>8} {:>8} {:>7} {:>12} {:>12}", "ranking", "max_terms", "p50 ms", "p90 ms", "max ms", "terms", "overlap@100", "overlap@k");
-    for ranking in [Ranking::Bm25, Ranking::TfIdf] {
-        let full_opts = QueryOptions { ranking, max_terms: None, max_doc_freq_ratio: None, tantivy_engine: false };
+    println!(
+        "\nquery: {nq} queries of 100 words, top-{k}, on {} docs",
+        idx.num_docs()
+    );
+    println!(
+        "{:<13} {:<10} {:>8} {:>8} {:>8} {:>7} {:>12} {:>12}",
+        "ranking", "max_terms", "p50 ms", "p90 ms", "max ms", "terms", "overlap@100", "overlap@k"
+    );
+    for (ranking, tantivy_engine) in [
+        (Ranking::Bm25, false),
+        (Ranking::TfIdf, false),
+        (Ranking::Bm25, true),
+    ] {
+        let name = if tantivy_engine {
+            "Bm25/tantivy".to_string()
+        } else {
+            format!("{ranking:?}")
+        };
+        let full_opts = QueryOptions {
+            ranking,
+            max_terms: None,
+            max_doc_freq_ratio: None,
+            tantivy_engine,
+        };
         let mut full = Vec::new();
         let mut lat = Vec::new();
         let mut terms = 0usize;
@@ -272,12 +339,23 @@ fn main() {
             full.push(r.hits);
         }
         println!(
-            "{:<8} {:<10} {:>8.1} {:>8.1} {:>8.1} {:>7.1} {:>12} {:>12}",
-            format!("{ranking:?}"), "all", percentile(&mut lat, 0.5), percentile(&mut lat, 0.9),
-            percentile(&mut lat, 1.0), terms as f64 / nq as f64, "1.000", "1.000"
+            "{:<13} {:<10} {:>8.1} {:>8.1} {:>8.1} {:>7.1} {:>12} {:>12}",
+            name,
+            "all",
+            percentile(&mut lat, 0.5),
+            percentile(&mut lat, 0.9),
+            percentile(&mut lat, 1.0),
+            terms as f64 / nq as f64,
+            "1.000",
+            "1.000"
         );
         for cap in [16usize, 32, 64, 128] {
-            let o = QueryOptions { ranking, max_terms: Some(cap), max_doc_freq_ratio: None, tantivy_engine: false };
+            let o = QueryOptions {
+                ranking,
+                max_terms: Some(cap),
+                max_doc_freq_ratio: None,
+                tantivy_engine,
+            };
             let mut lat = Vec::new();
             let (mut o100, mut ok) = (0.0, 0.0);
             let mut terms = 0usize;
@@ -290,9 +368,15 @@ fn main() {
                 ok += overlap(&r.hits, f, k);
             }
             println!(
-                "{:<8} {:<10} {:>8.1} {:>8.1} {:>8.1} {:>7.1} {:>12.3} {:>12.3}",
-                format!("{ranking:?}"), cap, percentile(&mut lat, 0.5), percentile(&mut lat, 0.9),
-                percentile(&mut lat, 1.0), terms as f64 / nq as f64, o100 / nq as f64, ok / nq as f64
+                "{:<13} {:<10} {:>8.1} {:>8.1} {:>8.1} {:>7.1} {:>12.3} {:>12.3}",
+                name,
+                cap,
+                percentile(&mut lat, 0.5),
+                percentile(&mut lat, 0.9),
+                percentile(&mut lat, 1.0),
+                terms as f64 / nq as f64,
+                o100 / nq as f64,
+                ok / nq as f64
             );
         }
     }

@@ -3,8 +3,9 @@
 //! Layout and invariants:
 //! - One tantivy index per folder. The `body` field is indexed with term frequencies and field
 //!   norms only (no positions, not stored); per document the index keeps, as fast fields, the
-//!   document id (`doc_id`, also indexed as a raw term) and its [`SourceRef`] (`file` = index into
-//!   [`IndexInfo::files`], `row`, `offset`, `len`).
+//!   document id (`doc_id`), its [`SourceRef`] (`file` = index into [`IndexInfo::files`], `row`,
+//!   `offset`, `len`) and the byte span of the indexed text in the document (`span_start`,
+//!   `span_end`: the whole text, or one passage when [`IndexOptions::passages`] is set).
 //! - [`IndexInfo`] (analyzer settings, read options, file fingerprints, counts) is the tantivy
 //!   commit payload, so it is written atomically with the documents it describes.
 //! - `build` writes into a temporary folder beside the target and renames it into place only
@@ -25,7 +26,7 @@ use tantivy::indexer::IndexWriterOptions;
 use tantivy::postings::Postings;
 use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
-    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, FAST, STRING,
+    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, FAST,
 };
 use tantivy::tokenizer::{
     Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
@@ -319,7 +320,7 @@ fn schema() -> (Schema, Fields) {
     let num = || NumericOptions::default().set_fast();
     let fields = Fields {
         body: b.add_text_field("body", body_opts),
-        doc_id: b.add_text_field("doc_id", STRING | FAST),
+        doc_id: b.add_text_field("doc_id", FAST),
         file: b.add_u64_field("file", num()),
         row: b.add_u64_field("row", num()),
         offset: b.add_u64_field("offset", num()),
@@ -872,6 +873,19 @@ impl CorpusIndex {
                 .map_err(|e| err(&e))?;
         }
         Ok(hits.into_iter().flatten().collect())
+    }
+
+    /// The prefilter step of `tda trace --index`: the top-`k` hits for `query` with their
+    /// documents read back from the corpus (the scored text is `hit.text(&doc)`).
+    pub fn candidates(
+        &self,
+        query: &str,
+        k: usize,
+        opts: &QueryOptions,
+    ) -> Result<Vec<(Hit, Document)>> {
+        let hits = self.search_with(query, k, opts)?.hits;
+        let docs = self.fetch(&hits)?;
+        Ok(hits.into_iter().zip(docs).collect())
     }
 
     /// Read back the documents of `hits` from the corpus files (ids as stored in the index).

@@ -167,7 +167,8 @@ pub struct CorpusFile {
 }
 
 /// The resolved list of files making a corpus: a single file, a list of files, or directories
-/// of shards (walked recursively, hidden entries and unknown extensions ignored, sorted).
+/// of shards (walked recursively, sorted; hidden entries, unknown extensions and tantivy index
+/// folders ignored).
 #[derive(Clone, Debug, Default)]
 pub struct CorpusSpec {
     pub files: Vec<CorpusFile>,
@@ -237,6 +238,11 @@ fn walk(
         }
         let meta = std::fs::metadata(&path).map_err(|e| CorpusError::io(&path, e))?;
         if meta.is_dir() {
+            // A tantivy index folder (e.g. `indexes/` inside the corpus) is not corpus data.
+            if path.join(".managed.json").exists() {
+                ignored.push(path);
+                continue;
+            }
             walk(root, &path, out, ignored)?;
         } else if let Some(format) = Format::from_path(&path) {
             let rel = path

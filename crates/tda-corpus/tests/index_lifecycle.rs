@@ -381,6 +381,14 @@ fn passages_are_ranked_and_map_to_their_span() {
             assert_eq!(h.span, (0, d.text.len()));
         }
     }
+    let cands = idx
+        .candidates("zircon", 2, &QueryOptions::default())
+        .unwrap();
+    assert_eq!(cands.len(), 2);
+    for (h, d) in &cands {
+        assert_eq!(&h.doc_id, &d.id);
+        assert!(h.text(d).contains("zircon"));
+    }
     let reopened = CorpusIndex::open(idx.dir()).unwrap();
     assert_eq!(
         reopened.info().passages,
@@ -400,4 +408,21 @@ fn passages_are_ranked_and_map_to_their_span() {
     };
     assert!(CorpusIndex::build(&p, &dir.path().join("j"), &bad, Progress::Hidden).is_err());
     assert!(!dir.path().join("j").exists());
+}
+
+#[test]
+fn an_index_inside_the_corpus_folder_is_not_read_as_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(root.join("a.jsonl"), "{\"text\": \"some text\"}\n").unwrap();
+    let idx_dir = root.join("indexes/a");
+    let (idx, _) = CorpusIndex::build(root, &idx_dir, &opts(), Progress::Hidden).unwrap();
+    idx.check_corpus(root).unwrap();
+    let over = IndexOptions {
+        overwrite: true,
+        ..opts()
+    };
+    let (idx, s) = CorpusIndex::build(root, &idx_dir, &over, Progress::Hidden).unwrap();
+    assert_eq!((s.docs, s.files_indexed), (1, 1));
+    idx.check_corpus(root).unwrap();
 }
