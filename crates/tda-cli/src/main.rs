@@ -33,6 +33,12 @@ enum Command {
     Logprobs(cmd::infer::LogprobsArgs),
     /// Write the generated biography corpus that the demo and the tests use.
     SynthCorpus(cmd::demo::SynthArgs),
+    /// Build (or extend) the tantivy TF-IDF/BM25 index of a corpus.
+    Index(cmd::index::IndexArgs),
+    /// Query a corpus index: the prefilter behind `tda trace --index`.
+    Search(cmd::search::SearchArgs),
+    /// Attribute each sentence of a RAG answer to the retrieved documents (MIRAGE-style).
+    Cite(cmd::cite::CiteArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +49,9 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd::infer::generate(&a),
         Command::Logprobs(a) => cmd::infer::logprobs(&a),
         Command::SynthCorpus(a) => cmd::demo::synth(&a),
+        Command::Index(a) => cmd::index::run(&a),
+        Command::Search(a) => cmd::search::run(&a),
+        Command::Cite(a) => cmd::cite::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,10 @@
 //! One module per subcommand.
 
+pub mod cite;
 pub mod demo;
+pub mod index;
 pub mod infer;
+pub mod search;
 pub mod train;
 
 use tda_model::device::{check_cuda, DeviceKind};
