@@ -1,0 +1,194 @@
+//! `tda cite`: which retrieved document supports each sentence of an answer (MIRAGE-style
+//! context attribution, crate `tda-context`).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use tda_context::{
+    attribute, read_documents, write_atomic, CciFilter, ChatTemplate, Method, Options, Request,
+    Threshold,
+};
+use tda_model::device::DeviceKind;
+
+use crate::with_backend;
+
+#[derive(Args)]
+#[command(after_help = "Examples:
+  tda cite --model tests/fixtures/rag --docs docs.jsonl --question \"Where was Mira Tolven born?\"
+  tda cite --model M --docs docs.jsonl --question Q --answer \"Mira was born in Tarn.\" --html cite.html
+  tda cite --model M --docs docs.parquet --question Q --cti-top-k 5 --cci-top-k 3 --json
+
+Documents: jsonl with {\"id\", \"title\" (optional), \"text\"} per line, or parquet with those columns.
+Method: answer tokens whose next-token distribution changes most when the documents are removed
+(KL(P_noctx || P_ctx) >= mean + k*std) are traced by the gradient of a contrastive target to the
+document tokens; the documents are summed per answer sentence (at most 3 citations).")]
+pub struct CiteArgs {
+    /// HF model folder (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub question: String,
+    /// Retrieved documents: .jsonl or .parquet.
+    #[arg(long)]
+    pub docs: PathBuf,
+    /// Attribute this answer instead of generating one.
+    #[arg(long)]
+    pub answer: Option<String>,
+    /// Print the JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON report to this file (atomically).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write a self-contained HTML report to this file (atomically).
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceKind,
+
+    /// CTI threshold: mean + k·std of the answer's KL scores.
+    #[arg(long, default_value_t = 1.0)]
+    pub cti_k: f32,
+    /// CTI threshold: a fixed KL value in nats (overrides --cti-k).
+    #[arg(long)]
+    pub cti_fixed: Option<f32>,
+    /// CTI: the k most context-sensitive tokens (overrides --cti-k).
+    #[arg(long)]
+    pub cti_top_k: Option<usize>,
+    /// CCI filter: keep document tokens in the top P % of each token's score range.
+    #[arg(long, default_value_t = 5.0)]
+    pub cci_top_pct: f32,
+    /// CCI filter: keep the k best document tokens instead.
+    #[arg(long)]
+    pub cci_top_k: Option<usize>,
+    /// Gradient reduction: saliency (‖∂f/∂e‖) or input-x-gradient (‖e ⊙ ∂f/∂e‖).
+    #[arg(long, default_value = "saliency")]
+    pub method: String,
+    /// Count title tokens for their document (headers never count).
+    #[arg(long)]
+    pub count_titles: bool,
+    #[arg(long, default_value_t = 3)]
+    pub max_citations: usize,
+    /// A cited document needs at least this share of the sentence's document mass.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_share: f32,
+    /// Give a sentence without context-sensitive token its highest-KL token.
+    #[arg(long)]
+    pub sentence_fallback: bool,
+    /// Use the plain prompt template even if the model has a chat template.
+    #[arg(long)]
+    pub no_chat_template: bool,
+    /// Instruction put before the question (default: MIRAGE's ELI5 instruction).
+    #[arg(long)]
+    pub instruction: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// At most this many answer tokens per input-gradient backward.
+    #[arg(long, default_value_t = 16)]
+    pub batch_rows: usize,
+}
+
+/// The library options these arguments ask for.
+pub fn options(a: &CiteArgs) -> anyhow::Result<Options> {
+    let mut o = Options::default();
+    o.threshold = match (a.cti_fixed, a.cti_top_k) {
+        (Some(_), Some(_)) => anyhow::bail!("give at most one of --cti-fixed and --cti-top-k"),
+        (Some(x), None) => Threshold::Fixed(x),
+        (None, Some(k)) => Threshold::TopK(k),
+        (None, None) => Threshold::MeanStd(a.cti_k),
+    };
+    o.filter = match a.cci_top_k {
+        Some(k) => CciFilter::TopK(k),
+        None if a.cci_top_pct > 0.0 && a.cci_top_pct <= 100.0 => {
+            CciFilter::TopRangePct(a.cci_top_pct)
+        }
+        None => anyhow::bail!("--cci-top-pct must be in (0, 100]"),
+    };
+    o.method = match a.method.as_str() {
+        "saliency" => Method::Saliency,
+        "input-x-gradient" | "ixg" => Method::InputXGradient,
+        m => anyhow::bail!("unknown --method \"{m}\" (saliency, input-x-gradient)"),
+    };
+    if a.max_citations == 0 {
+        anyhow::bail!("--max-citations must be at least 1");
+    }
+    o.count_titles = a.count_titles;
+    o.max_citations = a.max_citations;
+    o.min_share = a.min_share;
+    o.sentence_fallback = a.sentence_fallback;
+    o.max_batch_rows = a.batch_rows.max(1);
+    if let Some(i) = &a.instruction {
+        o.template.instruction = i.clone();
+    }
+    o.generation.max_new_tokens = a.max_new_tokens;
+    o.generation.temperature = a.temperature;
+    o.generation.top_p = a.top_p;
+    o.generation.seed = a.seed;
+    Ok(o)
+}
+
+pub fn run(a: &CiteArgs) -> anyhow::Result<()> {
+    let opts = options(a)?;
+    let docs = read_documents(&a.docs)?;
+    with_backend!(a.device, |B, AD, device| {
+        let m = tda_model::load_folder::<AD>(&a.model, &device)?;
+        let chat = if a.no_chat_template {
+            None
+        } else {
+            ChatTemplate::from_folder(&a.model)?
+        };
+        let req = Request {
+            question: &a.question,
+            docs: &docs,
+            answer: a.answer.as_deref(),
+        };
+        let report = attribute(&m.model, &m.tokenizer, chat.as_ref(), &req, &opts)?;
+        if let Some(p) = &a.out {
+            write_atomic(p, report.to_json().as_bytes())?;
+        }
+        if let Some(p) = &a.html {
+            write_atomic(p, report.to_html().as_bytes())?;
+        }
+        if a.json {
+            println!("{}", report.to_json());
+        } else {
+            println!("{}", report.answer_with_citations);
+            println!();
+            for s in &report.sentences {
+                let cites: Vec<String> = s
+                    .citations
+                    .iter()
+                    .map(|&c| format!("[{c}] {}", docs[c - 1].id))
+                    .collect();
+                println!(
+                    "sentence {}: {}",
+                    s.index + 1,
+                    if cites.is_empty() {
+                        "no citation".to_string()
+                    } else {
+                        cites.join(", ")
+                    }
+                );
+            }
+            let p = &report.passes;
+            eprintln!(
+                "{} context-sensitive of {} answer tokens (threshold {:.3} nats); {} forwards + {} backwards ({} rows); {:.2} s",
+                report.tokens.iter().filter(|t| t.selected).count(),
+                report.tokens.len(),
+                report.settings.threshold_value,
+                p.forwards,
+                p.backwards,
+                p.gradient_rows,
+                report.timings.total_s
+            );
+        }
+        Ok(())
+    })
+}
