@@ -1,0 +1,289 @@
+//! Taps on the host: one forward + one activation-gradient backward of a frozen model, then the
+//! per-layer `a`/`g` copied to `f32` vectors for `tda-curvature`.
+//!
+//! Differentiated scalars:
+//! - [`Labels::Data`]: the summed next-token loss on the sequence's own tokens (empirical; the
+//!   candidate gradient ∇L(z)).
+//! - [`Labels::Sampled`]: the summed loss on labels drawn from the model's own predictive
+//!   distribution (true Fisher / Gauss-Newton for cross-entropy), seeded per sequence.
+//! - [`Target`]: a measurement `f` over selected target positions (queries).
+
+use std::time::Instant;
+
+use burn::prelude::*;
+use burn::tensor::activation;
+use burn::tensor::backend::AutodiffBackend;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use tda_curvature::{LayerBatch, LayerSpec};
+use tda_model::{tap, token_logprobs, TokenBatch, Transformer};
+
+use crate::error::{Result, TraceError};
+
+/// Per-layer taps of one batch, in host memory, in the order of the specs.
+pub struct HostTaps {
+    pub a: Vec<Vec<f32>>,
+    pub g: Vec<Vec<f32>>,
+    pub mask: Vec<bool>,
+    pub batch: usize,
+    pub seq_len: usize,
+    /// Value of the differentiated scalar.
+    pub value: f32,
+    /// Per-sequence values of the measurement (only for [`Scalar::Measure`]).
+    pub values: Vec<f32>,
+    /// Seconds in forward + backward, and in the device → host copy.
+    pub t_model: f64,
+    pub t_copy: f64,
+}
+
+impl HostTaps {
+    pub fn layer_batches(&self) -> Vec<LayerBatch<'_>> {
+        self.a
+            .iter()
+            .zip(&self.g)
+            .map(|(a, g)| LayerBatch {
+                a,
+                g,
+                mask: &self.mask,
+                batch: self.batch,
+                seq_len: self.seq_len,
+            })
+            .collect()
+    }
+}
+
+/// Labels of the training loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Labels {
+    /// The sequence's own next tokens.
+    Data,
+    /// Drawn from the model; sequence `i` of the batch uses the RNG seeded by `(seed, first_index + i)`.
+    Sampled { seed: u64, first_index: u64 },
+}
+
+/// A measurement `f` on chosen target positions: `weights [batch, seq_len − 1]` (1 on target
+/// `t + 1` to include, 0 elsewhere).
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub kind: crate::trace::Measurement,
+    pub weights: Vec<f32>,
+}
+
+fn seq_rng(seed: u64, index: u64) -> StdRng {
+    StdRng::seed_from_u64(
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(index.wrapping_mul(0xD1B5_4A32_D192_ED03))
+            ^ 0x7461_7073,
+    )
+}
+
+/// Samples one label per position from softmax(logits) on the host: `[b, t, V]` → `[b, t]`.
+fn sample_labels(logits: &[f32], b: usize, t: usize, v: usize, seed: u64, first: u64) -> Vec<i32> {
+    let mut out = Vec::with_capacity(b * t);
+    let mut p = vec![0f64; v];
+    for bi in 0..b {
+        let mut rng = seq_rng(seed, first + bi as u64);
+        for ti in 0..t {
+            let row = &logits[(bi * t + ti) * v..(bi * t + ti + 1) * v];
+            let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+            let mut z = 0.0;
+            for (pi, &x) in p.iter_mut().zip(row) {
+                *pi = (x as f64 - m).exp();
+                z += *pi;
+            }
+            let u: f64 = rng.random::<f64>() * z;
+            let mut acc = 0.0;
+            let mut pick = v - 1;
+            for (i, &pi) in p.iter().enumerate() {
+                acc += pi;
+                if u < acc {
+                    pick = i;
+                    break;
+                }
+            }
+            out.push(pick as i32);
+        }
+    }
+    out
+}
+
+fn to_host<BI: Backend>(t: Tensor<BI, 3>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 tensor data")
+}
+
+/// The scalar to differentiate.
+pub enum Scalar<'a> {
+    Loss(Labels),
+    Measure(&'a Target),
+}
+
+/// Forward + backward on `batch` of a *frozen* model, taps of the layers named in `specs`.
+pub fn host_taps<AD: AutodiffBackend>(
+    frozen: &Transformer<AD>,
+    specs: &[LayerSpec],
+    batch: &TokenBatch,
+    scalar: Scalar<'_>,
+) -> Result<HostTaps> {
+    if batch.seq_len < 2 {
+        return Err(TraceError::Usage(
+            "sequences need at least 2 tokens to have a next-token loss".into(),
+        ));
+    }
+    if batch.seq_len > frozen.config.max_positions {
+        return Err(TraceError::Usage(format!(
+            "sequence of {} tokens exceeds the model's max_positions {}",
+            batch.seq_len, frozen.config.max_positions
+        )));
+    }
+    let device = frozen.embed.device();
+    let ids = batch.to_tensor::<AD>(&device);
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    let filter = |n: &str| names.contains(&n);
+    let (bsz, t) = (batch.batch, batch.seq_len);
+    let t0 = Instant::now();
+    let ids2 = ids.clone();
+    let mut values: Vec<f32> = Vec::new();
+    let values_out = &mut values;
+    let taps = tap(frozen, ids, &filter, false, |logits: Tensor<AD, 3>| {
+        let tmask = batch.target_mask::<AD>(&device);
+        match scalar {
+            Scalar::Loss(Labels::Data) => (token_logprobs(logits, ids2) * tmask).sum().neg(),
+            Scalar::Loss(Labels::Sampled { seed, first_index }) => {
+                let v = logits.dims()[2];
+                let host = to_host(logits.clone().narrow(1, 0, t - 1).inner());
+                let lab = sample_labels(&host, bsz, t - 1, v, seed, first_index);
+                let lab =
+                    Tensor::<AD, 2, Int>::from_data(TensorData::new(lab, [bsz, t - 1]), &device)
+                        .reshape([bsz, t - 1, 1]);
+                let lp = activation::log_softmax(logits.narrow(1, 0, t - 1), 2)
+                    .gather(2, lab)
+                    .reshape([bsz, t - 1]);
+                (lp * tmask).sum().neg()
+            }
+            Scalar::Measure(target) => {
+                let w = Tensor::<AD, 2>::from_data(
+                    TensorData::new(target.weights.clone(), [bsz, t - 1]),
+                    &device,
+                );
+                let per_seq = crate::trace::measurement_value(target.kind, logits, ids2, w);
+                *values_out = per_seq
+                    .clone()
+                    .inner()
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .expect("f32 tensor data");
+                per_seq.sum()
+            }
+        }
+    });
+    let t_model = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    if taps.layers.len() != specs.len() {
+        return Err(TraceError::Mismatch(format!(
+            "the model has {} of the {} tracked layers (first missing: {})",
+            taps.layers.len(),
+            specs.len(),
+            specs
+                .iter()
+                .find(|s| !taps.layers.iter().any(|l| l.name == s.name))
+                .map(|s| s.name.as_str())
+                .unwrap_or("?")
+        )));
+    }
+    let mut a = Vec::with_capacity(specs.len());
+    let mut g = Vec::with_capacity(specs.len());
+    // Taps come in forward order; specs are in forward order too, but match by name to be safe.
+    let mut layers: Vec<Option<tda_model::LayerTap<AD::InnerBackend>>> =
+        taps.layers.into_iter().map(Some).collect();
+    for s in specs {
+        let pos = layers
+            .iter()
+            .position(|l| l.as_ref().is_some_and(|l| l.name == s.name))
+            .ok_or_else(|| TraceError::Mismatch(format!("layer {} was not tapped", s.name)))?;
+        let l = layers[pos].take().unwrap();
+        let [lb, lt, din] = l.a.dims();
+        let dout = l.g.dims()[2];
+        if din != s.d_in || dout != s.d_out || lb != bsz || lt != t {
+            return Err(TraceError::Mismatch(format!(
+                "layer {}: model has {}×{} (d_out×d_in), factors expect {}×{}",
+                s.name, dout, din, s.d_out, s.d_in
+            )));
+        }
+        a.push(to_host(l.a));
+        g.push(to_host(l.g));
+    }
+    let t_copy = t1.elapsed().as_secs_f64();
+    // Non-finite values: name the first layer in forward order whose activations (real tokens)
+    // are not finite (where the forward broke), else the first with non-finite output gradients.
+    let mask = batch.mask();
+    let bad_rows = |x: &[f32], d: usize| {
+        mask.iter()
+            .enumerate()
+            .any(|(r, &m)| m && !x[r * d..(r + 1) * d].iter().all(|v| v.is_finite()))
+    };
+    let bad = specs
+        .iter()
+        .enumerate()
+        .find(|(i, s)| bad_rows(&a[*i], s.d_in))
+        .map(|(_, s)| format!("layer {}: non-finite value in activations a", s.name))
+        .or_else(|| {
+            specs
+                .iter()
+                .enumerate()
+                .find(|(i, s)| bad_rows(&g[*i], s.d_out))
+                .map(|(_, s)| format!("layer {}: non-finite value in output gradients g", s.name))
+        });
+    if let Some(msg) = bad {
+        return Err(TraceError::Usage(msg));
+    }
+    if !taps.value.is_finite() {
+        return Err(TraceError::Usage(format!(
+            "the differentiated scalar is {} (non-finite model output)",
+            taps.value
+        )));
+    }
+    Ok(HostTaps {
+        a,
+        g,
+        mask,
+        batch: bsz,
+        seq_len: t,
+        value: taps.value,
+        values,
+        t_model,
+        t_copy,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sampled labels follow the softmax (χ²-style frequency check) and are reproducible per sequence.
+    #[test]
+    fn sampling_matches_softmax_and_is_seeded() {
+        let v = 4;
+        let logits_row = [0.0f32, 1.0, 2.0, -1.0];
+        let t = 4000;
+        let logits: Vec<f32> = (0..t).flat_map(|_| logits_row).collect();
+        let s = sample_labels(&logits, 1, t, v, 7, 0);
+        let z: f64 = logits_row.iter().map(|&x| (x as f64).exp()).sum();
+        for k in 0..v {
+            let f = s.iter().filter(|&&x| x == k as i32).count() as f64 / t as f64;
+            let p = (logits_row[k] as f64).exp() / z;
+            assert!(
+                (f - p).abs() < 4.0 * (p * (1.0 - p) / t as f64).sqrt() + 1e-3,
+                "{k}: {f} vs {p}"
+            );
+        }
+        assert_eq!(s, sample_labels(&logits, 1, t, v, 7, 0));
+        assert_ne!(s, sample_labels(&logits, 1, t, v, 8, 0));
+        // Sequence 1 of a batch of 2 == sequence 0 of a batch starting at index 1.
+        let two: Vec<f32> = logits.iter().chain(&logits).copied().collect();
+        let b2 = sample_labels(&two, 2, t, v, 7, 0);
+        assert_eq!(&b2[t..], &sample_labels(&logits, 1, t, v, 7, 1)[..]);
+    }
+}

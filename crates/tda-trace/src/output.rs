@@ -1,0 +1,194 @@
+//! Result structs (serde → JSON) and parquet output (one row per query × result, written to a
+//! temporary file beside the target and renamed into place).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Float32Array, Float64Array, Float64Builder, ListBuilder, StringArray, StringBuilder,
+    UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use serde::Serialize;
+
+use crate::error::{io, Result, TraceError};
+use crate::trace::{Measurement, TraceReport};
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TokenScore {
+    pub token: String,
+    pub score: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LayerScore {
+    pub layer: String,
+    pub score: f64,
+}
+
+/// One candidate in a query's ranking.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ResultRow {
+    /// 1-based.
+    pub rank: usize,
+    pub doc_id: String,
+    /// Window number within the document.
+    pub window: usize,
+    /// Byte span of the window in the document's text.
+    pub span: (usize, usize),
+    pub text: String,
+    pub score: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_token: Option<Vec<TokenScore>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_layer: Option<Vec<LayerScore>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct QueryResult {
+    pub id: String,
+    pub prompt: String,
+    pub completion: String,
+    /// Value of the measurement `f` for this query.
+    pub value: f32,
+    pub results: Vec<ResultRow>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TraceOutput {
+    pub measurement: Measurement,
+    pub strategy: String,
+    pub damping: String,
+    pub rank: String,
+    pub normalization: String,
+    pub per_token_count: bool,
+    pub queries: Vec<QueryResult>,
+    pub report: TraceReport,
+}
+
+/// Writes the results as parquet: columns `query_id, prompt, completion, value, rank, doc_id,
+/// window, span_start, span_end, text, score, per_token_scores (list<f64>), per_token_tokens
+/// (list<utf8>), layers (list<utf8>), per_layer_scores (list<f64>)`. Atomic (temp + rename).
+pub fn write_parquet(out: &TraceOutput, path: &Path) -> Result<()> {
+    let perr = |msg: String| TraceError::Parquet {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let rows: Vec<(&crate::output::QueryResult, &ResultRow)> = out
+        .queries
+        .iter()
+        .flat_map(|q| q.results.iter().map(move |r| (q, r)))
+        .collect();
+    let s = |f: &dyn Fn(&(&QueryResult, &ResultRow)) -> String| -> ArrayRef {
+        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    let u = |f: &dyn Fn(&(&QueryResult, &ResultRow)) -> u64| -> ArrayRef {
+        Arc::new(UInt64Array::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    let mut tok_scores = ListBuilder::new(Float64Builder::new());
+    let mut tok_strings = ListBuilder::new(StringBuilder::new());
+    let mut layer_names = ListBuilder::new(StringBuilder::new());
+    let mut layer_scores = ListBuilder::new(Float64Builder::new());
+    for (_, r) in &rows {
+        match &r.per_token {
+            Some(v) => {
+                for t in v {
+                    tok_scores.values().append_value(t.score);
+                    tok_strings.values().append_value(&t.token);
+                }
+                tok_scores.append(true);
+                tok_strings.append(true);
+            }
+            None => {
+                tok_scores.append(false);
+                tok_strings.append(false);
+            }
+        }
+        match &r.per_layer {
+            Some(v) => {
+                for l in v {
+                    layer_scores.values().append_value(l.score);
+                    layer_names.values().append_value(&l.layer);
+                }
+                layer_scores.append(true);
+                layer_names.append(true);
+            }
+            None => {
+                layer_scores.append(false);
+                layer_names.append(false);
+            }
+        }
+    }
+    let list = |name: &str, dt: DataType| {
+        Field::new(
+            name,
+            DataType::List(Arc::new(Field::new("item", dt, true))),
+            true,
+        )
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("query_id", DataType::Utf8, false),
+        Field::new("prompt", DataType::Utf8, false),
+        Field::new("completion", DataType::Utf8, false),
+        Field::new("value", DataType::Float32, false),
+        Field::new("rank", DataType::UInt64, false),
+        Field::new("doc_id", DataType::Utf8, false),
+        Field::new("window", DataType::UInt64, false),
+        Field::new("span_start", DataType::UInt64, false),
+        Field::new("span_end", DataType::UInt64, false),
+        Field::new("text", DataType::Utf8, false),
+        Field::new("score", DataType::Float64, false),
+        list("per_token_scores", DataType::Float64),
+        list("per_token_tokens", DataType::Utf8),
+        list("layers", DataType::Utf8),
+        list("per_layer_scores", DataType::Float64),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        s(&|(q, _)| q.id.clone()),
+        s(&|(q, _)| q.prompt.clone()),
+        s(&|(q, _)| q.completion.clone()),
+        Arc::new(Float32Array::from(
+            rows.iter().map(|(q, _)| q.value).collect::<Vec<_>>(),
+        )),
+        u(&|(_, r)| r.rank as u64),
+        s(&|(_, r)| r.doc_id.clone()),
+        u(&|(_, r)| r.window as u64),
+        u(&|(_, r)| r.span.0 as u64),
+        u(&|(_, r)| r.span.1 as u64),
+        s(&|(_, r)| r.text.clone()),
+        Arc::new(Float64Array::from(
+            rows.iter().map(|(_, r)| r.score).collect::<Vec<_>>(),
+        )),
+        Arc::new(tok_scores.finish()),
+        Arc::new(tok_strings.finish()),
+        Arc::new(layer_names.finish()),
+        Arc::new(layer_scores.finish()),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), cols).map_err(|e| perr(e.to_string()))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "out.parquet".into())
+    ));
+    let result = (|| -> Result<()> {
+        let f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+        let mut w = ArrowWriter::try_new(f, schema, None).map_err(|e| perr(e.to_string()))?;
+        w.write(&batch).map_err(|e| perr(e.to_string()))?;
+        let f = w.into_inner().map_err(|e| perr(e.to_string()))?;
+        f.sync_all().map_err(|e| io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
