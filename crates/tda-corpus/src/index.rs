@@ -1045,7 +1045,7 @@ fn ingest(
                 entries += 1;
             }
             let n = reader.stats().docs;
-            if n % 1024 == 0 {
+            if n.is_multiple_of(1024) {
                 bar.set_position(reader.bytes_done());
                 let secs = t0.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(format!("{n} docs, {:.0} docs/s", n as f64 / secs));

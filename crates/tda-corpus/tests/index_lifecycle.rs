@@ -131,7 +131,7 @@ fn stale_or_foreign_corpus_is_detected() {
     let e = idx.check_corpus(&a).unwrap_err();
     assert_one_line_err(&e, &["1 corpus files are not in the index", "y.jsonl"]);
     let s = idx
-        .add(&[a.clone()], Progress::Hidden, 1, 32 << 20)
+        .add(std::slice::from_ref(&a), Progress::Hidden, 1, 32 << 20)
         .unwrap();
     assert_eq!((s.docs, s.files_indexed, s.files_unchanged), (1, 1, 1));
     idx.check_corpus(&a).unwrap();
@@ -141,7 +141,7 @@ fn stale_or_foreign_corpus_is_detected() {
     assert_eq!(idx.info().files.len(), 2);
     assert_eq!(idx.info().docs, 2);
     assert_eq!(
-        idx.add(&[a.clone()], Progress::Hidden, 1, 32 << 20)
+        idx.add(std::slice::from_ref(&a), Progress::Hidden, 1, 32 << 20)
             .unwrap()
             .docs,
         0
@@ -154,7 +154,7 @@ fn stale_or_foreign_corpus_is_detected() {
     // A changed file cannot be added over.
     std::fs::write(a.join("x.jsonl"), "{\"text\": \"alpha beta changed\"}\n").unwrap();
     let e = idx
-        .add(&[a.clone()], Progress::Hidden, 1, 32 << 20)
+        .add(std::slice::from_ref(&a), Progress::Hidden, 1, 32 << 20)
         .unwrap_err();
     assert_one_line_err(&e, &["changed since it was indexed"]);
     assert_eq!(CorpusIndex::open(&idx_dir).unwrap().num_docs(), 2);
@@ -200,7 +200,7 @@ fn failed_build_leaves_no_index_and_keeps_the_old_one() {
     .unwrap();
     write_parquet_binary(&root.join("c.parquet"), &[b"no text column"]);
     let e = idx
-        .add(&[root.clone()], Progress::Hidden, 1, 32 << 20)
+        .add(std::slice::from_ref(&root), Progress::Hidden, 1, 32 << 20)
         .unwrap_err();
     assert_one_line_err(&e, &["c.parquet", "column 'text' not found"]);
     let idx = CorpusIndex::open(&idx_dir).unwrap();
@@ -323,7 +323,7 @@ fn many_hits_across_segments_keep_id_and_source_together() {
     )
     .unwrap();
     write("s2.jsonl", 4000);
-    idx.add(&[root.clone()], Progress::Hidden, 2, 32 << 20)
+    idx.add(std::slice::from_ref(&root), Progress::Hidden, 2, 32 << 20)
         .unwrap();
     for ranking in [Ranking::Bm25, Ranking::TfIdf] {
         let hits = idx.search("common filler3", 6000, ranking).unwrap();

@@ -313,7 +313,7 @@ fn segments_do_not_change_scores() {
     let (mut idx, _) =
         CorpusIndex::build(&root, &dir.path().join("idx"), &opts, Progress::Hidden).unwrap();
     write(&root.join("b.jsonl"), &docs[120..]);
-    idx.add(&[root.clone()], Progress::Hidden, 1, 64 << 20)
+    idx.add(std::slice::from_ref(&root), Progress::Hidden, 1, 64 << 20)
         .unwrap();
     assert_eq!(idx.num_docs(), 300);
     let q = "w5 w9 w9 w33 w40";
