@@ -15,7 +15,7 @@ const TINY_TOML: &str = include_str!("../../../../configs/tiny.toml");
 
 #[derive(Args)]
 #[command(
-    after_help = "Example:\n  tda demo                    # corpus + tiny model under runs/demo, then generation and log-probs\n  tda demo --steps 50 --out /tmp/demo"
+    after_help = "Example:\n  tda demo                    # corpus + tiny model under runs/demo, generation, log-probs, EK-FAC factors and the trace of the completion\n  tda demo --steps 50 --out /tmp/demo"
 )]
 pub struct DemoArgs {
     /// Working folder for the corpus and the model.
@@ -59,7 +59,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     synthetic::write_jsonl(&docs, &corpus)
         .map_err(|e| anyhow::anyhow!("{}: {e}", corpus.display()))?;
     eprintln!(
-        "1/3 corpus: {} biographies → {}",
+        "1/5 corpus: {} biographies → {}",
         docs.len(),
         corpus.display()
     );
@@ -79,7 +79,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     };
     let report = super::train::train_job(&job, a.device)?;
     eprintln!(
-        "2/3 trained configs/tiny.toml for {} steps: loss {:.3} → {:.3}, {:.0} tokens/s → {}",
+        "2/5 trained configs/tiny.toml for {} steps: loss {:.3} → {:.3}, {:.0} tokens/s → {}",
         report.steps,
         report.first_loss,
         report.final_loss,
@@ -89,7 +89,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
 
     let person = &docs[0].person;
     let prompt = format!("{} was born in", person.name);
-    with_backend!(a.device, |B, AD, device| {
+    let completion: String = with_backend!(a.device, |B, AD, device| {
         let m = tda_model::load_folder::<B>(&model_dir, &device)?;
         let (ids, _) = infer::encode_for_scoring(&m.tokenizer, &m.model.config, &prompt)?;
         let opts = GenerateOptions {
@@ -99,7 +99,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         };
         let new = infer::generate(&m.model, &ids, &opts)?;
         let completion = m.tokenizer.decode(&new, true).map_err(anyhow::Error::msg)?;
-        eprintln!("3/3 generation and log-probs");
+        eprintln!("3/5 generation and log-probs");
         println!("prompt:     {prompt}");
         println!("completion: {}", completion.trim_end());
         println!(
@@ -119,6 +119,95 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         }
         let total: f32 = tokens.iter().filter_map(|t| t.logprob).sum();
         println!("  total {total:.3} over {} tokens", tokens.len() - 1);
+        completion
     });
+    trace_demo(a, &corpus, &model_dir, &prompt, &completion, &docs[0].id)
+}
+
+/// Steps 4 and 5: EK-FAC factors on the corpus, then the generated completion traced back to the
+/// training documents; prints the top documents and the rank of the true biography.
+fn trace_demo(
+    a: &DemoArgs,
+    corpus: &std::path::Path,
+    model_dir: &std::path::Path,
+    prompt: &str,
+    completion: &str,
+    truth_id: &str,
+) -> anyhow::Result<()> {
+    use tda_trace::{fit, DocSource, FitOptions, Query, TraceOptions};
+    let factors_dir = a.out.join("factors");
+    let completion = completion.trim_end();
+    let completion = if completion.trim().is_empty() {
+        " "
+    } else {
+        completion
+    };
+    with_backend!(a.device, |B, AD, device| {
+        let m = tda_model::load_folder::<AD>(model_dir, &device)?;
+        let fp = tda_trace::model_fingerprint(model_dir)?;
+        let source = DocSource::corpus(corpus);
+        let (factors, report) = fit::fit(
+            &m.model,
+            &m.tokenizer,
+            &source,
+            &FitOptions::default(),
+            &fp,
+            &mut |_| {},
+        )?;
+        fit::save(&factors, &report, &factors_dir)?;
+        eprintln!(
+            "4/5 EK-FAC factors of {} layers on {} windows ({} tokens): covariance pass {:.1}s, eigendecompositions {:.1}s, Λ pass {:.1}s → {}",
+            report.layers.len(),
+            report.windows,
+            report.tokens,
+            report.covariance_pass_s,
+            report.eigen_s,
+            report.lambda_pass_s,
+            factors_dir.display()
+        );
+        let query = Query {
+            id: "demo".into(),
+            prompt: prompt.to_string(),
+            completion: completion.to_string(),
+        };
+        let opts = TraceOptions {
+            top_k: None,
+            ..Default::default()
+        };
+        let out = tda_trace::trace(
+            &m.model,
+            &m.tokenizer,
+            &factors,
+            std::slice::from_ref(&query),
+            &source,
+            &opts,
+            &mut |_, _| {},
+        )?;
+        let q = &out.queries[0];
+        eprintln!(
+            "5/5 traced the completion over {} windows in {:.1}s ({:.0} candidate tokens/s)",
+            out.report.candidates, out.report.total_s, out.report.candidate_tokens_per_s
+        );
+        println!("top training documents for {prompt:?} → {completion:?} (positive = raised its log-probability):");
+        for r in q.results.iter().take(5) {
+            println!(
+                "  {:>3}. {:+.4e}  {}  {}",
+                r.rank,
+                r.score,
+                r.doc_id,
+                r.text.chars().take(90).collect::<String>()
+            );
+        }
+        match q.results.iter().find(|r| r.doc_id == truth_id) {
+            Some(r) => println!(
+                "the true biography {truth_id} ranks {} of {} (score {:+.4e})",
+                r.rank,
+                q.results.len(),
+                r.score
+            ),
+            None => println!("the true biography {truth_id} was not scored"),
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
     Ok(())
 }

@@ -1,0 +1,123 @@
+//! `tda fit`: EK-FAC (or identity / diagonal / K-FAC) factors of a model on a corpus.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use tda_curvature::Strategy;
+use tda_model::device::DeviceKind;
+use tda_trace::fit::{self, FitProgress};
+use tda_trace::{model_fingerprint, DocSource, Fisher, FitOptions, ModuleSelection, WindowOptions};
+
+use crate::output::{bar, print_json};
+use crate::with_backend;
+
+#[derive(Args)]
+#[command(
+    after_help = "Fits the block-diagonal Gauss-Newton approximation used by `tda trace`: per tracked linear layer A = E[a aᵀ], S = E[g gᵀ] (per token, f64), their eigendecompositions (faer, f64) and, for ekfac, the eigenvalue correction Λ (per sequence). Labels are sampled from the model (true Fisher, seeded) unless --fisher empirical. Factors are written once, atomically, to FACTORS_DIR/factors.safetensors with the model fingerprint; damping is applied at use.
+
+Examples:
+  tda fit --model runs/demo/model --corpus runs/demo/corpus.jsonl --out runs/demo/factors
+  tda fit --model M --corpus C.jsonl --out F --strategy kfac --modules mlp --fisher empirical
+  tda fit --model gpt2 --corpus C --out F --modules blocks --max-block 2048 --max-windows 20000"
+)]
+pub struct FitArgs {
+    /// HF model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Corpus file or folder (jsonl, txt, parquet).
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// Output folder for the factors.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// identity, diagonal, kfac or ekfac.
+    #[arg(long, default_value = "ekfac")]
+    pub strategy: Strategy,
+    /// Tracked layers: all, blocks (all but lm_head), mlp, or comma-separated name patterns (`*` wildcard).
+    #[arg(long, default_value = "all")]
+    pub modules: ModuleSelection,
+    /// true (labels sampled from the model) or empirical (the data's tokens).
+    #[arg(long, default_value = "true")]
+    pub fisher: Fisher,
+    /// Seed of the sampled labels.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Block-diagonal A and S with blocks of at most this width (for very wide layers).
+    #[arg(long)]
+    pub max_block: Option<usize>,
+    /// Tokens per window (default: the model's max_positions).
+    #[arg(long, default_value_t = 0)]
+    pub max_len: usize,
+    /// Windows per batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Use at most this many windows.
+    #[arg(long)]
+    pub max_windows: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// Print the fit report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: &FitArgs) -> anyhow::Result<()> {
+    with_backend!(a.device, |B, AD, device| {
+        let m = tda_model::load_folder::<AD>(&a.model, &device)?;
+        let fp = model_fingerprint(&a.model)?;
+        let opts = FitOptions {
+            strategy: a.strategy,
+            modules: a.modules.clone(),
+            fisher: match a.fisher {
+                Fisher::True { .. } => Fisher::True { seed: a.seed },
+                f => f,
+            },
+            max_block: a.max_block,
+            windows: WindowOptions {
+                max_len: a.max_len,
+                batch_size: a.batch_size,
+                max_windows: a.max_windows,
+            },
+        };
+        let source = DocSource::corpus(&a.corpus);
+        let pb = bar(
+            source.total_bytes().unwrap_or(0),
+            "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {elapsed}",
+        );
+        let mut last_pass = None;
+        let (factors, report) = fit::fit(
+            &m.model,
+            &m.tokenizer,
+            &source,
+            &opts,
+            &fp,
+            &mut |p: &FitProgress| {
+                if last_pass != Some(p.pass) {
+                    pb.reset();
+                    last_pass = Some(p.pass);
+                }
+                pb.set_message(format!("{:?}", p.pass).to_lowercase());
+                pb.set_position(p.bytes_done.min(p.total_bytes.unwrap_or(u64::MAX)));
+            },
+        )?;
+        pb.finish_and_clear();
+        fit::save(&factors, &report, &a.out)?;
+        if a.json {
+            print_json(&report)?;
+        } else {
+            eprintln!(
+                "fitted {} on {} windows ({} tokens), {} layers: covariance pass {:.1}s, eigendecompositions {:.1}s (sizes {:?}), Λ pass {:.1}s → {}",
+                report.strategy,
+                report.windows,
+                report.tokens,
+                report.layers.len(),
+                report.covariance_pass_s,
+                report.eigen_s,
+                report.eigen_sizes,
+                report.lambda_pass_s,
+                a.out.join(tda_trace::FACTORS_FILE).display()
+            );
+        }
+        Ok(())
+    })
+}
