@@ -8,7 +8,7 @@ use tda_model::device::DeviceKind;
 use tda_trace::fit::load_checked;
 use tda_trace::{model_fingerprint, DocSource, WindowOptions};
 
-use super::trace::{parse_damping, parse_top_k};
+use super::trace::{parse_damping, parse_top_k, TopKArg};
 use crate::output::{bar, print_json};
 use crate::with_backend;
 
@@ -31,7 +31,7 @@ pub struct SelfInfluenceArgs {
     pub damping: Damping,
     /// Windows to print, or `all`.
     #[arg(long, default_value = "20", value_parser = parse_top_k)]
-    pub top_k: Option<usize>,
+    pub top_k: TopKArg,
     #[arg(long, default_value_t = 0)]
     pub max_len: usize,
     #[arg(long, default_value_t = 8)]
@@ -58,7 +58,7 @@ pub fn run(a: &SelfInfluenceArgs) -> anyhow::Result<()> {
             &factors,
             &source,
             a.damping,
-            a.top_k,
+            a.top_k.0,
             &WindowOptions {
                 max_len: a.max_len,
                 batch_size: a.batch_size,

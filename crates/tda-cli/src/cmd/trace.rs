@@ -37,12 +37,16 @@ pub fn parse_rank(s: &str) -> Result<Rank, String> {
     }
 }
 
-pub fn parse_top_k(s: &str) -> Result<Option<usize>, String> {
+/// `--top-k K` or `all` (a newtype: clap reads a bare `Option` field as "flag may be absent").
+#[derive(Clone, Copy, Debug)]
+pub struct TopKArg(pub Option<usize>);
+
+pub fn parse_top_k(s: &str) -> Result<TopKArg, String> {
     if s == "all" {
-        return Ok(None);
+        return Ok(TopKArg(None));
     }
     s.parse::<usize>()
-        .map(Some)
+        .map(|k| TopKArg(Some(k)))
         .map_err(|_| format!("top-k {s:?}: `all` or an integer"))
 }
 
@@ -104,7 +108,7 @@ pub struct TraceArgs {
     pub query_rank: Rank,
     /// Results per query, or `all`.
     #[arg(long, default_value = "10", value_parser = parse_top_k)]
-    pub top_k: Option<usize>,
+    pub top_k: TopKArg,
     /// none, train-grad-norm (÷ ‖∇L(z)‖²), relatif (÷ sqrt(self-influence)) or cosine.
     #[arg(long, default_value = "none", value_parser = parse_norm)]
     pub normalization: Normalization,
@@ -168,7 +172,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         measurement: a.measurement,
         damping: a.damping,
         rank: a.query_rank,
-        top_k: a.top_k,
+        top_k: a.top_k.0,
         normalize: NormalizeOptions {
             method: a.normalization,
             per_token_count: a.per_token_count,
