@@ -57,6 +57,12 @@ fn variants() -> Vec<Variant> {
         opts: o,
     });
     let mut o = base.clone();
+    o.threshold = tda_context::Threshold::MeanStd(0.0);
+    v.push(Variant {
+        name: "CTI threshold mean (k = 0)",
+        opts: o,
+    });
+    let mut o = base.clone();
     o.max_citations = 1;
     v.push(Variant {
         name: "1 citation per sentence",

@@ -17,6 +17,8 @@ use crate::with_backend;
   tda cite --model tests/fixtures/rag --docs docs.jsonl --question \"Where was Mira Tolven born?\"
   tda cite --model M --docs docs.jsonl --question Q --answer \"Mira was born in Tarn.\" --html cite.html
   tda cite --model M --docs docs.parquet --question Q --cti-top-k 5 --cci-top-k 3 --json
+  tda cite --model tests/fixtures/rag --docs d.jsonl --question Q \\
+      --prompt-template 'Question: {question}\\n\\n{context}\\nAnswer:' --doc-template 'Document [{i}]: {text}\\n'
 
 Documents: jsonl with {\"id\", \"title\" (optional), \"text\"} per line, or parquet with those columns.
 Method: answer tokens whose next-token distribution changes most when the documents are removed
@@ -81,6 +83,14 @@ pub struct CiteArgs {
     /// Instruction put before the question (default: MIRAGE's ELI5 instruction).
     #[arg(long)]
     pub instruction: Option<String>,
+    /// Prompt template with {instruction}, {question}, {context}; `\n` is read as a newline.
+    /// Default: "{instruction}\n\nQuestion: {question}\n\n{context}\nAnswer:" (MIRAGE).
+    #[arg(long)]
+    pub prompt_template: Option<String>,
+    /// Document template with {i}, {id}, {title}, {text}; `\n` is read as a newline.
+    /// Default: "Document [{i}](Title: {title}): {text}\n", without "(Title: …)" for untitled documents.
+    #[arg(long)]
+    pub doc_template: Option<String>,
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
     /// 0 = greedy.
@@ -124,8 +134,16 @@ pub fn options(a: &CiteArgs) -> anyhow::Result<Options> {
     o.min_share = a.min_share;
     o.sentence_fallback = a.sentence_fallback;
     o.max_batch_rows = a.batch_rows.max(1);
+    let unescape = |s: &str| s.replace("\\n", "\n");
     if let Some(i) = &a.instruction {
-        o.template.instruction = i.clone();
+        o.template.instruction = unescape(i);
+    }
+    if let Some(p) = &a.prompt_template {
+        o.template.prompt = unescape(p);
+    }
+    if let Some(d) = &a.doc_template {
+        o.template.doc = unescape(d);
+        o.template.doc_untitled = unescape(d);
     }
     o.generation.max_new_tokens = a.max_new_tokens;
     o.generation.temperature = a.temperature;
