@@ -33,6 +33,12 @@ enum Command {
     Logprobs(cmd::infer::LogprobsArgs),
     /// Write the generated biography corpus that the demo and the tests use.
     SynthCorpus(cmd::demo::SynthArgs),
+    /// Fit EK-FAC curvature factors of a model on a corpus (for `tda trace`).
+    Fit(cmd::fit::FitArgs),
+    /// Which training documents made the model say this: influence scores of corpus windows.
+    Trace(cmd::trace::TraceArgs),
+    /// Self-influence of every corpus window (outliers).
+    SelfInfluence(cmd::self_influence::SelfInfluenceArgs),
     /// Build (or extend) the tantivy TF-IDF/BM25 index of a corpus.
     Index(cmd::index::IndexArgs),
     /// Query a corpus index: the prefilter behind `tda trace --index`.
@@ -49,6 +55,9 @@ fn main() -> ExitCode {
         Command::Generate(a) => cmd::infer::generate(&a),
         Command::Logprobs(a) => cmd::infer::logprobs(&a),
         Command::SynthCorpus(a) => cmd::demo::synth(&a),
+        Command::Fit(a) => cmd::fit::run(&a),
+        Command::Trace(a) => cmd::trace::run(&a),
+        Command::SelfInfluence(a) => cmd::self_influence::run(&a),
         Command::Index(a) => cmd::index::run(&a),
         Command::Search(a) => cmd::search::run(&a),
         Command::Cite(a) => cmd::cite::run(&a),

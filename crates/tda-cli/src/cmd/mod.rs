@@ -2,9 +2,12 @@
 
 pub mod cite;
 pub mod demo;
+pub mod fit;
 pub mod index;
 pub mod infer;
 pub mod search;
+pub mod self_influence;
+pub mod trace;
 pub mod train;
 
 use tda_model::device::{check_cuda, DeviceKind};
