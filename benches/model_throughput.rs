@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use tda_model::device::{Cpu, CpuAutodiff};
-use tda_model::{frozen, summed_nll, tap, Arch, ModelConfig, TokenBatch, Transformer};
+use tda_model::{frozen, summed_nll, tap, ModelConfig, TokenBatch, Transformer};
 use tda_train::{TrainParams, Trainer};
 
 struct Case {
@@ -23,45 +23,8 @@ struct Case {
     steps: usize,
 }
 
-fn gpt2(hidden: usize, layers: usize, heads: usize, vocab: usize, max_pos: usize) -> ModelConfig {
-    ModelConfig {
-        arch: Arch::Gpt2,
-        vocab_size: vocab,
-        hidden,
-        n_layers: layers,
-        n_heads: heads,
-        n_kv_heads: heads,
-        head_dim: hidden / heads,
-        intermediate: 4 * hidden,
-        max_positions: max_pos,
-        norm_eps: 1e-5,
-        rope_theta: 0.0,
-        tie_embeddings: true,
-        qkv_bias: true,
-        o_bias: true,
-        mlp_bias: true,
-        bos_token_id: Some(0),
-        eos_token_id: Some(0),
-    }
-}
-
 fn batch(case: &Case, seed: u64) -> TokenBatch {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let seqs: Vec<Vec<u32>> = (0..case.batch)
-        .map(|_| {
-            (0..case.seq_len)
-                .map(|_| {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((x >> 33) % case.config.vocab_size as u64) as u32
-                })
-                .collect()
-        })
-        .collect();
-    TokenBatch::new(&seqs, 0).unwrap()
+    tda_benches::random_batch(case.config.vocab_size, case.batch, case.seq_len, seed)
 }
 
 /// Runs `f` once to warm up, then `n` times; returns tokens/s.
@@ -157,7 +120,7 @@ fn main() {
     println!("model throughput, CPU backend burn-flex, {threads} threads (ratios within this run)");
     let mut cases = vec![Case {
         name: "configs/tiny.toml",
-        config: gpt2(128, 2, 4, 1024, 128),
+        config: ModelConfig::gpt2(128, 2, 4, 1024, 128),
         batch: 16,
         seq_len: 64,
         steps: 20,
@@ -165,7 +128,7 @@ fn main() {
     if std::env::var_os("TDA_BENCH_QUICK").is_none() {
         cases.push(Case {
             name: "GPT-2-small shape",
-            config: gpt2(768, 12, 12, 50257, 1024),
+            config: ModelConfig::gpt2(768, 12, 12, 50257, 1024),
             batch: 1,
             seq_len: 512,
             steps: 3,

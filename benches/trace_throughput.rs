@@ -19,34 +19,12 @@ use tda_curvature::{
     FitConfig, Order, QueryBatch, Rank, Strategy, TopK,
 };
 use tda_model::device::CpuAutodiff;
-use tda_model::{frozen, Arch, ModelConfig, TokenBatch, Transformer};
+use tda_model::{frozen, ModelConfig, TokenBatch, Transformer};
 use tda_trace::host::{host_taps, Labels, Scalar, Target};
 use tda_trace::{Measurement, ModuleSelection};
 use tda_train::{TrainParams, Trainer};
 
 type AD = CpuAutodiff;
-
-fn gpt2(hidden: usize, layers: usize, heads: usize, vocab: usize, max_pos: usize) -> ModelConfig {
-    ModelConfig {
-        arch: Arch::Gpt2,
-        vocab_size: vocab,
-        hidden,
-        n_layers: layers,
-        n_heads: heads,
-        n_kv_heads: heads,
-        head_dim: hidden / heads,
-        intermediate: 4 * hidden,
-        max_positions: max_pos,
-        norm_eps: 1e-5,
-        rope_theta: 0.0,
-        tie_embeddings: true,
-        qkv_bias: true,
-        o_bias: true,
-        mlp_bias: true,
-        bos_token_id: Some(0),
-        eos_token_id: Some(0),
-    }
-}
 
 struct Case {
     name: &'static str,
@@ -60,22 +38,7 @@ struct Case {
 }
 
 fn batch(cfg: &ModelConfig, b: usize, t: usize, seed: u64) -> TokenBatch {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let seqs: Vec<Vec<u32>> = (0..b)
-        .map(|_| {
-            (0..t)
-                .map(|_| {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((x >> 33) % cfg.vocab_size as u64) as u32
-                })
-                .collect()
-        })
-        .collect();
-    TokenBatch::new(&seqs, 0).unwrap()
+    tda_benches::random_batch(cfg.vocab_size, b, t, seed)
 }
 
 fn run(c: &Case) {
@@ -260,7 +223,7 @@ fn main() {
     );
     run(&Case {
         name: "configs/tiny.toml",
-        config: gpt2(128, 2, 4, 1024, 128),
+        config: ModelConfig::gpt2(128, 2, 4, 1024, 128),
         modules: ModuleSelection::All,
         strategy: Strategy::Ekfac,
         batch: 16,
@@ -270,7 +233,7 @@ fn main() {
     });
     run(&Case {
         name: "configs/tiny.toml",
-        config: gpt2(128, 2, 4, 1024, 128),
+        config: ModelConfig::gpt2(128, 2, 4, 1024, 128),
         modules: ModuleSelection::Blocks,
         strategy: Strategy::Ekfac,
         batch: 16,
@@ -281,7 +244,7 @@ fn main() {
     if std::env::var_os("TDA_BENCH_QUICK").is_none() {
         run(&Case {
             name: "GPT-2-small shape",
-            config: gpt2(768, 12, 12, 50257, 1024),
+            config: ModelConfig::gpt2(768, 12, 12, 50257, 1024),
             modules: ModuleSelection::Blocks,
             strategy: Strategy::Diagonal,
             batch: 1,

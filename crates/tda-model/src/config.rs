@@ -210,6 +210,36 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// A GPT-2-style config (MLP 4× wide, tied embeddings, biases everywhere), token 0 as BOS/EOS.
+    /// `gpt2(768, 12, 12, 50257, 1024)` is GPT-2 small.
+    pub fn gpt2(
+        hidden: usize,
+        n_layers: usize,
+        n_heads: usize,
+        vocab_size: usize,
+        max_positions: usize,
+    ) -> Self {
+        ModelConfig {
+            arch: Arch::Gpt2,
+            vocab_size,
+            hidden,
+            n_layers,
+            n_heads,
+            n_kv_heads: n_heads,
+            head_dim: hidden / n_heads.max(1),
+            intermediate: 4 * hidden,
+            max_positions,
+            norm_eps: 1e-5,
+            rope_theta: 0.0,
+            tie_embeddings: true,
+            qkv_bias: true,
+            o_bias: true,
+            mlp_bias: true,
+            bos_token_id: Some(0),
+            eos_token_id: Some(0),
+        }
+    }
+
     /// Checks the invariants of the struct doc.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let positive = [
