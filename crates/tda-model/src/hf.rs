@@ -270,7 +270,8 @@ pub fn save_folder<B: Backend>(
             let entry = entry.map_err(|e| ModelError::io(dir, e))?;
             let target = tmp.join(entry.file_name());
             if !target.exists() {
-                std::fs::rename(entry.path(), &target).map_err(|e| ModelError::io(entry.path(), e))?;
+                std::fs::rename(entry.path(), &target)
+                    .map_err(|e| ModelError::io(entry.path(), e))?;
             }
         }
         let old = dir.with_file_name(format!(
