@@ -91,6 +91,7 @@ fn logprobs_match_transformers() {
                 "{name}: reference log-probs are too flat for a meaningful test"
             );
             let d = max_abs_diff(&got, &want);
+            eprintln!("{name} text {i}: max |Δ log p| = {d:.2e}");
             assert!(d <= 1e-4, "{name} text {i}: log-probs differ by {d}");
         }
         // Padded batch.
@@ -134,6 +135,7 @@ fn gradients_match_torch() {
         let (taps, _) = tap_with_gradients(&m.model, ids, &|_: &str| false, true, loss);
         let ours = m.model.read_params(&GradReader::<CpuAutodiff>(&grads));
         let mut checked = 0;
+        let mut worst = 0f32;
         for key in r.names().into_iter().filter(|k| k.starts_with("grad.")) {
             let hf = &key["grad.".len()..];
             let mut want = r.f32(&key);
@@ -158,9 +160,11 @@ fn gradients_match_torch() {
                 d <= 1e-4 * scale.max(1e-3),
                 "{name} {hf}: max |diff| {d}, scale {scale}"
             );
+            worst = worst.max(d / scale.max(1e-3));
             checked += 1;
         }
         assert!(checked >= 10, "{name}: only {checked} gradients compared");
+        eprintln!("{name}: {checked} parameter gradients, worst relative max |Δ| = {worst:.2e}");
         let want = r.f32("grad_inputs_embeds_0");
         let got: Vec<f32> = taps.input_grad.unwrap().into_data().to_vec().unwrap();
         let d = max_abs_diff(&got, &want);
