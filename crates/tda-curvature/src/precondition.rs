@@ -140,6 +140,18 @@ impl<'a> Basis64<'a> {
         let r = Eigenbasis::rotate(&t, d_a, d_out, &self.s.blocks, &self.qs, false); // (M Q_A)ᵀ Q_S
         transpose(&r, d_a, d_out)
     }
+    /// `Q_S L` for `L [d_out, r]` given in the S eigenbasis.
+    pub(crate) fn left_from_eigen(&self, l: &[f64], r: usize) -> Vec<f64> {
+        let lt = transpose(l, self.s.dim, r); // [r, d_out]
+        let out = Eigenbasis::rotate(&lt, r, self.s.dim, &self.s.blocks, &self.qs, true); // Lᵀ Q_Sᵀ
+        transpose(&out, r, self.s.dim)
+    }
+    /// `Q_A R` for `R [d_a, r]` given in the A eigenbasis.
+    pub(crate) fn right_from_eigen(&self, x: &[f64], r: usize) -> Vec<f64> {
+        let xt = transpose(x, self.a.dim, r);
+        let out = Eigenbasis::rotate(&xt, r, self.a.dim, &self.a.blocks, &self.qa, true);
+        transpose(&out, r, self.a.dim)
+    }
     /// `Q_S M Q_Aᵀ` for `M [d_out, d_a]` in the eigenbasis.
     pub(crate) fn to_params(&self, m: &[f64]) -> Vec<f64> {
         let (d_out, d_a) = (self.s.dim, self.a.dim);
@@ -236,25 +248,49 @@ pub fn precondition(
                     format!("damping {lam}"),
                 ));
             }
-            let mut p = apply_inverse(layer, factors.strategy, lam, &queries[q].layers[l]);
-            p.iter_mut().for_each(|x| *x = -*x);
-            if !p.iter().all(|x| x.is_finite()) {
-                return Err(crate::error::non_finite(
-                    &layer.spec.name,
-                    "preconditioned query",
-                ));
-            }
-            compress(
-                &p,
-                layer.spec.d_out,
-                layer.spec.d_a(),
-                rank,
-                (q * n_l + l) as u64,
-            )
-            .map_err(|msg| CurvatureError::Numerical {
+            let (d_out, d_a) = (layer.spec.d_out, layer.spec.d_a());
+            let seed = (q * n_l + l) as u64;
+            let numerical = |msg| CurvatureError::Numerical {
                 layer: layer.spec.name.clone(),
                 msg,
-            })
+            };
+            let check = |x: &[f64]| {
+                if x.iter().all(|v| v.is_finite()) {
+                    Ok(())
+                } else {
+                    Err(crate::error::non_finite(
+                        &layer.spec.name,
+                        "preconditioned query",
+                    ))
+                }
+            };
+            let grad = &queries[q].layers[l];
+            if factors.strategy.uses_eigenbasis() {
+                // P = Q_S M Q_Aᵀ with M = −(Q_Sᵀ G Q_A) ⊘ (Λ + λ). Q_S and Q_A are orthogonal, so
+                // the rank-r SVD of P is Q_S·(rank-r SVD of M)·Q_Aᵀ: compress M in the eigenbasis
+                // and rotate only the [d, r] factors back (never forming the dense P).
+                let basis = Basis64::of(layer).expect("kfac/ekfac factors carry eigenbases");
+                let mut m = basis.to_eigen(grad);
+                match &layer.lambda {
+                    None => m.iter_mut().for_each(|v| *v /= -(1.0 + lam)),
+                    Some(lambda) => m
+                        .iter_mut()
+                        .zip(lambda)
+                        .for_each(|(v, &x)| *v /= -(x as f64 + lam)),
+                }
+                check(&m)?;
+                let (left, right, r) = svd_factors(&m, d_out, d_a, rank, seed).map_err(numerical)?;
+                Ok(LowRankLayer {
+                    rank: r,
+                    left: to_f32(&basis.left_from_eigen(&left, r)),
+                    right: to_f32(&basis.right_from_eigen(&right, r)),
+                })
+            } else {
+                let mut p = apply_inverse(layer, factors.strategy, lam, grad);
+                p.iter_mut().for_each(|x| *x = -*x);
+                check(&p)?;
+                compress(&p, d_out, d_a, rank, seed).map_err(numerical)
+            }
         })
         .collect();
     let mut it = done.into_iter();
@@ -291,14 +327,18 @@ fn low_rank_sq_norm(lr: &LowRankLayer, d_out: usize, d_a: usize) -> f64 {
     ll.iter().zip(&rrr).map(|(a, b)| a * b).sum()
 }
 
-/// Rank-`rank` factorisation `p ≈ (U Σ)(V)ᵀ` of `p [m, n]`.
-pub(crate) fn compress(
+fn to_f32(x: &[f64]) -> Vec<f32> {
+    x.iter().map(|&v| v as f32).collect()
+}
+
+/// Rank-`rank` factors of `p [m, n]` in f64: `(U Σ [m, r], V [n, r], r)` with `p ≈ (U Σ) Vᵀ`.
+fn svd_factors(
     p: &[f64],
     m: usize,
     n: usize,
     rank: Rank,
     seed: u64,
-) -> std::result::Result<LowRankLayer, String> {
+) -> std::result::Result<(Vec<f64>, Vec<f64>, usize), String> {
     let full = m.min(n);
     let r = match rank {
         Rank::Full => full,
@@ -316,19 +356,31 @@ pub(crate) fn compress(
     let mut left = Vec::with_capacity(m * r);
     for i in 0..m {
         for c in 0..r {
-            left.push((u[i * k + c] * s[c]) as f32);
+            left.push(u[i * k + c] * s[c]);
         }
     }
     let mut right = Vec::with_capacity(n * r);
     for i in 0..n {
         for c in 0..r {
-            right.push(v[i * k + c] as f32);
+            right.push(v[i * k + c]);
         }
     }
+    Ok((left, right, r))
+}
+
+/// Rank-`rank` factorisation `p ≈ (U Σ)(V)ᵀ` of `p [m, n]`.
+pub(crate) fn compress(
+    p: &[f64],
+    m: usize,
+    n: usize,
+    rank: Rank,
+    seed: u64,
+) -> std::result::Result<LowRankLayer, String> {
+    let (left, right, r) = svd_factors(p, m, n, rank, seed)?;
     Ok(LowRankLayer {
         rank: r,
-        left,
-        right,
+        left: to_f32(&left),
+        right: to_f32(&right),
     })
 }
 
