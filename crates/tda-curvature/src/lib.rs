@@ -36,7 +36,8 @@ pub use error::{CurvatureError, Result};
 pub use factors::{Eigenbasis, FactorFitter, Factors, FitConfig, LayerFactors, Pass, Strategy};
 pub use normalize::{normalize, CandidateStats, Normalization, NormalizeOptions};
 pub use precondition::{
-    precondition, query_gradients, Damping, PreconditionedQuery, QueryGradient, Rank,
+    precondition, query_gradients, Damping, PreconditionedQuery, QueryGradient, QueryLayerGrad,
+    Rank,
 };
 pub use score::{
     candidate_stats, grad_sq_norms, relabel_influence, score_candidates, self_influence,

@@ -59,10 +59,37 @@ impl Default for Rank {
     }
 }
 
-/// Gradient of one query's measurement, per layer `G_q = Σ_t g_t a_tᵀ` `[d_out, d_a]` row-major (f64).
+/// One layer of a query gradient, kept factored: `G_q = gᵀ a` with `g [n, d_out]` and
+/// `a [n, d_a]` (bias column included) over the query's `n` real tokens, f64. A query touches
+/// few tokens, so this is far smaller than the dense `[d_out, d_a]` matrix and lets the
+/// eigenbasis rotation cost O(n·d²) instead of O(d³).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueryLayerGrad {
+    pub n: usize,
+    pub g: Vec<f64>,
+    pub a: Vec<f64>,
+}
+
+impl QueryLayerGrad {
+    /// The dense `G_q = gᵀ a` `[d_out, d_a]` row-major.
+    pub fn dense(&self, d_out: usize, d_a: usize) -> Vec<f64> {
+        let mut gq = vec![0.0; d_out * d_a];
+        if self.n > 0 {
+            gemm(
+                &mut gq,
+                Op::t(&self.g, self.n, d_out),
+                Op::n(&self.a, self.n, d_a),
+                false,
+            );
+        }
+        gq
+    }
+}
+
+/// Gradient of one query's measurement, one factored [`QueryLayerGrad`] per layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueryGradient {
-    pub layers: Vec<Vec<f64>>,
+    pub layers: Vec<QueryLayerGrad>,
 }
 
 /// One query gradient per sequence of the batch (taps of the measurement `f`, one
@@ -73,24 +100,18 @@ pub fn query_gradients(
 ) -> Result<Vec<QueryGradient>> {
     validate_batches(specs, batches)?;
     let n_seq = batches[0].batch;
-    let per_layer: Vec<Vec<Vec<f64>>> = specs
+    let per_layer: Vec<Vec<QueryLayerGrad>> = specs
         .par_iter()
         .zip(batches.par_iter())
         .map(|(spec, lb)| {
             (0..n_seq)
                 .map(|b| {
                     let (a, g, rows) = lb.gather_seq(spec, b);
-                    let n = rows.len();
-                    let a: Vec<f64> = a.iter().map(|&x| x as f64).collect();
-                    let g: Vec<f64> = g.iter().map(|&x| x as f64).collect();
-                    let mut gq = vec![0.0; spec.n_params()];
-                    gemm(
-                        &mut gq,
-                        Op::t(&g, n, spec.d_out),
-                        Op::n(&a, n, spec.d_a()),
-                        false,
-                    );
-                    gq
+                    QueryLayerGrad {
+                        n: rows.len(),
+                        g: g.iter().map(|&x| x as f64).collect(),
+                        a: a.iter().map(|&x| x as f64).collect(),
+                    }
                 })
                 .collect()
         })
@@ -139,6 +160,18 @@ impl<'a> Basis64<'a> {
         let t = transpose(&mqa, d_out, d_a); // (M Q_A)ᵀ [d_a, d_out]
         let r = Eigenbasis::rotate(&t, d_a, d_out, &self.s.blocks, &self.qs, false); // (M Q_A)ᵀ Q_S
         transpose(&r, d_a, d_out)
+    }
+    /// `Q_Sᵀ (gᵀ a) Q_A = (g Q_S)ᵀ (a Q_A)` for a factored gradient.
+    pub(crate) fn to_eigen_factored(&self, grad: &QueryLayerGrad) -> Vec<f64> {
+        let (d_out, d_a, n) = (self.s.dim, self.a.dim, grad.n);
+        let mut m = vec![0.0; d_out * d_a];
+        if n == 0 {
+            return m;
+        }
+        let gs = Eigenbasis::rotate(&grad.g, n, d_out, &self.s.blocks, &self.qs, false);
+        let aa = Eigenbasis::rotate(&grad.a, n, d_a, &self.a.blocks, &self.qa, false);
+        gemm(&mut m, Op::t(&gs, n, d_out), Op::n(&aa, n, d_a), false);
+        m
     }
     /// `Q_S L` for `L [d_out, r]` given in the S eigenbasis.
     pub(crate) fn left_from_eigen(&self, l: &[f64], r: usize) -> Vec<f64> {
@@ -221,13 +254,18 @@ pub fn precondition(
             )));
         }
         for (g, l) in q.layers.iter().zip(&factors.layers) {
-            if g.len() != l.spec.n_params() {
+            if g.g.len() != g.n * l.spec.d_out || g.a.len() != g.n * l.spec.d_a() {
                 return Err(crate::error::shape_err(
                     &l.spec.name,
                     format!(
-                        "query gradient has {} values, expected {}",
-                        g.len(),
-                        l.spec.n_params()
+                        "query gradient factors have {} and {} values for {} tokens, expected [{}, {}] and [{}, {}]",
+                        g.g.len(),
+                        g.a.len(),
+                        g.n,
+                        g.n,
+                        l.spec.d_out,
+                        g.n,
+                        l.spec.d_a()
                     ),
                 ));
             }
@@ -270,7 +308,7 @@ pub fn precondition(
                 // the rank-r SVD of P is Q_S·(rank-r SVD of M)·Q_Aᵀ: compress M in the eigenbasis
                 // and rotate only the [d, r] factors back (never forming the dense P).
                 let basis = Basis64::of(layer).expect("kfac/ekfac factors carry eigenbases");
-                let mut m = basis.to_eigen(grad);
+                let mut m = basis.to_eigen_factored(grad);
                 match &layer.lambda {
                     None => m.iter_mut().for_each(|v| *v /= -(1.0 + lam)),
                     Some(lambda) => m
@@ -279,14 +317,15 @@ pub fn precondition(
                         .for_each(|(v, &x)| *v /= -(x as f64 + lam)),
                 }
                 check(&m)?;
-                let (left, right, r) = svd_factors(&m, d_out, d_a, rank, seed).map_err(numerical)?;
+                let (left, right, r) =
+                    svd_factors(&m, d_out, d_a, rank, seed).map_err(numerical)?;
                 Ok(LowRankLayer {
                     rank: r,
                     left: to_f32(&basis.left_from_eigen(&left, r)),
                     right: to_f32(&basis.right_from_eigen(&right, r)),
                 })
             } else {
-                let mut p = apply_inverse(layer, factors.strategy, lam, grad);
+                let mut p = apply_inverse(layer, factors.strategy, lam, &grad.dense(d_out, d_a));
                 p.iter_mut().for_each(|x| *x = -*x);
                 check(&p)?;
                 compress(&p, d_out, d_a, rank, seed).map_err(numerical)

@@ -594,7 +594,11 @@ fn bad_inputs_are_errors_naming_the_layer() {
     // A query gradient of the wrong size is a shape error.
     let factors = f4.finish("x").unwrap();
     let bad_q = QueryGradient {
-        layers: vec![vec![0.0; 3]],
+        layers: vec![tda_curvature::QueryLayerGrad {
+            n: 1,
+            g: vec![0.0; 3],
+            a: vec![0.0; 1],
+        }],
     };
     assert!(precondition(&factors, Damping::default(), &[bad_q], Rank::Full).is_err());
     // Unknown strategy string.
