@@ -10,45 +10,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use crate::docs::Document;
 use crate::prompt::PromptTemplate;
 
-const ONSETS: &[&str] = &[
-    "b", "d", "k", "l", "m", "n", "r", "s", "t", "v", "z", "br", "dr", "kl", "st", "th",
-];
-const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "ai", "ei", "ou"];
-const CODAS: &[&str] = &["", "", "n", "r", "s", "l", "th", "m"];
-const CITIES: &[&str] = &[
-    "Kestrel Bay",
-    "Northmoor",
-    "Ashford",
-    "Valdor",
-    "Port Ilen",
-    "Greywater",
-    "Brindle",
-    "Solace",
-    "Marrow Hill",
-    "Eastwick",
-    "Lumen",
-    "Tarn",
-];
-const JOBS: &[&str] = &[
-    "glassblower",
-    "cartographer",
-    "baker",
-    "astronomer",
-    "beekeeper",
-    "carpenter",
-    "librarian",
-    "violinist",
-    "ferry pilot",
-    "potter",
-    "clockmaker",
-    "gardener",
-];
-const PETS: &[&str] = &[
-    "cat", "dog", "parrot", "tortoise", "goat", "ferret", "owl", "rabbit",
-];
-const COLORS: &[&str] = &[
-    "red", "blue", "green", "yellow", "violet", "orange", "silver", "black",
-];
+use tda_train::synthetic::{pick, CITIES, COLORS, JOBS, PETS};
 
 /// The kinds of facts; each has a question phrase, a statement and a tie-distractor form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,21 +50,8 @@ impl Fact {
     }
 }
 
-fn pick<'a>(rng: &mut StdRng, xs: &[&'a str]) -> &'a str {
-    xs[rng.random_range(0..xs.len())]
-}
-
 fn word(rng: &mut StdRng) -> String {
-    let mut w = String::new();
-    for _ in 0..2 {
-        w.push_str(pick(rng, ONSETS));
-        w.push_str(pick(rng, VOWELS));
-    }
-    w.push_str(pick(rng, CODAS));
-    let mut c = w.chars();
-    c.next()
-        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
-        .unwrap_or_default()
+    tda_train::synthetic::word(rng, 2)
 }
 
 fn name(rng: &mut StdRng) -> String {

@@ -4,12 +4,12 @@
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-const ONSETS: &[&str] = &[
+pub const ONSETS: &[&str] = &[
     "b", "d", "k", "l", "m", "n", "r", "s", "t", "v", "z", "br", "dr", "kl", "st", "th",
 ];
-const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "ai", "ei", "ou"];
-const CODAS: &[&str] = &["", "", "n", "r", "s", "l", "th", "m"];
-const CITIES: &[&str] = &[
+pub const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "ai", "ei", "ou"];
+pub const CODAS: &[&str] = &["", "", "n", "r", "s", "l", "th", "m"];
+pub const CITIES: &[&str] = &[
     "Kestrel Bay",
     "Northmoor",
     "Ashford",
@@ -23,7 +23,7 @@ const CITIES: &[&str] = &[
     "Lumen",
     "Tarn",
 ];
-const JOBS: &[&str] = &[
+pub const JOBS: &[&str] = &[
     "glassblower",
     "cartographer",
     "baker",
@@ -37,10 +37,10 @@ const JOBS: &[&str] = &[
     "clockmaker",
     "gardener",
 ];
-const COLORS: &[&str] = &[
+pub const COLORS: &[&str] = &[
     "red", "blue", "green", "yellow", "violet", "orange", "silver", "black",
 ];
-const PETS: &[&str] = &[
+pub const PETS: &[&str] = &[
     "cat", "dog", "parrot", "tortoise", "goat", "ferret", "owl", "rabbit",
 ];
 const FILLER: &[&str] = &[
@@ -73,11 +73,13 @@ pub struct SyntheticDoc {
     pub person: Person,
 }
 
-fn pick<'a>(rng: &mut StdRng, xs: &[&'a str]) -> &'a str {
+/// A uniformly drawn element of `xs`.
+pub fn pick<'a>(rng: &mut StdRng, xs: &[&'a str]) -> &'a str {
     xs[rng.random_range(0..xs.len())]
 }
 
-fn word(rng: &mut StdRng, syllables: usize) -> String {
+/// An invented capitalised word of `syllables` onset+vowel pairs and a coda.
+pub fn word(rng: &mut StdRng, syllables: usize) -> String {
     let mut w = String::new();
     for _ in 0..syllables {
         w.push_str(pick(rng, ONSETS));
