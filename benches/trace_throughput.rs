@@ -246,7 +246,7 @@ fn main() {
             name: "GPT-2-small shape",
             config: ModelConfig::gpt2(768, 12, 12, 50257, 1024),
             modules: ModuleSelection::Blocks,
-            strategy: Strategy::Diagonal,
+            strategy: Strategy::Ekfac,
             batch: 1,
             seq_len: 512,
             steps: 3,
