@@ -6,7 +6,7 @@ use clap::Args;
 use tda_curvature::Strategy;
 use tda_model::device::DeviceKind;
 use tda_trace::fit::{self, FitProgress};
-use tda_trace::{model_fingerprint, DocSource, Fisher, FitOptions, ModuleSelection, WindowOptions};
+use tda_trace::{model_fingerprint, DocSource, Fisher, FitOptions, ModuleSelection};
 
 use crate::output::{bar, print_json};
 use crate::with_backend;
@@ -45,15 +45,8 @@ pub struct FitArgs {
     /// Block-diagonal A and S with blocks of at most this width (for very wide layers).
     #[arg(long)]
     pub max_block: Option<usize>,
-    /// Tokens per window (default: the model's max_positions).
-    #[arg(long, default_value_t = 0)]
-    pub max_len: usize,
-    /// Windows per batch.
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    /// Use at most this many windows.
-    #[arg(long)]
-    pub max_windows: Option<usize>,
+    #[command(flatten)]
+    pub windows: super::WindowArgs,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
     /// Print the fit report as JSON.
@@ -73,11 +66,7 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
                 f => f,
             },
             max_block: a.max_block,
-            windows: WindowOptions {
-                max_len: a.max_len,
-                batch_size: a.batch_size,
-                max_windows: a.max_windows,
-            },
+            windows: a.windows.options(),
         };
         let source = DocSource::corpus(&a.corpus);
         let pb = bar(

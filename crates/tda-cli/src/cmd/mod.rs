@@ -12,6 +12,30 @@ pub mod train;
 
 use tda_model::device::{check_cuda, DeviceKind};
 
+/// How the corpus is cut into model-length windows (shared by fit, trace and self-influence).
+#[derive(clap::Args, Clone, Debug)]
+pub struct WindowArgs {
+    /// Tokens per window (0 = the model's max_positions).
+    #[arg(long, default_value_t = 0)]
+    pub max_len: usize,
+    /// Windows per model batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Use at most this many windows.
+    #[arg(long)]
+    pub max_windows: Option<usize>,
+}
+
+impl WindowArgs {
+    pub fn options(&self) -> tda_trace::WindowOptions {
+        tda_trace::WindowOptions {
+            max_len: self.max_len,
+            batch_size: self.batch_size,
+            max_windows: self.max_windows,
+        }
+    }
+}
+
 /// Fails with a clear message when `kind` cannot run here (CUDA requested without driver or feature).
 pub fn check_device(kind: DeviceKind) -> anyhow::Result<()> {
     if kind == DeviceKind::Cuda {

@@ -6,7 +6,7 @@ use clap::Args;
 use tda_curvature::Damping;
 use tda_model::device::DeviceKind;
 use tda_trace::fit::load_checked;
-use tda_trace::{model_fingerprint, DocSource, WindowOptions};
+use tda_trace::{model_fingerprint, DocSource};
 
 use super::trace::{parse_damping, parse_top_k, TopKArg};
 use crate::output::{bar, print_json};
@@ -32,10 +32,8 @@ pub struct SelfInfluenceArgs {
     /// Windows to print, or `all`.
     #[arg(long, default_value = "20", value_parser = parse_top_k)]
     pub top_k: TopKArg,
-    #[arg(long, default_value_t = 0)]
-    pub max_len: usize,
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
+    #[command(flatten)]
+    pub windows: super::WindowArgs,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
     #[arg(long)]
@@ -59,11 +57,7 @@ pub fn run(a: &SelfInfluenceArgs) -> anyhow::Result<()> {
             &source,
             a.damping,
             a.top_k.0,
-            &WindowOptions {
-                max_len: a.max_len,
-                batch_size: a.batch_size,
-                max_windows: None,
-            },
+            &a.windows.options(),
             &mut |_, bytes| pb.set_position(bytes),
         )?;
         pb.finish_and_clear();

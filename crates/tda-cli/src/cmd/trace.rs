@@ -8,9 +8,7 @@ use clap::Args;
 use tda_curvature::{Damping, Normalization, NormalizeOptions, Rank};
 use tda_model::device::DeviceKind;
 use tda_trace::fit::load_checked;
-use tda_trace::{
-    model_fingerprint, DocSource, Measurement, Query, RelabelRow, TraceOptions, WindowOptions,
-};
+use tda_trace::{model_fingerprint, DocSource, Measurement, Query, RelabelRow, TraceOptions};
 
 use crate::output::{bar, print_json};
 use crate::with_backend;
@@ -127,12 +125,8 @@ pub struct TraceArgs {
     /// Relabeling influence of the rows of this jsonl instead of scoring the corpus.
     #[arg(long)]
     pub relabel: Option<PathBuf>,
-    #[arg(long, default_value_t = 0)]
-    pub max_len: usize,
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    #[arg(long)]
-    pub max_windows: Option<usize>,
+    #[command(flatten)]
+    pub windows: super::WindowArgs,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
     /// JSON to stdout.
@@ -180,11 +174,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         opponents: a.opponents,
         per_token: a.per_token,
         per_layer: a.per_layer,
-        windows: WindowOptions {
-            max_len: a.max_len,
-            batch_size: a.batch_size,
-            max_windows: a.max_windows,
-        },
+        windows: a.windows.options(),
     };
     with_backend!(a.device, |B, AD, device| {
         let m = tda_model::load_folder::<AD>(&a.model, &device)?;
