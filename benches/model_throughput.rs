@@ -13,7 +13,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use tda_model::device::{Cpu, CpuAutodiff};
 use tda_model::{frozen, summed_nll, tap, ModelConfig, TokenBatch, Transformer};
-use tda_train::{TrainParams, Trainer};
+use tda_train::Trainer;
 
 struct Case {
     name: &'static str,
@@ -40,19 +40,7 @@ fn measure(tokens_per_call: usize, n: usize, mut f: impl FnMut(usize)) -> f64 {
 fn run(case: &Case) {
     let device = Default::default();
     let tokens = case.batch * case.seq_len;
-    let params = TrainParams {
-        seq_len: case.seq_len,
-        batch_size: case.batch,
-        steps: 1_000_000,
-        lr: 1e-4,
-        warmup_steps: 0,
-        min_lr_ratio: 0.1,
-        weight_decay: 0.01,
-        grad_clip: 1.0,
-        seed: 0,
-        checkpoint_every: 0,
-        proximal: 0.0,
-    };
+    let params = tda_benches::bench_train_params(case.seq_len, case.batch);
     let model = Transformer::<CpuAutodiff>::init(&case.config, 0, &device);
     let mut trainer = Trainer::new(model, &params).unwrap();
     let train_tps = measure(tokens, case.steps, |i| {

@@ -22,7 +22,7 @@ use tda_model::device::CpuAutodiff;
 use tda_model::{frozen, ModelConfig, TokenBatch, Transformer};
 use tda_trace::host::{host_taps, Labels, Scalar, Target};
 use tda_trace::{Measurement, ModuleSelection};
-use tda_train::{TrainParams, Trainer};
+use tda_train::Trainer;
 
 type AD = CpuAutodiff;
 
@@ -44,19 +44,7 @@ fn batch(cfg: &ModelConfig, b: usize, t: usize, seed: u64) -> TokenBatch {
 fn run(c: &Case) {
     let device = Default::default();
     let tokens = c.batch * c.seq_len;
-    let params = TrainParams {
-        seq_len: c.seq_len,
-        batch_size: c.batch,
-        steps: 1_000_000,
-        lr: 1e-4,
-        warmup_steps: 0,
-        min_lr_ratio: 0.1,
-        weight_decay: 0.01,
-        grad_clip: 1.0,
-        seed: 0,
-        checkpoint_every: 0,
-        proximal: 0.0,
-    };
+    let params = tda_benches::bench_train_params(c.seq_len, c.batch);
     let model = Transformer::<AD>::init(&c.config, 0, &device);
     let mut trainer = Trainer::new(model, &params).unwrap();
     trainer
