@@ -1,0 +1,240 @@
+//! Crash-safe writes: the one way every `tda` artifact reaches the disk.
+//!
+//! - [`write_file`] / [`write_file_with`]: a file appears at its path whole or not at all.
+//! - [`write_dir`]: a multi-file artifact (model folder, factors + `fit.json`, index) appears
+//!   as a whole folder or not at all.
+//!
+//! Invariants a caller can rely on:
+//! - The temporary file or folder lives in the target's own folder (so `rename` is atomic) and has
+//!   a unique hidden name `.<name>.tmp-<pid>-<n>` — two writers never share one, even in one process.
+//! - File contents are `fsync`ed before the rename, and the parent folder after it, so after a
+//!   power loss or `kill -9` a reader sees the old artifact, the new one, or nothing — never a prefix.
+//! - On any error the temporary is removed and the target is left as it was.
+//! - Replacing an existing folder is two renames (old → `.old`, new → target): between them the
+//!   target is briefly absent (a reader gets "not found", never a mixture); the old copy is then
+//!   removed. Leftover `.tmp-`/`.old-` entries from a killed writer are hidden and ignored by readers.
+//!
+//! Errors are [`std::io::Error`]s whose message names the path, so callers can wrap them in their
+//! own error type without losing the file name.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A unique hidden sibling of `target`: `.<name>.<kind>-<pid>-<n>` in the same folder.
+pub fn sibling(target: &Path, kind: &str) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "artifact".into());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let file = format!(".{name}.{kind}-{}-{n}-{nanos}", std::process::id());
+    match parent_of(target) {
+        Some(p) => p.join(file),
+        None => PathBuf::from(file),
+    }
+}
+
+/// True for names this crate gives its temporaries (`.x.tmp-…`, `.x.old-…`): readers skip them.
+pub fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') && (name.contains(".tmp-") || name.contains(".old-"))
+}
+
+fn parent_of(path: &Path) -> Option<&Path> {
+    path.parent().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// An io error whose message starts with the path.
+pub fn io_error(path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// `fsync` a folder so that a rename inside it survives a crash (best effort where folders cannot
+/// be opened, e.g. some network file systems).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn ensure_parent(path: &Path) -> std::io::Result<()> {
+    if let Some(p) = parent_of(path) {
+        std::fs::create_dir_all(p).map_err(|e| io_error(p, e))?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically (creates the parent folder).
+pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_file_with(path, |tmp| {
+        let mut f = File::create(tmp).map_err(|e| io_error(tmp, e))?;
+        f.write_all(bytes).map_err(|e| io_error(tmp, e))
+    })
+}
+
+/// Atomic write through a callback that writes the whole file at the temporary path it is given
+/// (any writer: `File`, safetensors' `serialize_to_file`, an arrow writer…). The callback's error
+/// type only needs to absorb io errors. Creates the parent folder.
+pub fn write_file_with<T, E: From<std::io::Error>>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<T, E>,
+) -> Result<T, E> {
+    ensure_parent(path)?;
+    let tmp = sibling(path, "tmp");
+    let result = (|| {
+        let value = write(&tmp)?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_error(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io_error(path, e))?;
+        Ok(value)
+    })();
+    match result {
+        Ok(v) => {
+            if let Some(p) = parent_of(path) {
+                sync_dir(p);
+            } else {
+                sync_dir(Path::new("."));
+            }
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Builds a folder artifact atomically: `build` fills a fresh temporary folder beside `dir`; every
+/// file in it is then `fsync`ed and the folder renamed to `dir`, replacing any previous `dir`
+/// (see the crate doc for the replacement window). `build` may move entries of the old `dir` into
+/// the new one (e.g. a model folder keeps its `checkpoints/`). On error nothing at `dir` changes.
+pub fn write_dir<T, E: From<std::io::Error>>(
+    dir: &Path,
+    build: impl FnOnce(&Path) -> Result<T, E>,
+) -> Result<T, E> {
+    ensure_parent(dir)?;
+    let tmp = sibling(dir, "tmp");
+    std::fs::create_dir(&tmp).map_err(|e| io_error(&tmp, e))?;
+    let result = (|| {
+        let value = build(&tmp)?;
+        sync_tree(&tmp)?;
+        replace_dir(&tmp, dir)?;
+        Ok(value)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Moves a finished folder `from` to `to`, replacing an existing `to`; fsyncs the parent.
+pub fn replace_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    if to.exists() {
+        let old = sibling(to, "old");
+        std::fs::rename(to, &old).map_err(|e| io_error(to, e))?;
+        if let Err(e) = std::fs::rename(from, to) {
+            let _ = std::fs::rename(&old, to); // put the old artifact back
+            return Err(io_error(to, e));
+        }
+        std::fs::remove_dir_all(&old).map_err(|e| io_error(&old, e))?;
+    } else {
+        std::fs::rename(from, to).map_err(|e| io_error(to, e))?;
+    }
+    sync_dir(parent_of(to).unwrap_or(Path::new(".")));
+    Ok(())
+}
+
+/// `fsync` every file below `dir`, then the folders themselves.
+pub fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+        let entry = entry.map_err(|e| io_error(dir, e))?;
+        let path = entry.path();
+        let ft = entry.file_type().map_err(|e| io_error(&path, e))?;
+        if ft.is_dir() {
+            sync_tree(&path)?;
+        } else if ft.is_file() {
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io_error(&path, e))?;
+        }
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_appears_whole_and_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/out.json");
+        write_file(&p, b"one").unwrap();
+        write_file(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary left behind");
+    }
+
+    #[test]
+    fn failed_write_leaves_target_and_no_temporary() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("out.bin");
+        write_file(&p, b"old").unwrap();
+        let r: std::io::Result<()> = write_file_with(&p, |tmp| {
+            std::fs::write(tmp, b"half")?;
+            Err(std::io::Error::other("writer failed"))
+        });
+        assert!(r.is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn dir_appears_whole_replaces_and_rolls_back() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("model");
+        write_dir(&dir, |t| std::fs::write(t.join("a"), b"1")).unwrap();
+        write_dir(&dir, |t| {
+            std::fs::write(t.join("b"), b"2")?;
+            std::fs::rename(dir.join("a"), t.join("a")) // carry an entry over
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"1");
+        assert_eq!(std::fs::read(dir.join("b")).unwrap(), b"2");
+        let r: std::io::Result<()> = write_dir(&dir, |t| {
+            std::fs::write(t.join("c"), b"3")?;
+            Err(std::io::Error::other("build failed"))
+        });
+        assert!(r.is_err());
+        assert!(!dir.join("c").exists());
+        assert!(dir.join("b").exists());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "no temporaries");
+    }
+
+    #[test]
+    fn unique_temporaries_and_hidden_names() {
+        let a = sibling(Path::new("x/f.json"), "tmp");
+        let b = sibling(Path::new("x/f.json"), "tmp");
+        assert_ne!(a, b);
+        assert!(is_temporary(&a.file_name().unwrap().to_string_lossy()));
+        assert!(!is_temporary("f.json"));
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        let blocker = d.path().join("file");
+        std::fs::write(&blocker, b"x").unwrap();
+        let e = write_file(&blocker.join("child.json"), b"y").unwrap_err();
+        assert!(e.to_string().contains("file"), "{e}");
+    }
+}
