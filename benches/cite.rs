@@ -8,14 +8,14 @@
 //! Model: `tests/fixtures/rag` (trained by `cargo run --release -p tda-context --example
 //! train_rag -- tests/fixtures/rag`). Every answer sentence states one fact found in exactly one
 //! document; about half of the facts also have a "tie" distractor that contains every content
-//! word of the sentence (see `tda_context::planted`). Figures are measured within one run.
+//! word of the sentence (see `tda_eval::rag`). Figures are measured within one run.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use tda_context::planted::{rag_set, score, template, Prf};
-use tda_context::{attribute, lexical, CciFilter, Method, Options, Request};
+use tda_context::{attribute, CciFilter, Method, Options, Request};
+use tda_eval::{citation_prf, lexical, rag_set, template, Prf};
 use tda_model::device::{Cpu, CpuAutodiff};
 use tda_model::infer::encode_for_scoring;
 use tda_model::{TokenBatch, Transformer};
@@ -122,7 +122,7 @@ fn main() {
     println!("\ncitations of the reference answers (teacher-forced):");
     line(
         "lexical overlap (idf-weighted, ties cited, ≤ 3)",
-        &score(&lex_cites, &gold),
+        &citation_prf(&lex_cites, &gold),
     );
     let lex1: Vec<Vec<usize>> = lex_cites
         .iter()
@@ -130,7 +130,7 @@ fn main() {
         .collect();
     line(
         "lexical overlap, first of the ties only",
-        &score(&lex1, &gold),
+        &citation_prf(&lex1, &gold),
     );
 
     let mut default_latency = Vec::new();
@@ -165,7 +165,7 @@ fn main() {
                 default_passes.3 += a.tokens.len();
             }
         }
-        line(v.name, &score(&cites, &gold));
+        line(v.name, &citation_prf(&cites, &gold));
     }
 
     // Generated answers: exact match, and citations when the model answers correctly.
@@ -195,7 +195,7 @@ fn main() {
     if !gold.is_empty() {
         line(
             "MIRAGE defaults on the exact-match generations",
-            &score(&cites, &gold),
+            &citation_prf(&cites, &gold),
         );
     }
 

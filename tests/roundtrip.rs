@@ -2,9 +2,10 @@
 //! training is deterministic in the seed; checkpoints are complete folders; the loss goes down.
 
 use burn::module::AutodiffModule;
+use tda_eval::biographies;
 use tda_model::device::{Cpu, CpuAutodiff};
 use tda_model::{infer, load_folder};
-use tda_train::{pack, synthetic, train, train_bpe, ModelShape, TrainParams};
+use tda_train::{pack, train, train_bpe, ModelShape, TrainParams};
 
 fn shape() -> ModelShape {
     ModelShape {
@@ -40,7 +41,7 @@ fn params(steps: usize) -> TrainParams {
 #[test]
 fn train_save_reload_same_logprobs_and_deterministic() {
     let tmp = tempfile::tempdir().unwrap();
-    let docs = synthetic::biographies(80, 1);
+    let docs = biographies(80, 1);
     let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
     let tok = train_bpe(texts.iter(), 320).unwrap();
     let eot = tok.token_to_id(tda_train::END_OF_TEXT).unwrap();
@@ -86,7 +87,7 @@ fn train_save_reload_same_logprobs_and_deterministic() {
 
 #[test]
 fn proximal_term_pulls_towards_start() {
-    let docs = synthetic::biographies(60, 2);
+    let docs = biographies(60, 2);
     let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
     let tok = train_bpe(texts.iter(), 300).unwrap();
     let eot = tok.token_to_id(tda_train::END_OF_TEXT).unwrap();

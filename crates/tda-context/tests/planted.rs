@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use tda_context::planted::{rag_set, score, template};
-use tda_context::{attribute, lexical, Options, Request};
+use tda_context::{attribute, Options, Request};
+use tda_eval::{citation_prf, lexical, rag_set, template};
 use tda_model::device::CpuAutodiff;
 
 #[test]
@@ -41,7 +41,7 @@ fn each_fact_is_stated_in_exactly_one_document() {
 
 #[test]
 fn score_counts_precision_and_recall() {
-    let p = score(&[vec![1, 2], vec![3], vec![]], &[1, 2, 3]);
+    let p = citation_prf(&[vec![1, 2], vec![3], vec![]], &[1, 2, 3]);
     assert!((p.recall - 1.0 / 3.0).abs() < 1e-12);
     assert!((p.precision - 1.0 / 3.0).abs() < 1e-12);
     assert_eq!(p.citations, 3);
@@ -72,8 +72,8 @@ fn trained_model_cites_the_planted_documents() {
             gold.push(g);
         }
     }
-    let ours = score(&ours, &gold);
-    let lex = score(&lex, &gold);
+    let ours = citation_prf(&ours, &gold);
+    let lex = citation_prf(&lex, &gold);
     eprintln!("planted truth, 16 examples: ours {ours:?}; lexical {lex:?}");
     assert!(
         ours.f1 >= F1_FLOOR,

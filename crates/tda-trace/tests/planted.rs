@@ -3,17 +3,18 @@
 //! person's biography near the top among all documents. Ranks, recall@1/@5 and MRR are printed
 //! (`--nocapture`); the assertions use conservative thresholds far above chance.
 
+use tda_eval::biographies;
 use tda_model::device::CpuAutodiff;
 use tda_model::{ModelConfig, TokenBatch, Transformer};
 use tda_trace::{fit, DocSource, FitOptions, Query, TraceOptions, WindowOptions};
-use tda_train::{pack, synthetic, train_bpe, TrainParams, Trainer};
+use tda_train::{pack, train_bpe, TrainParams, Trainer};
 
 type AD = CpuAutodiff;
 
 #[test]
 fn tracing_a_fact_finds_its_biography() {
     let n_docs = 48;
-    let docs = synthetic::biographies(n_docs, 11);
+    let docs = biographies(n_docs, 11);
     let tok = train_bpe(docs.iter().map(|d| d.text.clone()), 512).unwrap();
     let eot = tok.token_to_id(tda_train::END_OF_TEXT).unwrap();
     let cfg = ModelConfig {
@@ -76,6 +77,7 @@ fn tracing_a_fact_finds_its_biography() {
         docs.iter()
             .enumerate()
             .map(|(i, d)| tda_corpus::Document {
+                title: None,
                 id: d.id.clone(),
                 text: d.text.clone(),
                 source: tda_corpus::SourceRef {

@@ -1,14 +1,21 @@
 //! Training and fine-tuning of `tda-model` transformers.
 //!
-//! - [`config`]: the TOML training config (`configs/*.toml`).
+//! Inputs: a TOML config (`configs/*.toml`), a corpus (read through `tda-corpus`), optionally an
+//! HF folder to fine-tune. Output: an HF folder (`config.json`, `model.safetensors`,
+//! `tokenizer.json`, …) plus `checkpoints/step-N/` folders of the same shape.
+//!
+//! - [`config`]: the TOML training config.
 //! - [`tokenizer`]: byte-level BPE trained on the corpus.
 //! - [`train`]: packing, AdamW with warm-up + cosine, global-norm clipping, proximal term,
-//!   atomic checkpoints as HF folders.
-//! - [`synthetic`]: the small generated corpus the demo and the tests train on.
+//!   checkpoints.
+//! - [`job`]: a whole `tda train` run (tokenizer, model init or load, training, save).
+//!
+//! Invariants: the same seed, config and corpus give bit-identical weights; every model folder
+//! and checkpoint appears whole or not at all (written through `tda-model`'s `save_folder`, which
+//! uses `tda-io`); a diverging loss stops training with an error instead of saving NaNs.
 
 pub mod config;
 pub mod job;
-pub mod synthetic;
 pub mod tokenizer;
 pub mod train;
 

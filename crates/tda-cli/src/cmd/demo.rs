@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 use tda_corpus::ReadOptions;
+use tda_eval::biographies;
 use tda_model::device::DeviceKind;
 use tda_model::infer::{self, GenerateOptions};
-use tda_train::{synthetic, TrainConfig, TrainJob};
+use tda_train::{TrainConfig, TrainJob};
 
 use crate::with_backend;
 
@@ -45,8 +46,8 @@ pub struct SynthArgs {
 }
 
 pub fn synth(a: &SynthArgs) -> anyhow::Result<()> {
-    let docs = synthetic::biographies(a.docs, a.seed);
-    synthetic::write_jsonl(&docs, &a.out)
+    let docs = biographies(a.docs, a.seed);
+    tda_eval::write_jsonl(&docs, &a.out)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.out.display()))?;
     eprintln!("wrote {} documents to {}", docs.len(), a.out.display());
     Ok(())
@@ -55,8 +56,8 @@ pub fn synth(a: &SynthArgs) -> anyhow::Result<()> {
 pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     let corpus = a.out.join("corpus.jsonl");
     let model_dir = a.out.join("model");
-    let docs = synthetic::biographies(a.docs, a.seed);
-    synthetic::write_jsonl(&docs, &corpus)
+    let docs = biographies(a.docs, a.seed);
+    tda_eval::write_jsonl(&docs, &corpus)
         .map_err(|e| anyhow::anyhow!("{}: {e}", corpus.display()))?;
     eprintln!(
         "1/5 corpus: {} biographies → {}",

@@ -7,10 +7,10 @@
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use crate::docs::Document;
-use crate::prompt::PromptTemplate;
+use tda_context::prompt::render_prompt;
+use tda_context::{Document, PromptTemplate};
 
-use tda_train::synthetic::{pick, CITIES, COLORS, JOBS, PETS};
+use crate::words::{pick, CITIES, COLORS, JOBS, PETS};
 
 /// The kinds of facts; each has a question phrase, a statement and a tie-distractor form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +51,7 @@ impl Fact {
 }
 
 fn word(rng: &mut StdRng) -> String {
-    tda_train::synthetic::word(rng, 2)
+    crate::words::word(rng, 2)
 }
 
 fn name(rng: &mut StdRng) -> String {
@@ -159,56 +159,7 @@ pub fn template() -> PromptTemplate {
 /// The training text of an example: the prompt, the separator, the answer.
 pub fn training_text(ex: &RagExample) -> String {
     let tpl = template();
-    let (prompt, _) = crate::prompt::render_prompt(&tpl, &ex.question, &ex.docs, None)
-        .expect("the planted template renders");
+    let (prompt, _) =
+        render_prompt(&tpl, &ex.question, &ex.docs, None).expect("the planted template renders");
     format!("{prompt}{}{}", tpl.answer_separator, ex.answer)
-}
-
-/// Citation precision / recall / F1 against the planted truth (one gold document per sentence).
-/// Recall: share of sentences whose gold document is cited. Precision: share of citations that
-/// are gold. F1: their harmonic mean (ALCE style, corpus level).
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
-pub struct Prf {
-    pub precision: f64,
-    pub recall: f64,
-    pub f1: f64,
-    pub sentences: usize,
-    pub citations: usize,
-}
-
-/// Scores `cited[s]` (1-based documents cited for sentence s) against `gold[s]`.
-pub fn score(cited: &[Vec<usize>], gold: &[usize]) -> Prf {
-    assert_eq!(
-        cited.len(),
-        gold.len(),
-        "one citation list per gold sentence"
-    );
-    let hits: usize = cited
-        .iter()
-        .zip(gold)
-        .filter(|(c, g)| c.contains(g))
-        .count();
-    let n_cites: usize = cited.iter().map(Vec::len).sum();
-    let recall = if gold.is_empty() {
-        0.0
-    } else {
-        hits as f64 / gold.len() as f64
-    };
-    let precision = if n_cites == 0 {
-        0.0
-    } else {
-        hits as f64 / n_cites as f64
-    };
-    let f1 = if precision + recall == 0.0 {
-        0.0
-    } else {
-        2.0 * precision * recall / (precision + recall)
-    };
-    Prf {
-        precision,
-        recall,
-        f1,
-        sentences: gold.len(),
-        citations: n_cites,
-    }
 }

@@ -2,11 +2,11 @@
 //! the citations vs the planted document), and writes the HTML report of the first one:
 //!
 //! ```sh
-//! cargo run --release -p tda-context --example cite_planted -- tests/fixtures/rag 3 /tmp/cite.html
+//! cargo run --release -p tda-eval --example cite_planted -- tests/fixtures/rag 3 /tmp/cite.html
 //! ```
 
-use tda_context::planted::{rag_set, template};
-use tda_context::{attribute, write_atomic, Options, Request};
+use tda_context::{attribute, Options, Request};
+use tda_eval::rag::{rag_set, template};
 use tda_model::device::CpuAutodiff;
 
 fn main() {
@@ -46,7 +46,7 @@ fn main() {
         }
         if k == 0 {
             if let Some(p) = args.get(3) {
-                write_atomic(std::path::Path::new(p), a.to_html().as_bytes()).expect("html");
+                tda_io::write_file(std::path::Path::new(p), a.to_html().as_bytes()).expect("html");
             }
         }
     }

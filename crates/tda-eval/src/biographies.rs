@@ -4,45 +4,8 @@
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-pub const ONSETS: &[&str] = &[
-    "b", "d", "k", "l", "m", "n", "r", "s", "t", "v", "z", "br", "dr", "kl", "st", "th",
-];
-pub const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "ai", "ei", "ou"];
-pub const CODAS: &[&str] = &["", "", "n", "r", "s", "l", "th", "m"];
-pub const CITIES: &[&str] = &[
-    "Kestrel Bay",
-    "Northmoor",
-    "Ashford",
-    "Valdor",
-    "Port Ilen",
-    "Greywater",
-    "Brindle",
-    "Solace",
-    "Marrow Hill",
-    "Eastwick",
-    "Lumen",
-    "Tarn",
-];
-pub const JOBS: &[&str] = &[
-    "glassblower",
-    "cartographer",
-    "baker",
-    "astronomer",
-    "beekeeper",
-    "carpenter",
-    "librarian",
-    "violinist",
-    "ferry pilot",
-    "potter",
-    "clockmaker",
-    "gardener",
-];
-pub const COLORS: &[&str] = &[
-    "red", "blue", "green", "yellow", "violet", "orange", "silver", "black",
-];
-pub const PETS: &[&str] = &[
-    "cat", "dog", "parrot", "tortoise", "goat", "ferret", "owl", "rabbit",
-];
+use crate::words::{pick, word, CITIES, COLORS, JOBS, PETS};
+
 const FILLER: &[&str] = &[
     "The weather in the valley was mild that year.",
     "Many people in the town enjoy long walks by the river.",
@@ -71,25 +34,6 @@ pub struct SyntheticDoc {
     pub id: String,
     pub text: String,
     pub person: Person,
-}
-
-/// A uniformly drawn element of `xs`.
-pub fn pick<'a>(rng: &mut StdRng, xs: &[&'a str]) -> &'a str {
-    xs[rng.random_range(0..xs.len())]
-}
-
-/// An invented capitalised word of `syllables` onset+vowel pairs and a coda.
-pub fn word(rng: &mut StdRng, syllables: usize) -> String {
-    let mut w = String::new();
-    for _ in 0..syllables {
-        w.push_str(pick(rng, ONSETS));
-        w.push_str(pick(rng, VOWELS));
-    }
-    w.push_str(pick(rng, CODAS));
-    let mut c = w.chars();
-    c.next()
-        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
-        .unwrap_or_default()
 }
 
 /// `n` biographies (distinct names), one person per document.
@@ -142,10 +86,5 @@ pub fn write_jsonl(docs: &[SyntheticDoc], path: &std::path::Path) -> std::io::Re
         s.push_str(&serde_json::json!({ "id": d.id, "text": d.text }).to_string());
         s.push('\n');
     }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = tda_model::hf::tmp_path(path);
-    std::fs::write(&tmp, s)?;
-    std::fs::rename(&tmp, path)
+    tda_io::write_file(path, s.as_bytes())
 }

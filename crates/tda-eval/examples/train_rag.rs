@@ -1,13 +1,13 @@
 //! Trains the planted-truth RAG model that `tests/fixtures/rag/` holds:
 //!
 //! ```sh
-//! cargo run --release -p tda-context --example train_rag -- tests/fixtures/rag [steps]
+//! cargo run --release -p tda-eval --example train_rag -- tests/fixtures/rag [steps]
 //! # continue training a folder on 20 000 fresh examples:
-//! cargo run --release -p tda-context --example train_rag -- OUT STEPS INIT_DIR
+//! cargo run --release -p tda-eval --example train_rag -- OUT STEPS INIT_DIR
 //! ```
 //!
 //! A small Llama-shaped model (tied embeddings, byte-level BPE of 512 tokens trained on the set)
-//! learns to answer questions of [`tda_context::planted::rag_set`] from the documents in the
+//! learns to answer questions of [`tda_eval::rag_set`] from the documents in the
 //! prompt (next-token loss on the whole prompt + answer). Deterministic; ≈ 3–5 min on 2 cores.
 //! At the end it prints the exact-match rate of greedy answers on held-out examples.
 
@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use tda_context::planted::{rag_set, template, training_text};
+use tda_eval::rag::{rag_set, template, training_text};
 use tda_model::device::CpuAutodiff;
 use tda_model::infer::{generate, GenerateOptions};
 use tda_model::TokenBatch;
@@ -127,10 +127,10 @@ fn main() {
         }
     }
     let readme = format!(
-        "# tests/fixtures/rag — planted-truth RAG model\n\nMade by `cargo run --release -p tda-context --example train_rag -- tests/fixtures/rag {steps}` \
+        "# tests/fixtures/rag — planted-truth RAG model\n\nMade by `cargo run --release -p tda-eval --example train_rag -- tests/fixtures/rag {steps}` \
          (deterministic). Llama-shaped, hidden 64, 3 layers, 4 heads, tied embeddings, 512-token byte-level BPE, \
-         trained {steps} steps on 6000 examples of `tda_context::planted::rag_set(6000, 1)` in the prompt form of \
-         `tda_context::planted::template()`. Greedy exact match on 100 held-out questions: {exact}/100.\n"
+         trained {steps} steps on 6000 examples of `tda_eval::rag_set(6000, 1)` in the prompt form of \
+         `tda_eval::template()`. Greedy exact match on 100 held-out questions: {exact}/100.\n"
     );
     std::fs::write(out.join("README.md"), readme).expect("README");
     eprintln!(

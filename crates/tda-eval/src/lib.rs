@@ -1,0 +1,26 @@
+//! Evaluation data with planted truth and the metrics that score attributions against it.
+//!
+//! Job: make the corpora, RAG sets and baselines on which `tda`'s attributions are *checked*, and
+//! turn rankings and scores into quality numbers. Nothing here is used to compute an attribution.
+//!
+//! - [`biographies`]: short biographies of invented people; each fact appears in exactly one
+//!   document, so "which document taught the model this fact" has a known answer (the demo corpus).
+//! - [`rag`]: questions with retrieved documents where each answer sentence is stated in exactly one
+//!   document, plus distractors sharing its words (citation ground truth).
+//! - [`lexical`]: the word-overlap citation baseline that context attribution must beat.
+//! - [`metrics`]: MRR, recall@k, Pearson / Spearman, LDS, citation precision / recall / F1.
+//! - [`words`]: the invented vocabulary both generators draw from.
+//!
+//! Invariants: every generator is deterministic in its seed (same seed → same bytes, which models
+//! in `tests/fixtures` rely on). Only the CLI, the benches and tests depend on this crate; no
+//! library crate does (they may use it as a dev-dependency).
+
+pub mod biographies;
+pub mod lexical;
+pub mod metrics;
+pub mod rag;
+pub mod words;
+
+pub use biographies::{biographies, write_jsonl, Person, SyntheticDoc};
+pub use metrics::{citation_prf, lds, mrr, pearson, rank_of, recall_at_k, spearman, Prf};
+pub use rag::{rag_set, template, training_text, RagExample};
