@@ -21,6 +21,17 @@ use tda_model::{TokenBatch, Transformer};
 
 use crate::error::{ContextError, Result};
 
+/// Which reduction of the embedding gradient scores a prompt token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// ‖∂f/∂e_j‖₂ (MIRAGE).
+    #[default]
+    Saliency,
+    /// ‖e_j ⊙ ∂f/∂e_j‖₂.
+    InputXGradient,
+}
+
 /// One gradient target: answer position `t`, the answer token `y`, the contrast token `contrast`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {

@@ -24,6 +24,9 @@ pub enum ContextError {
     Template(String),
     #[error(transparent)]
     Model(#[from] tda_model::ModelError),
+    /// The documents file could not be read (`tda-corpus` names the file and record).
+    #[error(transparent)]
+    Corpus(#[from] tda_corpus::CorpusError),
 }
 
 impl ContextError {

@@ -14,6 +14,16 @@
 //!    template, titles excluded), sums per answer sentence, ≤ 3 citations per sentence.
 //! 6. [`report`]: JSON and a self-contained HTML page.
 //!
+//! Inputs: a model and tokenizer (`tda-model`), a question, retrieved documents ([`Document`],
+//! read by [`read_documents`] through `tda-corpus`), optionally a given answer. Output: an
+//! [`Attribution`] (per answer token KL and document scores, per sentence citations) that renders
+//! as JSON or a self-contained HTML page.
+//!
+//! Invariants: exactly two forward passes for CTI and one batched backward per `max_batch_rows`
+//! selected tokens for CCI; no weight gradient is ever computed (the model is frozen); a prompt
+//! token belongs to at most one document, by byte offsets of a single tokenization; document
+//! numbers `[i]` are 1-based positions in the input order.
+//!
 //! Differences from MIRAGE's code, on purpose: deterministic contrast token (argmax of P_noctx,
 //! not sampled); header/template tokens never count for a document; the filter's range is taken
 //! over document tokens only; sentences and documents by byte offsets, not re-tokenization.
@@ -23,16 +33,15 @@ pub mod cite;
 pub mod cti;
 pub mod docs;
 pub mod error;
-pub mod lexical;
 pub mod pipeline;
-pub mod planted;
 pub mod prompt;
 pub mod report;
 
+pub use cci::Method;
 pub use cite::CciFilter;
 pub use cti::Threshold;
 pub use docs::{read_documents, Document};
 pub use error::{ContextError, Result};
-pub use pipeline::{attribute, Method, Options, Request};
+pub use pipeline::{attribute, Options, Request};
 pub use prompt::{ChatTemplate, PromptTemplate};
-pub use report::{write_atomic, Attribution};
+pub use report::Attribution;

@@ -8,7 +8,7 @@ use tda_model::infer::{generate, GenerateOptions};
 use tda_model::Transformer;
 use tokenizers::Tokenizer;
 
-use crate::cci::{contrastive_gradients, rows_for_budget, Passes, Target};
+use crate::cci::{contrastive_gradients, rows_for_budget, Method, Passes, Target};
 use crate::cite::{citations, doc_sums, filter_scores, sentence_of, split_sentences, CciFilter};
 use crate::cti::{select_tokens, token_stats, Threshold};
 use crate::docs::Document;
@@ -17,17 +17,6 @@ use crate::prompt::{build_prompts, ChatTemplate, PromptTemplate};
 use crate::report::{
     Attribution, DocHighlight, DocReport, SentenceReport, Settings, Timings, TokenReport,
 };
-
-/// Which reduction of the embedding gradient scores a prompt token.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
-    /// ‖∂f/∂e_j‖₂ (MIRAGE).
-    #[default]
-    Saliency,
-    /// ‖e_j ⊙ ∂f/∂e_j‖₂.
-    InputXGradient,
-}
 
 /// Settings of [`attribute`]. Defaults are MIRAGE's, except the fixes listed in the crate docs.
 #[derive(Clone, Debug)]

@@ -1,13 +1,10 @@
 //! The attribution report: JSON (serde) and a self-contained HTML page, written atomically.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
-use crate::cci::Passes;
+use crate::cci::{Method, Passes};
 use crate::cite::CciFilter;
 use crate::cti::Threshold;
-use crate::error::{ContextError, Result};
-use crate::pipeline::Method;
 
 /// One answer token. `text` is the token decoded alone (with its leading space, if any);
 /// `start..end` are byte offsets in [`Attribution::answer`] (whitespace may be trimmed).
@@ -129,20 +126,6 @@ pub fn with_citations(answer: &str, sentences: &[SentenceReport]) -> String {
     }
     out.push_str(&answer[at..]);
     out
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename, so a
-/// reader never sees a half-written file. Creates the parent folder.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| ContextError::io(parent, e))?;
-    }
-    let tmp = tda_model::hf::tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| ContextError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        ContextError::io(path, e)
-    })
 }
 
 /// Colours of documents 1, 2, … (cycled).

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use tda_context::cci::{contrastive_gradients, Passes, Target};
 use tda_context::prompt::{build_prompts, Part, PromptTemplate};
-use tda_context::{attribute, write_atomic, CciFilter, Document, Options, Request, Threshold};
+use tda_context::{attribute, CciFilter, Document, Options, Request, Threshold};
 use tda_model::device::CpuAutodiff;
 
 fn fixture(name: &str) -> PathBuf {
@@ -178,7 +178,7 @@ fn given_answer_report_and_pass_counts() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sub/report.html");
-    write_atomic(&out, html.as_bytes()).unwrap();
+    tda_io::write_file(&out, html.as_bytes()).unwrap();
     assert_eq!(std::fs::read_to_string(&out).unwrap(), html);
     let names: Vec<_> = std::fs::read_dir(out.parent().unwrap()).unwrap().collect();
     assert_eq!(names.len(), 1, "no temporary file left behind");

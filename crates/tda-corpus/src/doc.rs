@@ -71,6 +71,8 @@ impl std::fmt::Display for SourceRef {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Document {
     pub id: String,
+    /// Optional title ([`crate::ReadOptions::title_column`]).
+    pub title: Option<String>,
     pub text: String,
     pub source: SourceRef,
 }

@@ -36,6 +36,8 @@ pub enum CorpusError {
     BadRecord {
         path: PathBuf,
         record: u64,
+        /// Why the record is bad, when it is a record that lenient mode would skip.
+        reason: Option<crate::SkipReason>,
         msg: String,
     },
     #[error("{}: {}", .path.display(), .msg)]

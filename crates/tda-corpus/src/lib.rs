@@ -10,6 +10,7 @@
 pub mod doc;
 pub mod error;
 pub mod fingerprint;
+#[cfg(feature = "index")]
 pub mod index;
 pub mod read;
 pub mod window;
@@ -17,13 +18,14 @@ pub mod window;
 pub use doc::{Document, Format, SourceRef};
 pub use error::{CorpusError, Result};
 pub use fingerprint::{fingerprint_file, FileFingerprint};
+#[cfg(feature = "index")]
 pub use index::{
     bm25_idf, AnalyzerSettings, BuildSummary, CorpusIndex, Hit, IndexInfo, IndexOptions,
     IndexedFile, Passages, Progress, QueryOptions, QueryTerm, Ranking, SearchResult,
 };
 pub use read::{
     fetch_by_ids, fetch_documents, open_corpus, read_record_bytes, CorpusFile, CorpusReader,
-    CorpusSpec, ReadOptions, ReadStats, SkipCounts, SkipReason, TextMode,
+    CorpusSpec, DefaultId, ReadOptions, ReadStats, SkipCounts, SkipReason, TextMode,
 };
 pub use window::{passage_spans, windows, EncodeFn, Window};
 

@@ -52,6 +52,20 @@ pub struct ReadOptions {
     pub parquet_batch_rows: usize,
     /// Turn every skipped record into an error.
     pub strict: bool,
+    /// Field / column holding an optional title.
+    pub title_column: Option<String>,
+    /// Id of a record without one.
+    pub default_id: DefaultId,
+}
+
+/// Id given to a document whose record has none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DefaultId {
+    /// `<file>:<row>`.
+    #[default]
+    FileRow,
+    /// 1-based position among the documents yielded.
+    Ordinal,
 }
 
 impl Default for ReadOptions {
@@ -63,6 +77,8 @@ impl Default for ReadOptions {
             max_doc_bytes: 64 << 20,
             parquet_batch_rows: 1024,
             strict: false,
+            title_column: None,
+            default_id: DefaultId::FileRow,
         }
     }
 }
@@ -317,6 +333,7 @@ impl CorpusReader {
             return Some(Err(CorpusError::BadRecord {
                 path: file.path.clone(),
                 record: row,
+                reason: Some(reason),
                 msg: reason.describe().into(),
             }));
         }
@@ -369,7 +386,12 @@ impl Iterator for CorpusReader {
                         return Some(e);
                     }
                 }
-                Some(Ok(Raw::Doc(doc))) => {
+                Some(Ok(Raw::Doc(mut doc))) => {
+                    if self.opts.default_id == DefaultId::Ordinal
+                        && doc.id == default_id(&file.rel, doc.source.row)
+                    {
+                        doc.id = (self.stats.docs + 1).to_string();
+                    }
                     self.stats.docs += 1;
                     self.stats.text_bytes += doc.text.len() as u64;
                     return Some(Ok(doc));
@@ -570,6 +592,7 @@ fn text_line_doc(buf: &[u8], src: SourceRef, rel: &str) -> Raw {
         return Raw::Skip(src.row, SkipReason::Empty);
     }
     Raw::Doc(Document {
+        title: None,
         id: default_id(rel, src.row),
         text: text.to_owned(),
         source: src,
@@ -607,8 +630,13 @@ fn parse_jsonl_line(buf: &[u8], src: SourceRef, rel: &str, opts: &ReadOptions) -
             _ => None,
         })
         .unwrap_or_else(|| default_id(rel, src.row));
+    let title = opts.title_column.as_ref().and_then(|c| match obj.get(c) {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        _ => None,
+    });
     Raw::Doc(Document {
         id,
+        title,
         text,
         source: src,
     })
@@ -635,6 +663,7 @@ fn read_whole_text(file: &CorpusFile, opts: &ReadOptions) -> Result<Raw> {
         return Ok(Raw::Skip(0, SkipReason::Empty));
     }
     Ok(Raw::Doc(Document {
+        title: None,
         id: file.rel.clone(),
         text,
         source: src,
@@ -795,6 +824,7 @@ fn parquet_row(
         .unwrap_or_else(|| default_id(&file.rel, row));
     Raw::Doc(Document {
         id,
+        title: None,
         text: text.to_owned(),
         source: SourceRef {
             path: file.path.clone(),
@@ -815,6 +845,7 @@ pub fn read_record_bytes(src: &SourceRef, opts: &ReadOptions) -> Result<Vec<u8>>
                 return Err(CorpusError::BadRecord {
                     path: src.path.clone(),
                     record: src.row,
+                    reason: Some(SkipReason::TooLarge),
                     msg: "record larger than max_doc_bytes".into(),
                 });
             }
@@ -864,6 +895,7 @@ pub fn fetch_documents(sources: &[SourceRef], opts: &ReadOptions) -> Result<Vec<
                 } else if opts.text_mode == TextMode::File {
                     match String::from_utf8(bytes) {
                         Ok(text) => Raw::Doc(Document {
+                            title: None,
                             id: rel.clone(),
                             text,
                             source: src.clone(),
@@ -912,6 +944,7 @@ pub fn fetch_documents(sources: &[SourceRef], opts: &ReadOptions) -> Result<Vec<
                 return Err(CorpusError::BadRecord {
                     path: file.path.clone(),
                     record: max,
+                    reason: None,
                     msg: format!("row out of range (file has {total} rows): corpus changed?"),
                 });
             }
@@ -943,6 +976,7 @@ pub fn fetch_documents(sources: &[SourceRef], opts: &ReadOptions) -> Result<Vec<
             d.ok_or_else(|| CorpusError::BadRecord {
                 path: s.path.clone(),
                 record: s.row,
+                reason: None,
                 msg: "record not found: corpus changed?".into(),
             })
         })
@@ -955,6 +989,7 @@ fn expect_doc(raw: Raw, src: &SourceRef) -> Result<Document> {
         Raw::Skip(row, reason) => Err(CorpusError::BadRecord {
             path: src.path.clone(),
             record: row,
+            reason: Some(reason),
             msg: format!("{} (corpus changed since indexing?)", reason.describe()),
         }),
     }

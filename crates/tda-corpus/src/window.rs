@@ -173,6 +173,7 @@ mod tests {
 
     fn doc(text: &str) -> Document {
         Document {
+            title: None,
             id: "d".into(),
             text: text.into(),
             source: SourceRef {
