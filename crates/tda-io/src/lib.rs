@@ -119,6 +119,16 @@ pub fn write_dir<T, E: From<std::io::Error>>(
     dir: &Path,
     build: impl FnOnce(&Path) -> Result<T, E>,
 ) -> Result<T, E> {
+    if dir.file_name().is_none() || is_current_dir(dir) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{}: an artifact folder is replaced as a whole; give a dedicated folder, not the current one",
+                dir.display()
+            ),
+        )
+        .into());
+    }
     ensure_parent(dir)?;
     let tmp = sibling(dir, "tmp");
     std::fs::create_dir(&tmp).map_err(|e| io_error(&tmp, e))?;
@@ -132,6 +142,36 @@ pub fn write_dir<T, E: From<std::io::Error>>(
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
+}
+
+fn is_current_dir(dir: &Path) -> bool {
+    match (std::fs::canonicalize(dir), std::env::current_dir()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Moves every entry of the folder `old` that `new` does not have into `new` (skipping this crate's
+/// temporaries); for use inside a [`write_dir`] build, so that replacing an artifact folder keeps
+/// what else the user keeps there (e.g. a model folder's `checkpoints/`). A missing `old` is fine.
+pub fn carry_over(old: &Path, new: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(old) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(old, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error(old, e))?;
+        let name = entry.file_name();
+        if is_temporary(&name.to_string_lossy()) {
+            continue;
+        }
+        let target = new.join(&name);
+        if !target.exists() {
+            std::fs::rename(entry.path(), &target).map_err(|e| io_error(&entry.path(), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Moves a finished folder `from` to `to`, replacing an existing `to`; fsyncs the parent.
@@ -205,7 +245,7 @@ mod tests {
         write_dir(&dir, |t| std::fs::write(t.join("a"), b"1")).unwrap();
         write_dir(&dir, |t| {
             std::fs::write(t.join("b"), b"2")?;
-            std::fs::rename(dir.join("a"), t.join("a")) // carry an entry over
+            carry_over(&dir, t) // keeps "a"
         })
         .unwrap();
         assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"1");
@@ -217,7 +257,19 @@ mod tests {
         assert!(r.is_err());
         assert!(!dir.join("c").exists());
         assert!(dir.join("b").exists());
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "no temporaries");
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temporaries"
+        );
+    }
+
+    #[test]
+    fn refuses_to_replace_the_current_folder() {
+        let e = write_dir(Path::new("."), |_| Ok::<(), std::io::Error>(())).unwrap_err();
+        assert!(e.to_string().contains("dedicated folder"), "{e}");
+        let e = write_dir(Path::new(".."), |_| Ok::<(), std::io::Error>(())).unwrap_err();
+        assert!(e.to_string().contains("dedicated folder"), "{e}");
     }
 
     #[test]

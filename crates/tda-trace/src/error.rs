@@ -16,6 +16,9 @@ pub enum TraceError {
         #[source]
         source: std::io::Error,
     },
+    /// A write through `tda-io` (its message names the file).
+    #[error("{0}")]
+    Write(#[from] std::io::Error),
     /// Bad option or input (one line).
     #[error("{0}")]
     Usage(String),

@@ -10,7 +10,7 @@ use tda_curvature::{storage, FactorFitter, Factors, FitConfig, Pass, Strategy};
 use tda_model::{frozen, TokenBatch, Tokenizer, Transformer};
 
 use crate::candidates::{for_each_batch, DocSource, WindowOptions};
-use crate::error::{io, Result, TraceError};
+use crate::error::{Result, TraceError};
 use crate::host::{host_taps, Labels, Scalar};
 use crate::modules::ModuleSelection;
 
@@ -186,16 +186,17 @@ pub fn fit<AD: AutodiffBackend>(
     Ok((factors, report))
 }
 
-/// Writes `factors` (and the fit report) into `dir` (created if needed); the factor file is
-/// written atomically and never modified afterwards.
+/// Writes `factors` and the fit report into the folder `dir` as one artifact: both files appear
+/// together or not at all (built in a temporary folder, then renamed; other files already in `dir`
+/// are kept). The factor file is never modified afterwards.
 pub fn save(factors: &Factors, report: &FitReport, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    storage::save(factors, &dir.join(crate::FACTORS_FILE))?;
-    let p = dir.join(crate::FIT_REPORT_FILE);
-    let tmp = dir.join(format!(".{}.tmp", crate::FIT_REPORT_FILE));
-    std::fs::write(&tmp, serde_json::to_string_pretty(report).unwrap()).map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, &p).map_err(|e| io(&p, e))?;
-    Ok(())
+    let json = serde_json::to_string_pretty(report).expect("a fit report serialises");
+    tda_io::write_dir(dir, |tmp| -> Result<()> {
+        storage::save(factors, &tmp.join(crate::FACTORS_FILE))?;
+        tda_io::write_file(&tmp.join(crate::FIT_REPORT_FILE), json.as_bytes())?;
+        tda_io::carry_over(dir, tmp)?;
+        Ok(())
+    })
 }
 
 /// Loads the factors in `dir` (a folder written by [`save`], or the factor file itself) and checks

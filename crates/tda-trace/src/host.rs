@@ -64,7 +64,7 @@ pub enum Labels {
 /// `t + 1` to include, 0 elsewhere).
 #[derive(Clone, Debug)]
 pub struct Target {
-    pub kind: crate::trace::Measurement,
+    pub kind: crate::measure::Measurement,
     pub weights: Vec<f32>,
 }
 
@@ -167,7 +167,7 @@ pub fn host_taps<AD: AutodiffBackend>(
                     TensorData::new(target.weights.clone(), [bsz, t - 1]),
                     &device,
                 );
-                let per_seq = crate::trace::measurement_value(target.kind, logits, ids2, w);
+                let per_seq = crate::measure::measurement_value(target.kind, logits, ids2, w);
                 *values_out = per_seq
                     .clone()
                     .inner()

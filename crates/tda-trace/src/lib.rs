@@ -1,36 +1,58 @@
-//! The influence pipeline of `tda`: it connects the model's gradient taps (`tda-model`) to the
+//! The influence pipelines of `tda`: they connect the model's gradient taps (`tda-model`) to the
 //! EK-FAC math on arrays (`tda-curvature`) and to the corpus (`tda-corpus`).
 //!
-//! - [`fit`]: corpus → token windows → batches → taps of the training loss (labels sampled from the
-//!   model, "true Fisher", seeded; or the data's own tokens) → [`tda_curvature::FactorFitter`]
-//!   passes → factors saved atomically with the model [`fingerprint`].
-//! - [`trace`]: queries (prompt + completion) → taps of the measurement `f` → preconditioned
-//!   low-rank queries → **one** pass over the candidate windows (whole corpus or the prefilter's
-//!   documents), all queries scored together → streaming top-K with per-token / per-layer scores.
-//!   Also self-influence and relabeling influence.
-//! - [`output`]: serde result structs (JSON) and parquet output (atomic).
+//! Inputs: a model (`tda_model::Transformer`) and its tokenizer, a corpus ([`DocSource`]: a corpus
+//! path streamed through `tda-corpus`, or documents in memory), queries ([`Query`]: prompt +
+//! completion). Outputs: factors on disk ([`fit::save`]), and [`TraceOutput`] (JSON via serde,
+//! parquet via [`write_parquet`]).
 //!
-//! **Sign convention**: a positive score means that up-weighting the candidate in training raises
-//! the measurement `f` (for `logprob`: makes the completion more likely).
+//! Data flow, one module per step:
+//! - [`candidates`]: documents → model-length token windows with their text spans → batches.
+//! - [`host`]: a batch → per-layer taps `a` `[B·T, d_in]`, `g` `[B·T, d_out]` on the host, for the
+//!   training loss (labels from the data or sampled from the model) or a [`measure`]ment.
+//! - [`fit`]: taps of the corpus → [`tda_curvature::FactorFitter`] passes (A, S, eigenbases, Λ) →
+//!   factors saved with the model [`fingerprint`]; [`modules`] chooses the tracked layers.
+//! - [`prefilter`]: queries → BM25 / TF-IDF hits in a corpus index → candidate documents.
+//! - [`query`]: queries → measurement taps → preconditioned rank-r queries (all batched).
+//! - [`trace`]: **one** pass over the candidate windows, all queries scored together → streaming
+//!   top-K with per-token / per-layer scores. [`self_influence`] and [`relabel`] reuse the steps.
+//! - [`output`]: result structs and the parquet writer.
+//!
+//! Invariants a caller can rely on:
+//! - **Sign**: a positive score means that up-weighting the candidate in training raises the
+//!   measurement `f` (for `logprob`: makes the completion more likely).
+//! - Per-token scores of a window sum to its score; per-layer scores sum to it too.
+//! - Scores do not depend on the batch size or on how many queries share a pass.
+//! - Factors are used only with the model they were fitted on (fingerprint and layer shapes are
+//!   checked by [`fit::load_checked`]); every artifact is written atomically through `tda-io`.
 
 pub mod candidates;
 pub mod error;
 pub mod fingerprint;
 pub mod fit;
 pub mod host;
+mod keep;
+pub mod measure;
 pub mod modules;
 pub mod output;
+pub mod prefilter;
+pub mod query;
+pub mod relabel;
+pub mod self_influence;
 pub mod trace;
 
 pub use candidates::{Candidate, DocSource, WindowOptions};
 pub use error::{Result, TraceError};
 pub use fingerprint::model_fingerprint;
 pub use fit::{fit, Fisher, FitOptions, FitProgress, FitReport};
+pub use measure::Measurement;
 pub use modules::ModuleSelection;
-pub use output::{write_parquet, ResultRow, TraceOutput};
-pub use trace::{
-    relabel, self_influence, trace, Measurement, Query, RelabelRow, TraceOptions, TraceReport,
-};
+pub use output::{write_parquet, ResultRow, TraceOutput, TraceReport};
+pub use prefilter::{candidate_source, prefilter, Prefilter};
+pub use query::{Query, RelabelRow};
+pub use relabel::relabel;
+pub use self_influence::self_influence;
+pub use trace::{trace, TraceOptions};
 
 /// Factor file name inside a factors folder.
 pub const FACTORS_FILE: &str = "factors.safetensors";

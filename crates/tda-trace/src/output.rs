@@ -14,7 +14,7 @@ use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
 use crate::error::{io, Result, TraceError};
-use crate::trace::{Measurement, TraceReport};
+use crate::measure::Measurement;
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct TokenScore {
@@ -66,6 +66,25 @@ pub struct TraceOutput {
     pub per_token_count: bool,
     pub queries: Vec<QueryResult>,
     pub report: TraceReport,
+}
+
+/// Where the time went.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TraceReport {
+    pub queries: usize,
+    pub candidates: usize,
+    pub candidate_tokens: usize,
+    /// Query taps + preconditioning + rank-r compression.
+    pub queries_s: f64,
+    /// Candidates: forward + activation-gradient backward, device → host copies, the query-batched
+    /// contraction, normalisation statistics, top-K bookkeeping.
+    pub model_s: f64,
+    pub copy_s: f64,
+    pub contraction_s: f64,
+    pub stats_s: f64,
+    pub topk_s: f64,
+    pub total_s: f64,
+    pub candidate_tokens_per_s: f64,
 }
 
 /// Writes the results as parquet: columns `query_id, prompt, completion, value, rank, doc_id,
@@ -167,28 +186,11 @@ pub fn write_parquet(out: &TraceOutput, path: &Path) -> Result<()> {
         Arc::new(layer_scores.finish()),
     ];
     let batch = RecordBatch::try_new(schema.clone(), cols).map_err(|e| perr(e.to_string()))?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "out.parquet".into())
-    ));
-    let result = (|| -> Result<()> {
-        let f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    tda_io::write_file_with(path, |tmp| -> Result<()> {
+        let f = std::fs::File::create(tmp).map_err(|e| io(tmp, e))?;
         let mut w = ArrowWriter::try_new(f, schema, None).map_err(|e| perr(e.to_string()))?;
         w.write(&batch).map_err(|e| perr(e.to_string()))?;
-        let f = w.into_inner().map_err(|e| perr(e.to_string()))?;
-        f.sync_all().map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+        w.close().map_err(|e| perr(e.to_string()))?;
         Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    })
 }

@@ -45,6 +45,7 @@ fn docs() -> DocSource {
             .iter()
             .enumerate()
             .map(|(i, t)| tda_corpus::Document {
+                title: None,
                 id: format!("d{i}"),
                 text: t.to_string(),
                 source: tda_corpus::SourceRef {
@@ -257,7 +258,7 @@ fn check_against_dense(name: &str, modules: ModuleSelection) {
         let (out, got) = run_trace(&m, &factors, &queries(), &full_opts());
         let mut worst = 0.0f64;
         for q in &queries() {
-            let (ids, np) = tda_trace::trace::encode_query(
+            let (ids, np) = tda_trace::query::encode_query(
                 &m.tokenizer,
                 &m.model.config,
                 &q.prompt,
@@ -539,7 +540,7 @@ fn relabel_and_self_influence() {
     let s = tda_trace::relabel(&m.model, &m.tokenizer, &f, &qs, &rows, &opts).unwrap();
     // Dense: score(replacement) − score(original).
     let enc = |c: &str| {
-        tda_trace::trace::encode_query(&m.tokenizer, &m.model.config, &rows[0].prompt, c)
+        tda_trace::query::encode_query(&m.tokenizer, &m.model.config, &rows[0].prompt, c)
             .unwrap()
             .0
     };
@@ -547,7 +548,7 @@ fn relabel_and_self_influence() {
     let gr = dense_grads(&m.model, &specs, &enc(" Northmoor"), None);
     for (qi, q) in qs.iter().enumerate() {
         let (ids, np) =
-            tda_trace::trace::encode_query(&m.tokenizer, &m.model.config, &q.prompt, &q.completion)
+            tda_trace::query::encode_query(&m.tokenizer, &m.model.config, &q.prompt, &q.completion)
                 .unwrap();
         let gq = dense_grads(&m.model, &specs, &ids, Some(np));
         let want = reference_score(&f, &gq, &gr).0 - reference_score(&f, &gq, &go).0;

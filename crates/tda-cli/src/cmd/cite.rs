@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use tda_context::{
-    attribute, read_documents, write_atomic, CciFilter, ChatTemplate, Method, Options, Request,
-    Threshold,
+    attribute, read_documents, CciFilter, ChatTemplate, Method, Options, Request, Threshold,
 };
 use tda_model::device::DeviceKind;
 
@@ -169,10 +168,10 @@ pub fn run(a: &CiteArgs) -> anyhow::Result<()> {
         };
         let report = attribute(&m.model, &m.tokenizer, chat.as_ref(), &req, &opts)?;
         if let Some(p) = &a.out {
-            write_atomic(p, report.to_json().as_bytes())?;
+            tda_io::write_file(p, report.to_json().as_bytes())?;
         }
         if let Some(p) = &a.html {
-            write_atomic(p, report.to_html().as_bytes())?;
+            tda_io::write_file(p, report.to_html().as_bytes())?;
         }
         if a.json {
             println!("{}", report.to_json());

@@ -1,6 +1,5 @@
 //! `tda trace`: which training documents made the model say this (EK-FAC influence).
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -8,7 +7,7 @@ use clap::Args;
 use tda_curvature::{Damping, Normalization, NormalizeOptions, Rank};
 use tda_model::device::DeviceKind;
 use tda_trace::fit::load_checked;
-use tda_trace::{model_fingerprint, DocSource, Measurement, Query, RelabelRow, TraceOptions};
+use tda_trace::{model_fingerprint, Measurement, Query, RelabelRow, TraceOptions};
 
 use crate::output::{bar, print_json};
 use crate::with_backend;
@@ -212,29 +211,19 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         let corpus = a.corpus.clone().context("--corpus is required")?;
-        let source = match &a.index {
-            None => DocSource::corpus(&corpus),
-            Some(dir) => {
-                let index = tda_corpus::CorpusIndex::open(dir)?;
-                index.check_corpus(&corpus)?;
-                let mut seen = HashSet::new();
-                let mut hits = Vec::new();
-                for q in &queries {
-                    let text = format!("{} {}", q.prompt, q.completion);
-                    for h in index.search(&text, a.candidates, tda_corpus::Ranking::Bm25)? {
-                        if seen.insert(h.doc_id.clone()) {
-                            hits.push(h);
-                        }
-                    }
-                }
-                eprintln!(
-                    "prefilter: {} candidate documents from {}",
-                    hits.len(),
-                    dir.display()
-                );
-                DocSource::docs(index.fetch(&hits)?)
-            }
-        };
+        let prefilter = a
+            .index
+            .as_ref()
+            .map(|dir| tda_trace::Prefilter::bm25(dir, a.candidates));
+        let (source, retrieved) =
+            tda_trace::candidate_source(&corpus, prefilter.as_ref(), &queries)?;
+        if let (Some(p), Some(r)) = (&prefilter, &retrieved) {
+            eprintln!(
+                "prefilter: {} candidate documents from {}",
+                r.documents,
+                p.index.display()
+            );
+        }
         let pb = bar(
             source.total_bytes().unwrap_or(0),
             "scoring [{bar:30}] {bytes}/{total_bytes} {elapsed} {msg}",

@@ -1,0 +1,92 @@
+//! The prefilter step of `tda trace`: queries → BM25 / TF-IDF hits in a corpus index → the
+//! candidate documents whose windows are scored with influence.
+//!
+//! Invariants: the index is checked against the corpus before it is used (a stale index is an
+//! error, not a silent mismatch); documents are deduplicated across queries and keep the order in
+//! which they were first retrieved (query order, then rank); each query retrieves at most
+//! `candidates` documents, so at most `queries × candidates` documents are scored.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tda_corpus::{CorpusIndex, Ranking};
+
+use crate::candidates::DocSource;
+use crate::error::Result;
+use crate::query::Query;
+
+/// Retrieval settings: which index, how many documents per query, which ranking.
+#[derive(Clone, Debug)]
+pub struct Prefilter {
+    /// Folder written by `tda index` for the same corpus.
+    pub index: PathBuf,
+    /// Documents retrieved per query.
+    pub candidates: usize,
+    pub ranking: Ranking,
+}
+
+impl Prefilter {
+    /// BM25, the default of `tda trace --index`.
+    pub fn bm25(index: impl Into<PathBuf>, candidates: usize) -> Self {
+        Self {
+            index: index.into(),
+            candidates,
+            ranking: Ranking::Bm25,
+        }
+    }
+}
+
+/// What the prefilter retrieved.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PrefilterReport {
+    /// Distinct documents, over all queries.
+    pub documents: usize,
+    /// Hits per query (before deduplication across queries).
+    pub hits_per_query: Vec<usize>,
+}
+
+/// The retrieval text of a query: its prompt and completion, as one bag of words.
+pub fn query_text(q: &Query) -> String {
+    format!("{} {}", q.prompt, q.completion)
+}
+
+/// Retrieves the candidate documents of `queries` from the index `p.index` of `corpus`.
+pub fn prefilter(
+    p: &Prefilter,
+    corpus: &Path,
+    queries: &[Query],
+) -> Result<(DocSource, PrefilterReport)> {
+    let index = CorpusIndex::open(&p.index)?;
+    index.check_corpus(corpus)?;
+    let mut seen = HashSet::new();
+    let mut hits = Vec::new();
+    let mut report = PrefilterReport::default();
+    for q in queries {
+        let found = index.search(&query_text(q), p.candidates, p.ranking)?;
+        report.hits_per_query.push(found.len());
+        for h in found {
+            if seen.insert(h.doc_id.clone()) {
+                hits.push(h);
+            }
+        }
+    }
+    report.documents = hits.len();
+    Ok((DocSource::docs(index.fetch(&hits)?), report))
+}
+
+/// The candidates of a trace: every document of `corpus`, or the prefilter's documents when
+/// `prefilter` is given (then the report says what it retrieved).
+pub fn candidate_source(
+    corpus: &Path,
+    prefilter: Option<&Prefilter>,
+    queries: &[Query],
+) -> Result<(DocSource, Option<PrefilterReport>)> {
+    match prefilter {
+        None => Ok((DocSource::corpus(corpus), None)),
+        Some(p) => {
+            let (source, report) = self::prefilter(p, corpus, queries)?;
+            Ok((source, Some(report)))
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Self-influence `∇L(z)ᵀ (G + λI)⁻¹ ∇L(z)` of candidate windows (outliers, mislabeled or
+//! memorised examples first).
+
+use std::sync::Arc;
+
+use burn::tensor::backend::AutodiffBackend;
+use tda_curvature::{Damping, Factors};
+use tda_model::{frozen, TokenBatch, Tokenizer, Transformer};
+
+use crate::candidates::{for_each_batch, DocSource, WindowOptions};
+use crate::error::Result;
+use crate::host::{host_taps, Labels, Scalar};
+use crate::keep::{to_row, Keeper, Kept};
+use crate::output::ResultRow;
+
+/// Self-influence `∇L(z)ᵀ (G + λI)⁻¹ ∇L(z)` of every candidate window; returns the `top_k`
+/// largest (outliers / hard examples first), or all when `top_k` is `None`.
+#[allow(clippy::too_many_arguments)]
+pub fn self_influence<AD: AutodiffBackend>(
+    model: &Transformer<AD>,
+    tokenizer: &Tokenizer,
+    factors: &Factors,
+    source: &DocSource,
+    damping: Damping,
+    top_k: Option<usize>,
+    windows: &WindowOptions,
+    progress: &mut dyn FnMut(usize, u64),
+) -> Result<Vec<ResultRow>> {
+    let fz = frozen(model);
+    let specs = factors.specs();
+    let pad = model.config.eos_token_id.unwrap_or(0);
+    let mut keeper = Keeper::new(1, top_k, false);
+    let mut done = 0;
+    for_each_batch(source, tokenizer, &model.config, windows, |cands, bytes| {
+        let seqs: Vec<Vec<u32>> = cands.iter().map(|c| c.ids.clone()).collect();
+        let batch = TokenBatch::new(&seqs, pad)?;
+        let taps = host_taps(&fz, &specs, &batch, Scalar::Loss(Labels::Data))?;
+        let si = tda_curvature::self_influence(factors, damping, &taps.layer_batches())?;
+        for (c, s) in cands.iter().zip(si) {
+            keeper.push(
+                0,
+                s,
+                Kept {
+                    cand: Arc::new(c.clone()),
+                    per_token: None,
+                    per_layer: None,
+                },
+            );
+        }
+        done += cands.len();
+        progress(done, bytes);
+        Ok(())
+    })?;
+    Ok(keeper
+        .into_sorted()
+        .pop()
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(r, (s, k))| to_row(r, s, &k, tokenizer, &specs))
+        .collect())
+}
