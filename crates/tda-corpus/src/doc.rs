@@ -74,3 +74,23 @@ pub struct Document {
     pub text: String,
     pub source: SourceRef,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn format_detection() {
+        assert_eq!(
+            Format::from_path(Path::new("a/b.JSONL")),
+            Some(Format::Jsonl)
+        );
+        assert_eq!(
+            Format::from_path(Path::new("x.parquet")),
+            Some(Format::Parquet)
+        );
+        assert_eq!(Format::from_path(Path::new("x.txt")), Some(Format::Text));
+        assert_eq!(Format::from_path(Path::new("x.csv")), None);
+    }
+}
