@@ -133,18 +133,14 @@ impl CorpusIndex {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&parent).map_err(|e| CorpusError::io(&parent, e))?;
-        let name = dir
-            .file_name()
-            .ok_or_else(|| {
-                CorpusError::InvalidArgument(format!("bad index folder {}", dir.display()))
-            })?
-            .to_string_lossy()
-            .into_owned();
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let tmp = parent.join(format!(".{name}.tmp-{}-{stamp}", std::process::id()));
+        if dir.file_name().is_none() {
+            return Err(CorpusError::InvalidArgument(format!(
+                "bad index folder {}",
+                dir.display()
+            )));
+        }
+        // A unique hidden sibling (`.<name>.tmp-…`), skipped by corpus walking and by tda-io.
+        let tmp = tda_io::sibling(dir, "tmp");
         let guard = RemoveOnDrop(Some(tmp.clone()));
         std::fs::create_dir(&tmp).map_err(|e| CorpusError::io(&tmp, e))?;
 
@@ -176,15 +172,10 @@ impl CorpusIndex {
             ));
         }
         drop(index);
-        // Swap into place: the old index (if any) is removed only once the new one is there.
-        if dir.exists() {
-            let old = parent.join(format!(".{name}.old-{}-{stamp}", std::process::id()));
-            std::fs::rename(dir, &old).map_err(|e| CorpusError::io(dir, e))?;
-            std::fs::rename(&tmp, dir).map_err(|e| CorpusError::io(dir, e))?;
-            let _ = std::fs::remove_dir_all(&old);
-        } else {
-            std::fs::rename(&tmp, dir).map_err(|e| CorpusError::io(dir, e))?;
-        }
+        // fsync every file, then swap into place: the old index (if any) is moved aside and
+        // removed only once the new one is there (put back if the second rename fails).
+        tda_io::sync_tree(&tmp).map_err(|e| CorpusError::io(&tmp, e))?;
+        tda_io::replace_dir(&tmp, dir).map_err(|e| CorpusError::io(dir, e))?;
         std::mem::forget(guard);
         Ok((CorpusIndex::open(dir)?, summary))
     }

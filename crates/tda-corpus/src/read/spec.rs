@@ -16,8 +16,8 @@ pub struct CorpusFile {
 }
 
 /// The resolved list of files making a corpus: a single file, a list of files, or directories
-/// of shards (walked recursively, sorted; hidden entries, unknown extensions and tantivy index
-/// folders ignored).
+/// of shards (walked recursively, sorted; hidden entries — among them tda-io's temporaries —,
+/// unknown extensions and tantivy index folders ignored).
 #[derive(Clone, Debug, Default)]
 pub struct CorpusSpec {
     pub files: Vec<CorpusFile>,
@@ -82,7 +82,10 @@ fn walk(
     for entry in rd {
         let entry = entry.map_err(|e| CorpusError::io(dir, e))?;
         let path = entry.path();
-        if entry.file_name().to_string_lossy().starts_with('.') {
+        // Hidden entries are not corpus data; that includes tda-io's temporaries (`.x.tmp-…`,
+        // `.x.old-…`: an index build or swap in progress, or left by a killed one).
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || tda_io::is_temporary(&name) {
             continue;
         }
         let meta = std::fs::metadata(&path).map_err(|e| CorpusError::io(&path, e))?;
