@@ -174,6 +174,7 @@ mod tests {
     fn doc(text: &str) -> Document {
         Document {
             id: "d".into(),
+            title: None,
             text: text.into(),
             source: SourceRef {
                 path: "x".into(),

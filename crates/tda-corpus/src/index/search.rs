@@ -5,7 +5,7 @@ use super::open::CorpusIndex;
 use super::query::{Hit, QueryOptions, Ranking, SearchResult};
 use crate::doc::{Document, SourceRef};
 use crate::error::Result;
-use crate::read::fetch_documents;
+use crate::read::{fetch_documents, DefaultId, ReadOptions};
 use tantivy::DocAddress;
 
 impl CorpusIndex {
@@ -71,7 +71,13 @@ impl CorpusIndex {
     /// Read back the documents of `hits` from the corpus files (ids as stored in the index).
     pub fn fetch(&self, hits: &[Hit]) -> Result<Vec<Document>> {
         let sources: Vec<SourceRef> = hits.iter().map(|h| h.source.clone()).collect();
-        let mut docs = fetch_documents(&sources, &self.info.read)?;
+        // The ids come from the index, so the reader need not (and for ordinals could not)
+        // recompute them.
+        let read = ReadOptions {
+            default_id: DefaultId::FileRow,
+            ..self.info.read.clone()
+        };
+        let mut docs = fetch_documents(&sources, &read)?;
         for (d, h) in docs.iter_mut().zip(hits) {
             d.id = h.doc_id.clone();
         }

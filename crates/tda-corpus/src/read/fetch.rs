@@ -2,7 +2,7 @@
 //! corpus as possible.
 
 use super::jsonl::parse_jsonl_line;
-use super::options::{ReadOptions, TextMode};
+use super::options::{DefaultId, ReadOptions, TextMode};
 use super::parquet::{open_parquet, parquet_row};
 use super::reader::open_corpus;
 use super::record::{Raw, SkipReason};
@@ -37,7 +37,12 @@ pub fn read_record_bytes(src: &SourceRef, opts: &ReadOptions) -> Result<Vec<u8>>
             Ok(buf)
         }
         Format::Parquet => {
-            let docs = fetch_documents(std::slice::from_ref(src), opts)?;
+            // Only the text is wanted: no id needs recomputing.
+            let opts = ReadOptions {
+                default_id: DefaultId::FileRow,
+                ..opts.clone()
+            };
+            let docs = fetch_documents(std::slice::from_ref(src), &opts)?;
             Ok(docs
                 .into_iter()
                 .next()
@@ -50,8 +55,10 @@ pub fn read_record_bytes(src: &SourceRef, opts: &ReadOptions) -> Result<Vec<u8>>
 /// Re-read the documents at `sources` (e.g. the prefilter's candidates), in the same order,
 /// touching only those records: a seek per jsonl/text record, one row-selected pass per parquet file.
 ///
-/// The document ids are recomputed as the reader would (given id, else `<file name>:<row>`).
-/// A record that no longer parses the same way is an error (the corpus changed).
+/// The document ids are recomputed as the reader would (given id, else `<file name>:<row>`), and
+/// titles read as the reader would. A record that no longer parses the same way is an error (the
+/// corpus changed); so is a record without an id of its own under [`DefaultId::Ordinal`] (its
+/// ordinal depends on the whole stream, not on the record).
 pub fn fetch_documents(sources: &[SourceRef], opts: &ReadOptions) -> Result<Vec<Document>> {
     let mut out: Vec<Option<Document>> = vec![None; sources.len()];
     // Group parquet rows per file.
@@ -73,17 +80,21 @@ pub fn fetch_documents(sources: &[SourceRef], opts: &ReadOptions) -> Result<Vec<
                     parse_jsonl_line(&bytes, src.clone(), &rel, opts)
                 } else if opts.text_mode == TextMode::File {
                     match String::from_utf8(bytes) {
-                        Ok(text) => Raw::Doc(Document {
-                            id: rel.clone(),
-                            text,
-                            source: src.clone(),
-                        }),
+                        Ok(text) => Raw::Doc {
+                            own_id: false,
+                            doc: Document {
+                                id: rel.clone(),
+                                title: None,
+                                text,
+                                source: src.clone(),
+                            },
+                        },
                         Err(_) => Raw::Skip(src.row, SkipReason::InvalidUtf8),
                     }
                 } else {
                     text_line_doc(&bytes, src.clone(), &rel)
                 };
-                out[k] = Some(expect_doc(raw, src)?);
+                out[k] = Some(expect_doc(raw, src, opts)?);
             }
         }
     }
@@ -140,7 +151,7 @@ pub fn fetch_documents(sources: &[SourceRef], opts: &ReadOptions) -> Result<Vec<
                     byte_offset: 0,
                     byte_len: 0,
                 };
-                docs.insert(row, expect_doc(raw, &src)?);
+                docs.insert(row, expect_doc(raw, &src, opts)?);
             }
         }
         for (row, k) in rows {
@@ -159,9 +170,18 @@ pub fn fetch_documents(sources: &[SourceRef], opts: &ReadOptions) -> Result<Vec<
         .collect()
 }
 
-fn expect_doc(raw: Raw, src: &SourceRef) -> Result<Document> {
+fn expect_doc(raw: Raw, src: &SourceRef, opts: &ReadOptions) -> Result<Document> {
     match raw {
-        Raw::Doc(d) => Ok(d),
+        Raw::Doc { own_id: false, .. } if opts.default_id == DefaultId::Ordinal => {
+            Err(CorpusError::BadRecord {
+                path: src.path.clone(),
+                record: src.row,
+                msg: "no id in the record, and an ordinal id cannot be recomputed for one record \
+                      (read the corpus as a stream, or use an id column)"
+                    .into(),
+            })
+        }
+        Raw::Doc { doc, .. } => Ok(doc),
         Raw::Skip(row, reason) => Err(CorpusError::BadRecord {
             path: src.path.clone(),
             record: row,

@@ -25,7 +25,7 @@ mod spec;
 mod text;
 
 pub use fetch::{fetch_by_ids, fetch_documents, read_record_bytes};
-pub use options::{ReadOptions, TextMode};
+pub use options::{DefaultId, ReadOptions, TextMode};
 pub use reader::{open_corpus, CorpusReader, ReadStats};
 pub use record::{SkipCounts, SkipReason};
 pub use spec::{CorpusFile, CorpusSpec};

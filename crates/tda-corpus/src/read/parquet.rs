@@ -1,4 +1,4 @@
-//! Parquet through arrow: projected on the text (and id) columns, read batch by batch, optionally
+//! Parquet through arrow: projected on the text (and id, title) columns, read batch by batch, optionally
 //! restricted to selected rows.
 
 use super::options::ReadOptions;
@@ -26,7 +26,7 @@ pub(super) struct ParquetState {
     pub(super) total_rows: u64,
 }
 
-/// Open a parquet file projected on the text (and id) columns. Checks the columns exist and
+/// Open a parquet file projected on the text (and id, title) columns. Checks the columns exist and
 /// have a usable type. Returns the reader and the number of rows in the file.
 pub(super) fn open_parquet(
     file: &CorpusFile,
@@ -68,9 +68,9 @@ pub(super) fn open_parquet(
         });
     }
     let mut cols = vec![opts.text_column.as_str()];
-    if let Some(id) = &opts.id_column {
-        if schema.field_with_name(id).is_ok() {
-            cols.push(id.as_str());
+    for c in [&opts.id_column, &opts.title_column].into_iter().flatten() {
+        if schema.field_with_name(c).is_ok() {
+            cols.push(c.as_str());
         }
     }
     let total_rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
@@ -176,17 +176,28 @@ pub(super) fn parquet_row(
         .id_column
         .as_ref()
         .and_then(|c| batch.column_by_name(c))
-        .and_then(|c| id_value(c.as_ref(), i))
-        .unwrap_or_else(|| default_id(&file.rel, row));
-    Raw::Doc(Document {
-        id,
-        text: text.to_owned(),
-        source: SourceRef {
-            path: file.path.clone(),
-            format: Format::Parquet,
-            row,
-            byte_offset: 0,
-            byte_len: text.len() as u64,
+        .and_then(|c| id_value(c.as_ref(), i));
+    let title = opts
+        .title_column
+        .as_ref()
+        .and_then(|c| batch.column_by_name(c))
+        .and_then(|c| match text_value(c.as_ref(), i) {
+            Ok(Some(s)) => Some(s.to_owned()),
+            _ => None,
+        });
+    Raw::Doc {
+        own_id: id.is_some(),
+        doc: Document {
+            id: id.unwrap_or_else(|| default_id(&file.rel, row)),
+            title,
+            text: text.to_owned(),
+            source: SourceRef {
+                path: file.path.clone(),
+                format: Format::Parquet,
+                row,
+                byte_offset: 0,
+                byte_len: text.len() as u64,
+            },
         },
-    })
+    }
 }

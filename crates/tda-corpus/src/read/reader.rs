@@ -3,7 +3,7 @@
 
 use super::jsonl::parse_jsonl_line;
 use super::lines::read_bounded_line;
-use super::options::{ReadOptions, TextMode};
+use super::options::{DefaultId, ReadOptions, TextMode};
 use super::parquet::{open_parquet, ParquetState};
 use super::record::{Raw, SkipCounts, SkipReason};
 use super::spec::{CorpusFile, CorpusSpec};
@@ -132,8 +132,11 @@ impl Iterator for CorpusReader {
                         return Some(e);
                     }
                 }
-                Some(Ok(Raw::Doc(doc))) => {
+                Some(Ok(Raw::Doc { mut doc, own_id })) => {
                     self.stats.docs += 1;
+                    if !own_id && self.opts.default_id == DefaultId::Ordinal {
+                        doc.id = self.stats.docs.to_string();
+                    }
                     self.stats.text_bytes += doc.text.len() as u64;
                     return Some(Ok(doc));
                 }

@@ -79,10 +79,16 @@ impl std::fmt::Display for SkipCounts {
 }
 
 pub(super) enum Raw {
-    Doc(Document),
+    /// A document; `own_id` is false when its id is the `<file>:<row>` fallback, which the
+    /// consumer replaces under [`DefaultId::Ordinal`](super::DefaultId::Ordinal).
+    Doc {
+        doc: Document,
+        own_id: bool,
+    },
     Skip(u64, SkipReason),
 }
 
+/// The [`DefaultId::FileRow`](super::DefaultId::FileRow) id.
 pub(super) fn default_id(rel: &str, row: u64) -> String {
     format!("{rel}:{row}")
 }

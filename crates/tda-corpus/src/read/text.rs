@@ -14,11 +14,15 @@ pub(super) fn text_line_doc(buf: &[u8], src: SourceRef, rel: &str) -> Raw {
     if text.trim().is_empty() {
         return Raw::Skip(src.row, SkipReason::Empty);
     }
-    Raw::Doc(Document {
-        id: default_id(rel, src.row),
-        text: text.to_owned(),
-        source: src,
-    })
+    Raw::Doc {
+        own_id: false,
+        doc: Document {
+            id: default_id(rel, src.row),
+            title: None,
+            text: text.to_owned(),
+            source: src,
+        },
+    }
 }
 
 pub(super) fn read_whole_text(file: &CorpusFile, opts: &ReadOptions) -> Result<Raw> {
@@ -41,9 +45,13 @@ pub(super) fn read_whole_text(file: &CorpusFile, opts: &ReadOptions) -> Result<R
     if text.trim().is_empty() {
         return Ok(Raw::Skip(0, SkipReason::Empty));
     }
-    Ok(Raw::Doc(Document {
-        id: file.rel.clone(),
-        text,
-        source: src,
-    }))
+    Ok(Raw::Doc {
+        own_id: false,
+        doc: Document {
+            id: file.rel.clone(),
+            title: None,
+            text,
+            source: src,
+        },
+    })
 }
