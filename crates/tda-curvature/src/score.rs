@@ -336,7 +336,7 @@ pub fn grad_sq_norms(specs: &[LayerSpec], batches: &[LayerBatch<'_>]) -> Result<
         .collect())
 }
 
-/// Per-candidate statistics (computed by [`candidate_stats`], used by [`crate::normalize`]), all `[B]`.
+/// Per-candidate statistics (computed by [`candidate_stats`], divided by in `normalize`), all `[B]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CandidateStats {
     /// `‖∇L_b‖²` over tracked layers.
