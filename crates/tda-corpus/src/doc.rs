@@ -66,13 +66,36 @@ impl std::fmt::Display for SourceRef {
 /// One corpus document.
 ///
 /// `id` is the id given in the record (jsonl `id` field / parquet id column) when present,
-/// otherwise `<file>:<row>` where `<file>` is the path relative to the corpus root (the file
-/// name for a single-file corpus) and `<row>` is `source.row`; for text in file mode it is `<file>`.
+/// otherwise made by [`crate::ReadOptions::default_id`]: by default `<file>:<row>` where `<file>`
+/// is the path relative to the corpus root (the file name for a single-file corpus) and `<row>`
+/// is `source.row` (for text in file mode just `<file>`); with [`crate::DefaultId::Ordinal`] the
+/// document's 1-based position in the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Document {
     pub id: String,
-    /// Optional title ([`crate::ReadOptions::title_column`]).
+    /// The record's title (field / column [`crate::ReadOptions::title_column`]) when that option
+    /// is set and the value is a string; `None` otherwise (absent, null, text files).
     pub title: Option<String>,
     pub text: String,
     pub source: SourceRef,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn format_detection() {
+        assert_eq!(
+            Format::from_path(Path::new("a/b.JSONL")),
+            Some(Format::Jsonl)
+        );
+        assert_eq!(
+            Format::from_path(Path::new("x.parquet")),
+            Some(Format::Parquet)
+        );
+        assert_eq!(Format::from_path(Path::new("x.txt")), Some(Format::Text));
+        assert_eq!(Format::from_path(Path::new("x.csv")), None);
+    }
 }

@@ -13,6 +13,9 @@ pub enum CorpusError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A write through `tda-io`; its message already names the file or folder.
+    #[error("{0}")]
+    Write(std::io::Error),
     #[error("{}: unsupported corpus format (expected .jsonl, .json, .ndjson, .txt, .parquet or a directory of them)", .path.display())]
     UnknownFormat { path: PathBuf },
     #[error("{}: no corpus files found (.jsonl, .json, .ndjson, .txt, .parquet)", .path.display())]

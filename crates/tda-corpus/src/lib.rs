@@ -1,11 +1,47 @@
-//! Corpus ingestion and the TF-IDF / BM25 prefilter of `tda`.
+//! Corpus ingestion and the TF-IDF / BM25 prefilter of `tda`: the one crate that reads corpus
+//! files.
 //!
-//! - [`open_corpus`]: stream [`Document`]s from jsonl, text or parquet (file, list, or directory),
-//!   each with a [`SourceRef`] back to its exact record; bad records are skipped and counted.
-//! - [`windows`]: cut a document into model-length token windows with exact text spans,
-//!   given any tokenizer as a closure.
-//! - [`CorpusIndex`]: a tantivy index of the corpus; [`CorpusIndex::search`] returns the top-K
-//!   candidates (BM25 or classic TF-IDF) that `tda trace` scores with influence functions.
+//! **Job.** Turn corpus files into [`Document`]s that know exactly where they came from, cut them
+//! into model-length windows, and index them so that `tda trace` scores only the top-K candidates
+//! with influence functions.
+//!
+//! **Inputs.** Corpus paths — a `.jsonl` / `.json` / `.ndjson`, `.txt` or `.parquet` file, a
+//! list of files, or folders of such shards — read with [`ReadOptions`] (text / id / title field
+//! or column, how ids are made when absent, how text files are cut, size limits, strict mode); a
+//! tokenizer as a closure for [`windows`]; query text for [`CorpusIndex::search`].
+//!
+//! **Outputs.**
+//! - [`open_corpus`]: a stream of [`Document`]s (bad records skipped and counted);
+//!   [`fetch_documents`] / [`fetch_by_ids`] / [`read_record_bytes`] re-read given records.
+//! - [`windows`]: token windows of a document with exact text spans.
+//! - [`CorpusIndex`]: a tantivy index folder ([`CorpusIndex::build`], [`CorpusIndex::add`]);
+//!   [`CorpusIndex::search`] returns the top-K [`Hit`]s (BM25 or classic TF-IDF) and
+//!   [`CorpusIndex::candidates`] their documents.
+//!
+//! **Invariants a caller can rely on.**
+//! - *Stable ids.* A document's id is the record's own id, else a deterministic default
+//!   ([`DefaultId`]: `<file>:<row>`, or the 1-based ordinal in the stream). Files are read in a
+//!   deterministic order (as listed; folders sorted by relative path), so the same corpus and
+//!   options give the same ids; an index stores the ids it was built with and returns them.
+//! - *Exact provenance.* A [`SourceRef`] points back to the exact bytes of the record (the jsonl
+//!   line or text span by byte range, the parquet row); [`read_record_bytes`] and
+//!   [`fetch_documents`] read exactly that record again.
+//! - *Skip accounting.* A bad record (empty, non-UTF-8, not JSON, missing text, too large) is
+//!   skipped and counted by reason in [`ReadStats`] / [`SkipCounts`], or is an error in strict
+//!   mode; a file that cannot be read at all is always an error. Nothing is dropped silently.
+//! - *Index fingerprint check.* An index records each file's fingerprint:
+//!   [`CorpusIndex::check_corpus`] refuses a corpus with changed, missing or extra files, and
+//!   [`CorpusIndex::add`] refuses a changed file.
+//! - *Atomic index builds.* `build` fills a hidden `tda_io` temporary folder beside the target and
+//!   swaps it in only after a successful commit (a failed build leaves no index, an old one
+//!   intact); `add` commits once or rolls back. Corpus walking skips hidden entries (so tda-io
+//!   temporaries) and index folders.
+//! - Reading holds at most one line, one text file or one parquet batch in memory; every error is
+//!   one line naming the file.
+//!
+//! Layout: [`doc`] (documents, sources), [`read`] (options, walking, the three formats, the
+//! stream, random access), [`window`], [`index`] (schema, build, check, query, scoring, search),
+//! [`fingerprint`], [`error`].
 
 pub mod doc;
 pub mod error;

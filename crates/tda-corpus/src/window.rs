@@ -173,8 +173,8 @@ mod tests {
 
     fn doc(text: &str) -> Document {
         Document {
-            title: None,
             id: "d".into(),
+            title: None,
             text: text.into(),
             source: SourceRef {
                 path: "x".into(),

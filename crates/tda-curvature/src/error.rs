@@ -17,6 +17,9 @@ pub enum CurvatureError {
     /// Wrong use of the API (pass order, empty layer list, bad option).
     #[error("{0}")]
     Usage(String),
+    /// A write through `tda-io`; its message already names the file.
+    #[error("{0}")]
+    Write(std::io::Error),
     /// I/O failure on a factor file.
     #[error("{path}: {source}")]
     Io {

@@ -30,183 +30,19 @@ pub mod normalize;
 pub mod precondition;
 pub mod score;
 pub mod storage;
+mod taps;
 pub mod topk;
 
 pub use error::{CurvatureError, Result};
 pub use factors::{Eigenbasis, FactorFitter, Factors, FitConfig, LayerFactors, Pass, Strategy};
-pub use normalize::{normalize, CandidateStats, Normalization, NormalizeOptions};
+pub use normalize::{normalize, Normalization, NormalizeOptions};
 pub use precondition::{
     precondition, query_gradients, Damping, PreconditionedQuery, QueryGradient, QueryLayerGrad,
     Rank,
 };
 pub use score::{
     candidate_stats, grad_sq_norms, relabel_influence, score_candidates, self_influence,
-    CandidateScores, QueryBatch,
+    CandidateScores, CandidateStats, QueryBatch,
 };
+pub use taps::{LayerBatch, LayerSpec};
 pub use topk::{Order, TopK};
-
-use serde::{Deserialize, Serialize};
-
-/// A tracked linear layer `y = W x (+ b)`, `W: [d_out, d_in]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerSpec {
-    /// HF-style name, e.g. `model.layers.0.mlp.down_proj`; used in tensor names and errors.
-    pub name: String,
-    pub d_in: usize,
-    pub d_out: usize,
-    pub has_bias: bool,
-}
-
-impl LayerSpec {
-    pub fn new(name: impl Into<String>, d_in: usize, d_out: usize, has_bias: bool) -> Self {
-        Self {
-            name: name.into(),
-            d_in,
-            d_out,
-            has_bias,
-        }
-    }
-
-    /// Width of the activation side including the bias column: `d_in + has_bias`.
-    pub fn d_a(&self) -> usize {
-        self.d_in + usize::from(self.has_bias)
-    }
-
-    /// Number of parameters `d_out · d_a`.
-    pub fn n_params(&self) -> usize {
-        self.d_out * self.d_a()
-    }
-}
-
-/// Taps of one layer for a batch of `batch` sequences of `seq_len` tokens (row `b·seq_len + t`).
-///
-/// `a: [batch·seq_len, d_in]`, `g: [batch·seq_len, d_out]` row-major, `mask: [batch·seq_len]`
-/// (`true` = real token). Rows where `mask` is false are ignored whatever their content.
-#[derive(Clone, Copy, Debug)]
-pub struct LayerBatch<'a> {
-    pub a: &'a [f32],
-    pub g: &'a [f32],
-    pub mask: &'a [bool],
-    pub batch: usize,
-    pub seq_len: usize,
-}
-
-impl<'a> LayerBatch<'a> {
-    /// Number of rows `batch · seq_len`.
-    pub fn rows(&self) -> usize {
-        self.batch * self.seq_len
-    }
-
-    /// Checks lengths against `spec` and that real rows are finite.
-    pub(crate) fn validate(&self, spec: &LayerSpec) -> Result<()> {
-        let n = self.rows();
-        let name = &spec.name;
-        if self.mask.len() != n {
-            return Err(error::shape_err(
-                name,
-                format!(
-                    "mask has {} entries, expected batch·seq_len = {n}",
-                    self.mask.len()
-                ),
-            ));
-        }
-        if self.a.len() != n * spec.d_in {
-            return Err(error::shape_err(
-                name,
-                format!(
-                    "a has {} values, expected {n}×{} (d_in)",
-                    self.a.len(),
-                    spec.d_in
-                ),
-            ));
-        }
-        if self.g.len() != n * spec.d_out {
-            return Err(error::shape_err(
-                name,
-                format!(
-                    "g has {} values, expected {n}×{} (d_out)",
-                    self.g.len(),
-                    spec.d_out
-                ),
-            ));
-        }
-        for r in 0..n {
-            if !self.mask[r] {
-                continue;
-            }
-            if !self.a[r * spec.d_in..(r + 1) * spec.d_in]
-                .iter()
-                .all(|x| x.is_finite())
-            {
-                return Err(error::non_finite(name, format!("activations a (row {r})")));
-            }
-            if !self.g[r * spec.d_out..(r + 1) * spec.d_out]
-                .iter()
-                .all(|x| x.is_finite())
-            {
-                return Err(error::non_finite(
-                    name,
-                    format!("output gradients g (row {r})"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Real (unmasked) row indices of sequence `b`.
-    pub(crate) fn real_rows(&self, b: usize) -> impl Iterator<Item = usize> + '_ {
-        let start = b * self.seq_len;
-        (start..start + self.seq_len).filter(move |&r| self.mask[r])
-    }
-
-    /// Compact copy of the real rows of sequence `b`: `(a_ext [n, d_a], g [n, d_out], rows)`, with
-    /// the bias column appended when `spec.has_bias`.
-    pub(crate) fn gather_seq(
-        &self,
-        spec: &LayerSpec,
-        b: usize,
-    ) -> (Vec<f32>, Vec<f32>, Vec<usize>) {
-        let rows: Vec<usize> = self.real_rows(b).collect();
-        let (a, g) = self.gather_rows(spec, &rows);
-        (a, g, rows)
-    }
-
-    /// Compact copy of the given rows: `(a_ext [n, d_a], g [n, d_out])`.
-    pub(crate) fn gather_rows(&self, spec: &LayerSpec, rows: &[usize]) -> (Vec<f32>, Vec<f32>) {
-        let (d_in, d_out, d_a) = (spec.d_in, spec.d_out, spec.d_a());
-        let mut a = Vec::with_capacity(rows.len() * d_a);
-        let mut g = Vec::with_capacity(rows.len() * d_out);
-        for &r in rows {
-            a.extend_from_slice(&self.a[r * d_in..(r + 1) * d_in]);
-            if spec.has_bias {
-                a.push(1.0);
-            }
-            g.extend_from_slice(&self.g[r * d_out..(r + 1) * d_out]);
-        }
-        (a, g)
-    }
-}
-
-/// Checks that `batches` has one entry per spec, consistent batch geometry, and valid content.
-pub(crate) fn validate_batches(specs: &[LayerSpec], batches: &[LayerBatch<'_>]) -> Result<()> {
-    if batches.len() != specs.len() {
-        return Err(CurvatureError::Usage(format!(
-            "got taps for {} layers, expected {} (one LayerBatch per LayerSpec, same order)",
-            batches.len(),
-            specs.len()
-        )));
-    }
-    for (spec, lb) in specs.iter().zip(batches) {
-        if lb.batch != batches[0].batch || lb.seq_len != batches[0].seq_len {
-            return Err(error::shape_err(
-                &spec.name,
-                format!(
-                    "batch geometry {}×{} differs from first layer's {}×{}",
-                    lb.batch, lb.seq_len, batches[0].batch, batches[0].seq_len
-                ),
-            ));
-        }
-        lb.validate(spec)?;
-    }
-    Ok(())
-}

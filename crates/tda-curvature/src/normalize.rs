@@ -16,6 +16,10 @@
 use crate::error::{CurvatureError, Result};
 use crate::score::{CandidateScores, QueryBatch};
 
+/// The statistics `normalize` divides by; defined (and computed) in [`crate::score`], also
+/// reachable here at its former path.
+pub use crate::score::CandidateStats;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Normalization {
     #[default]
@@ -30,17 +34,6 @@ pub struct NormalizeOptions {
     pub method: Normalization,
     /// Also divide by the candidate's number of real tokens.
     pub per_token_count: bool,
-}
-
-/// Per-candidate statistics (see [`crate::score::candidate_stats`]), all `[B]`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CandidateStats {
-    /// `‖∇L_b‖²` over tracked layers.
-    pub grad_sq_norm: Vec<f64>,
-    /// `∇L_bᵀ (G + λI)⁻¹ ∇L_b` (needed by `RelatIF`).
-    pub self_influence: Option<Vec<f64>>,
-    /// Real tokens per candidate.
-    pub tokens: Vec<usize>,
 }
 
 /// Divides the scores in place.

@@ -15,9 +15,8 @@
 use crate::error::{CurvatureError, Result};
 use crate::factors::Factors;
 use crate::linalg::{gemm, Op};
-use crate::normalize::CandidateStats;
 use crate::precondition::{Damping, PreconditionedQuery};
-use crate::{validate_batches, LayerBatch, LayerSpec};
+use crate::taps::{validate_batches, LayerBatch, LayerSpec};
 use rayon::prelude::*;
 
 /// Per-layer concatenation of the queries' factors.
@@ -335,6 +334,17 @@ pub fn grad_sq_norms(specs: &[LayerSpec], batches: &[LayerBatch<'_>]) -> Result<
     Ok((0..bsz)
         .map(|b| per_layer.iter().map(|v| v[b]).sum())
         .collect())
+}
+
+/// Per-candidate statistics (computed by [`candidate_stats`], divided by in `normalize`), all `[B]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CandidateStats {
+    /// `‖∇L_b‖²` over tracked layers.
+    pub grad_sq_norm: Vec<f64>,
+    /// `∇L_bᵀ (G + λI)⁻¹ ∇L_b` (needed by `RelatIF`).
+    pub self_influence: Option<Vec<f64>>,
+    /// Real tokens per candidate.
+    pub tokens: Vec<usize>,
 }
 
 /// Per-candidate statistics needed by the normalisations: gradient norms, real-token counts, and

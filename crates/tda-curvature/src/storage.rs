@@ -1,5 +1,6 @@
-//! Factor files: safetensors, one f32 tensor per layer and factor, written atomically
-//! (temp file in the same directory, fsync, rename) and read back through `memmap2`.
+//! Factor files: safetensors, one f32 tensor per layer and factor, written atomically through
+//! `tda_io` (unique temp file in the same directory, fsync, rename, fsync of the directory) and
+//! read back through `memmap2`.
 //!
 //! Tensors (`d_a = d_in + has_bias`):
 //! - `<layer>.A_eigvecs [d_a, d_a]` (or `<layer>.A_eigvecs.block<k> [s_k, s_k]` when block-diagonal),
@@ -14,11 +15,11 @@
 use crate::error::{CurvatureError, Result};
 use crate::factors::{kron_lambda, Eigenbasis, Factors, LayerFactors, Strategy};
 use crate::linalg::partition;
-use crate::LayerSpec;
+use crate::taps::LayerSpec;
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const FORMAT: &str = "tda-curvature-factors";
 pub const FORMAT_VERSION: u32 = 1;
@@ -147,43 +148,37 @@ pub fn save(factors: &Factors, path: &Path) -> Result<()> {
         serde_json::to_string(&factors.specs()).expect("specs serialise"),
     );
 
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path.file_name().ok_or_else(|| CurvatureError::Format {
-        path: path.to_path_buf(),
-        msg: "not a file path".into(),
-    })?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        nanos
-    ));
-    let result = (|| {
-        safetensors::serialize_to_file(tensors, Some(meta), &tmp).map_err(|e| {
-            CurvatureError::Format {
-                path: tmp.clone(),
-                msg: format!("serialisation failed: {e}"),
-            }
-        })?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io_err(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all(); // best effort: persist the rename
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if path.file_name().is_none() {
+        return Err(CurvatureError::Format {
+            path: path.to_path_buf(),
+            msg: "not a file path".into(),
+        });
     }
-    result
+    tda_io::write_file_with(path, |tmp| {
+        safetensors::serialize_to_file(tensors, Some(meta), tmp).map_err(|e| {
+            SaveError::Curvature(CurvatureError::Format {
+                path: tmp.to_path_buf(),
+                msg: format!("serialisation failed: {e}"),
+            })
+        })
+    })
+    .map_err(|e| match e {
+        SaveError::Io(source) => CurvatureError::Write(source),
+        SaveError::Curvature(e) => e,
+    })
+}
+
+/// Error inside [`save`]'s atomic write: an io error from `tda_io` (its message already names the
+/// temporary or target file) or a serialisation failure.
+enum SaveError {
+    Io(std::io::Error),
+    Curvature(CurvatureError),
+}
+
+impl From<std::io::Error> for SaveError {
+    fn from(e: std::io::Error) -> Self {
+        SaveError::Io(e)
+    }
 }
 
 /// Reads factors from `path` (memory-mapped). When `fingerprint` is given it must match the file's.

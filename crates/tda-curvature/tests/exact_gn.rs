@@ -12,6 +12,7 @@
 //! pseudo-sequences). Then `E_pseudo[G̃²] = (1/N) Σ_b E_y[G̃_b²]` exactly (cross-token terms vanish
 //! in expectation because `E_y[e_y − p] = 0`), i.e. Λ is the EK-FAC Λ with the sampling noise removed.
 //! This makes the comparison deterministic.
+#![allow(clippy::needless_range_loop)] // index loops mirror the formulas of the reference
 
 mod common;
 use common::*;

@@ -9,6 +9,7 @@
 //!
 //! Retraining is done by Newton's method to machine precision, so the finite differences only carry
 //! the O(ε) (one-sided) or O(ε²) (central) truncation error.
+#![allow(clippy::needless_range_loop)] // index loops mirror the formulas of the reference
 
 mod common;
 use common::*;
@@ -126,7 +127,7 @@ fn exact_influence(pb: &Problem, theta: &[f64], q: usize, j: usize) -> f64 {
 #[test]
 fn influence_matches_finite_difference_retraining() {
     let pb = problem();
-    let theta = newton(&pb, &vec![0.0; P], None);
+    let theta = newton(&pb, &[0.0; P], None);
     let (g0, _) = grad_hess(&pb, &theta, None);
     assert!(dot(&g0, &g0).sqrt() < 1e-12, "not converged");
 
@@ -177,7 +178,7 @@ fn influence_matches_finite_difference_retraining() {
 #[test]
 fn ekfac_influence_vs_finite_difference() {
     let pb = problem();
-    let theta = newton(&pb, &vec![0.0; P], None);
+    let theta = newton(&pb, &[0.0; P], None);
     let n = pb.x.len();
     let spec = LayerSpec::new("head", D, K, true);
     let specs = vec![spec.clone()];

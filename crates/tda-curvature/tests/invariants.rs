@@ -3,6 +3,7 @@
 //! Tolerances: the scoring kernel multiplies f32 taps by f32 query factors (f64 reductions), and
 //! factors are stored in f32, so kernel-vs-dense-f64 checks use 1e-4 relative to the largest
 //! magnitude; pure f64 re-summations (per-token / per-layer sums) use 1e-10.
+#![allow(clippy::needless_range_loop)] // index loops mirror the formulas of the reference
 
 mod common;
 use common::*;

@@ -1,0 +1,172 @@
+//! The two scoring engines: tantivy's own `BooleanQuery` (BM25, for cross-checks) and the
+//! term-at-a-time scorer (BM25 or TF-IDF) with its bounded top-k heap.
+
+use super::open::CorpusIndex;
+use super::query::{QueryTerm, Ranking};
+use crate::error::{one_line, CorpusError, Result};
+use tantivy::collector::TopDocs;
+use tantivy::postings::Postings;
+use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
+use tantivy::schema::IndexRecordOption;
+use tantivy::{DocAddress, DocSet, Term, TERMINATED};
+
+impl CorpusIndex {
+    /// BM25 evaluated by tantivy's `BooleanQuery` (document-at-a-time, block-max WAND); a term's
+    /// weight is its count in the query (a boost).
+    pub(super) fn tantivy_bm25(
+        &self,
+        searcher: &tantivy::Searcher,
+        terms: &[QueryTerm],
+        k: usize,
+    ) -> Result<Vec<(f32, DocAddress)>> {
+        let clauses: Vec<(Occur, Box<dyn Query>)> = terms
+            .iter()
+            .map(|t| {
+                let tq: Box<dyn Query> = Box::new(TermQuery::new(
+                    Term::from_field_text(self.fields.body, &t.term),
+                    IndexRecordOption::WithFreqs,
+                ));
+                let q: Box<dyn Query> = if t.qtf == 1 {
+                    tq
+                } else {
+                    Box::new(BoostQuery::new(tq, t.qtf as f32))
+                };
+                (Occur::Should, q)
+            })
+            .collect();
+        searcher
+            .search(
+                &BooleanQuery::new(clauses),
+                &TopDocs::with_limit(k).order_by_score(),
+            )
+            .map_err(|e| CorpusError::index(&self.dir, e))
+    }
+
+    /// Term-at-a-time scoring over every segment: a dense per-segment accumulator, one pass over
+    /// each query term's postings, then a bounded heap. For top-10,000 with tens of terms this is
+    /// several times faster than tantivy's document-at-a-time union (whose WAND pruning helps
+    /// little when k is large). BM25 here reproduces tantivy's arithmetic (f32, same constants,
+    /// same quantised-length cache, N = Σ max_doc, avgdl = Σ tokens / N).
+    pub(super) fn term_at_a_time(
+        &self,
+        searcher: &tantivy::Searcher,
+        terms: &[QueryTerm],
+        k: usize,
+        ranking: Ranking,
+    ) -> Result<Vec<(f32, DocAddress)>> {
+        const K1: f32 = 1.2;
+        const B: f32 = 0.75;
+        let err = |e: &dyn std::fmt::Display| CorpusError::index(&self.dir, one_line(e));
+        let mut total_docs = 0u64;
+        let mut total_tokens = 0u64;
+        for seg in searcher.segment_readers() {
+            total_docs += seg.max_doc() as u64;
+            total_tokens += seg
+                .inverted_index(self.fields.body)
+                .map_err(|e| err(&e))?
+                .total_num_tokens();
+        }
+        let avgdl = total_tokens as f32 / total_docs.max(1) as f32;
+        let mut bm25_norm = [0f32; 256];
+        for (id, c) in bm25_norm.iter_mut().enumerate() {
+            let len = tantivy::fieldnorm::FieldNormReader::id_to_fieldnorm(id as u8) as f32;
+            *c = K1 * (1.0 - B + B * len / avgdl);
+        }
+        let n_alive = searcher.num_docs() as f64;
+        let mut heap = TopK::new(k);
+        for (seg_ord, seg) in searcher.segment_readers().iter().enumerate() {
+            let inv = seg.inverted_index(self.fields.body).map_err(|e| err(&e))?;
+            let norms = seg
+                .get_fieldnorms_reader(self.fields.body)
+                .map_err(|e| err(&e))?;
+            let mut acc = vec![0f32; seg.max_doc() as usize];
+            for t in terms {
+                let term = Term::from_field_text(self.fields.body, &t.term);
+                let Some(mut postings) = inv
+                    .read_postings(&term, IndexRecordOption::WithFreqs)
+                    .map_err(|e| err(&e))?
+                else {
+                    continue;
+                };
+                let mut d = postings.doc();
+                match ranking {
+                    Ranking::Bm25 => {
+                        let df = t.doc_freq.min(total_docs);
+                        let x = ((total_docs - df) as f32 + 0.5) / (df as f32 + 0.5);
+                        let w = (1.0 + x).ln() * (1.0 + K1) * t.qtf as f32;
+                        while d != TERMINATED {
+                            let tf = postings.term_freq() as f32;
+                            let norm = bm25_norm[norms.fieldnorm_id(d) as usize];
+                            acc[d as usize] += w * (tf / (tf + norm));
+                            d = postings.advance();
+                        }
+                    }
+                    Ranking::TfIdf => {
+                        let idf = 1.0 + ((n_alive + 1.0) / (t.doc_freq as f64 + 1.0)).ln();
+                        let w = (t.qtf as f64 * idf * idf) as f32;
+                        while d != TERMINATED {
+                            acc[d as usize] += w * (postings.term_freq() as f32).sqrt();
+                            d = postings.advance();
+                        }
+                    }
+                }
+            }
+            for (d, &a) in acc.iter().enumerate() {
+                if a > 0.0 && !seg.is_deleted(d as u32) {
+                    let score = match ranking {
+                        Ranking::Bm25 => a,
+                        Ranking::TfIdf => a / (norms.fieldnorm(d as u32).max(1) as f32).sqrt(),
+                    };
+                    heap.push(score, DocAddress::new(seg_ord as u32, d as u32));
+                }
+            }
+        }
+        Ok(heap.into_vec())
+    }
+}
+
+/// Bounded min-heap keeping the `k` best (score, address); ties keep the smaller address.
+struct TopK {
+    k: usize,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(OrdF32, std::cmp::Reverse<DocAddress>)>>,
+}
+
+#[derive(PartialEq, Clone, Copy)]
+struct OrdF32(f32);
+impl Eq for OrdF32 {}
+impl PartialOrd for OrdF32 {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for OrdF32 {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&o.0)
+    }
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        TopK {
+            k,
+            heap: Default::default(),
+        }
+    }
+    fn push(&mut self, s: f32, a: DocAddress) {
+        let item = std::cmp::Reverse((OrdF32(s), std::cmp::Reverse(a)));
+        if self.heap.len() < self.k {
+            self.heap.push(item);
+        } else if let Some(min) = self.heap.peek() {
+            if item < *min {
+                self.heap.pop();
+                self.heap.push(item);
+            }
+        }
+    }
+    fn into_vec(self) -> Vec<(f32, DocAddress)> {
+        self.heap
+            .into_iter()
+            .map(|std::cmp::Reverse((s, std::cmp::Reverse(a)))| (s.0, a))
+            .collect()
+    }
+}

@@ -1,0 +1,248 @@
+//! What a fit produces: the strategy and fitting options, eigenbases, and the factors of each
+//! layer and of the whole model.
+
+use crate::error::{CurvatureError, Result};
+use crate::linalg::{gemm, Op};
+use crate::taps::LayerSpec;
+use faer::traits::ComplexField;
+use std::fmt;
+use std::str::FromStr;
+
+/// Curvature approximation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    Identity,
+    Diagonal,
+    Kfac,
+    Ekfac,
+}
+
+impl Strategy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Strategy::Identity => "identity",
+            Strategy::Diagonal => "diagonal",
+            Strategy::Kfac => "kfac",
+            Strategy::Ekfac => "ekfac",
+        }
+    }
+    /// Whether a covariance pass (A, S, eigendecomposition) is needed.
+    pub fn needs_covariance(&self) -> bool {
+        matches!(self, Strategy::Kfac | Strategy::Ekfac)
+    }
+    /// Whether a per-sequence Λ pass is needed.
+    pub fn needs_lambda(&self) -> bool {
+        matches!(self, Strategy::Diagonal | Strategy::Ekfac)
+    }
+    /// Whether the strategy works in the Kronecker eigenbasis `Q_S ⊗ Q_A`.
+    pub fn uses_eigenbasis(&self) -> bool {
+        self.needs_covariance()
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = CurvatureError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "identity" => Ok(Strategy::Identity),
+            "diagonal" => Ok(Strategy::Diagonal),
+            "kfac" => Ok(Strategy::Kfac),
+            "ekfac" => Ok(Strategy::Ekfac),
+            _ => Err(CurvatureError::Usage(format!(
+                "unknown strategy {s:?} (expected identity, diagonal, kfac or ekfac)"
+            ))),
+        }
+    }
+}
+
+/// Fitting options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FitConfig {
+    pub strategy: Strategy,
+    /// Block-diagonal A/S: maximum block width (`None` = full covariances).
+    pub max_block: Option<usize>,
+}
+
+impl FitConfig {
+    pub fn new(strategy: Strategy) -> Self {
+        Self {
+            strategy,
+            max_block: None,
+        }
+    }
+    pub fn with_max_block(mut self, w: usize) -> Self {
+        self.max_block = Some(w);
+        self
+    }
+}
+
+/// Eigendecomposition of a (block-diagonal) covariance of width `dim`.
+///
+/// `blocks[k] = (offset, size)`; `vecs[k]` is `[size, size]` row-major with column `c` the `c`-th
+/// eigenvector of block `k`; `vals [dim]` are the eigenvalues (ascending within each block, clamped
+/// at 0), aligned with the rotated coordinates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Eigenbasis {
+    pub dim: usize,
+    pub blocks: Vec<(usize, usize)>,
+    pub vecs: Vec<Vec<f32>>,
+    pub vals: Vec<f32>,
+}
+
+impl Eigenbasis {
+    /// `x [n, dim]` → `x Q` (`transpose = false`) or `x Qᵀ` (`transpose = true`), Q block-diagonal.
+    pub(crate) fn rotate<T: ComplexField + Copy>(
+        x: &[T],
+        n: usize,
+        dim: usize,
+        blocks: &[(usize, usize)],
+        q: &[Vec<T>],
+        transpose: bool,
+    ) -> Vec<T> {
+        debug_assert_eq!(x.len(), n * dim);
+        let mut out = vec![T::zero_impl(); n * dim];
+        if blocks.len() == 1 {
+            let qo = if transpose {
+                Op::t(&q[0], dim, dim)
+            } else {
+                Op::n(&q[0], dim, dim)
+            };
+            gemm(&mut out, Op::n(x, n, dim), qo, false);
+            return out;
+        }
+        for (k, &(off, s)) in blocks.iter().enumerate() {
+            let mut xb = Vec::with_capacity(n * s);
+            for r in 0..n {
+                xb.extend_from_slice(&x[r * dim + off..r * dim + off + s]);
+            }
+            let mut yb = vec![T::zero_impl(); n * s];
+            let qo = if transpose {
+                Op::t(&q[k], s, s)
+            } else {
+                Op::n(&q[k], s, s)
+            };
+            gemm(&mut yb, Op::n(&xb, n, s), qo, false);
+            for r in 0..n {
+                out[r * dim + off..r * dim + off + s].copy_from_slice(&yb[r * s..(r + 1) * s]);
+            }
+        }
+        out
+    }
+
+    /// `x [n, dim]` (f32) → `x Q`.
+    pub(crate) fn rotate_f32(&self, x: &[f32], n: usize) -> Vec<f32> {
+        Self::rotate(x, n, self.dim, &self.blocks, &self.vecs, false)
+    }
+
+    /// Eigenvectors upcast to f64 (for the f64 preconditioning path).
+    pub(crate) fn vecs_f64(&self) -> Vec<Vec<f64>> {
+        self.vecs
+            .iter()
+            .map(|v| v.iter().map(|&x| x as f64).collect())
+            .collect()
+    }
+}
+
+/// Factors of one layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerFactors {
+    pub spec: LayerSpec,
+    /// Eigenbasis of `A` (`kfac`, `ekfac`), width `d_a`.
+    pub a_basis: Option<Eigenbasis>,
+    /// Eigenbasis of `S` (`kfac`, `ekfac`), width `d_out`.
+    pub s_basis: Option<Eigenbasis>,
+    /// Undamped `Λ [d_out, d_a]` row-major in the strategy's basis; `None` means Λ ≡ 1 (`identity`).
+    pub lambda: Option<Vec<f32>>,
+}
+
+impl LayerFactors {
+    /// Mean of Λ (1 for `identity`), used by the heuristic damping.
+    pub fn lambda_mean(&self) -> f64 {
+        match &self.lambda {
+            None => 1.0,
+            Some(l) if l.is_empty() => 1.0,
+            Some(l) => l.iter().map(|&x| x as f64).sum::<f64>() / l.len() as f64,
+        }
+    }
+}
+
+/// Fitted factors of all tracked layers (damping is applied at use, never stored).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Factors {
+    /// Caller-provided model fingerprint (checked at load).
+    pub fingerprint: String,
+    pub strategy: Strategy,
+    pub max_block: Option<usize>,
+    /// Real tokens seen by the covariance pass (0 if none was run).
+    pub tokens: u64,
+    /// Sequences (≥ 1 real token) seen by the covariance pass (0 if none was run).
+    pub covariance_sequences: u64,
+    /// Sequences seen by the Λ pass (0 if none was run).
+    pub lambda_sequences: u64,
+    pub layers: Vec<LayerFactors>,
+}
+
+impl Factors {
+    /// Layer specs in order.
+    pub fn specs(&self) -> Vec<LayerSpec> {
+        self.layers.iter().map(|l| l.spec.clone()).collect()
+    }
+
+    /// Checks that `specs` equals the fitted layers (names, shapes, bias, order).
+    pub fn check_specs(&self, specs: &[LayerSpec]) -> Result<()> {
+        if specs.len() != self.layers.len() {
+            return Err(CurvatureError::Usage(format!(
+                "factors cover {} layers, taps have {}",
+                self.layers.len(),
+                specs.len()
+            )));
+        }
+        for (s, l) in specs.iter().zip(&self.layers) {
+            if *s != l.spec {
+                return Err(crate::error::shape_err(
+                    &s.name,
+                    format!("spec {s:?} differs from fitted {:?}", l.spec),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Identity factors (no data needed).
+    pub fn identity(specs: Vec<LayerSpec>, fingerprint: &str) -> Self {
+        Self {
+            fingerprint: fingerprint.to_string(),
+            strategy: Strategy::Identity,
+            max_block: None,
+            tokens: 0,
+            covariance_sequences: 0,
+            lambda_sequences: 0,
+            layers: specs
+                .into_iter()
+                .map(|spec| LayerFactors {
+                    spec,
+                    a_basis: None,
+                    s_basis: None,
+                    lambda: None,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `Λ = scale · λ_S ⊗ λ_A` as `[d_out, d_a]` row-major (f64 product rounded to f32 once).
+pub(crate) fn kron_lambda(s_vals: &[f32], a_vals: &[f32], scale: f64) -> Vec<f32> {
+    let mut out = Vec::with_capacity(s_vals.len() * a_vals.len());
+    for &s in s_vals {
+        for &a in a_vals {
+            out.push((scale * s as f64 * a as f64) as f32);
+        }
+    }
+    out
+}
