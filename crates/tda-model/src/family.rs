@@ -82,7 +82,7 @@ impl ModelConfig {
                 return Err(format!("{name} must be positive"));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.n_heads, self.n_kv_heads
@@ -95,7 +95,7 @@ impl ModelConfig {
                     self.hidden, self.n_heads
                 ));
             }
-            Layout::Llama if self.head_dim % 2 != 0 => {
+            Layout::Llama if !self.head_dim.is_multiple_of(2) => {
                 return Err(format!(
                     "head_dim ({}) must be even for RoPE",
                     self.head_dim

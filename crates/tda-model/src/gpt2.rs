@@ -65,7 +65,7 @@ impl Gpt2Config {
             n_layers: need(self.n_layer, self.num_hidden_layers, "n_layer")?,
             n_heads,
             n_kv_heads: n_heads,
-            head_dim: if n_heads > 0 { hidden / n_heads } else { 0 },
+            head_dim: hidden.checked_div(n_heads).unwrap_or(0),
             intermediate: self.n_inner.unwrap_or(4 * hidden),
             max_positions: need(
                 self.n_positions,

@@ -69,11 +69,9 @@ impl MistralConfig {
             n_layers: self.num_hidden_layers,
             n_heads,
             n_kv_heads: self.num_key_value_heads.unwrap_or(n_heads),
-            head_dim: self.head_dim.unwrap_or(if n_heads > 0 {
-                self.hidden_size / n_heads
-            } else {
-                0
-            }),
+            head_dim: self
+                .head_dim
+                .unwrap_or(self.hidden_size.checked_div(n_heads).unwrap_or(0)),
             intermediate: self.intermediate_size,
             max_positions: self.max_position_embeddings,
             norm_eps: self.rms_norm_eps.unwrap_or(1e-6),

@@ -34,6 +34,9 @@ fn trunk(layout: Layout) -> &'static Trunk {
 }
 
 /// One transformer block `[b, t, d] -> [b, t, d]`, of the model's [`Layout`].
+// Every block of a model has the same variant, so boxing the larger one would only add an
+// indirection per block.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Block<B: Backend> {
     Gpt2(gpt2::Block<B>),
