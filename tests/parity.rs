@@ -1,5 +1,5 @@
 //! Parity with the reference implementation (HF `transformers` + `torch`): the folders in
-//! `tests/fixtures/{gpt2,llama,qwen2}` and their `reference.safetensors` were made by
+//! `tests/fixtures/{gpt2,llama,qwen2,mistral}` and their `reference.safetensors` were made by
 //! `tests/fixtures/make_fixtures.py` (see its README). Python is not needed to run this test.
 //!
 //! Tolerances: log-probs 1e-4 absolute (the bar; f32 on both sides, different summation
@@ -71,7 +71,9 @@ fn pad_token_id(model: &str) -> usize {
     v["pad_token_id"].as_u64().unwrap_or(0) as usize
 }
 
-const MODELS: [&str; 3] = ["gpt2", "llama", "qwen2"];
+/// Mistral's fixture has `sliding_window: 4`, shorter than every sequence below, so these tests
+/// also check sliding-window attention (in the prompt pass and in cached decoding).
+const MODELS: [&str; 4] = ["gpt2", "llama", "qwen2", "mistral"];
 
 #[test]
 fn logprobs_match_transformers() {
@@ -196,4 +198,22 @@ fn greedy_generation_matches_transformers() {
         .unwrap();
         assert_eq!(got, want, "{name}: greedy continuation");
     }
+}
+
+#[test]
+fn saved_mistral_folder_keeps_its_window() {
+    let src = load_folder::<Cpu>(&fixture("mistral"), &Default::default()).unwrap();
+    assert_eq!(src.model.config.arch.sliding_window(), Some(4));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("mistral");
+    tda_model::save_folder(&src.model, &src.tokenizer, &out).unwrap();
+    let back = load_folder::<Cpu>(&out, &Default::default()).unwrap();
+    assert_eq!(back.model.config, src.model.config);
+    let r = Reference::load("mistral");
+    let ids = r.ids("input_ids_1");
+    let got = infer::sequence_logprobs(&back.model, std::slice::from_ref(&ids))
+        .unwrap()
+        .remove(0);
+    let d = max_abs_diff(&got, &r.f32("logprobs_1"));
+    assert!(d <= 1e-4, "reloaded mistral: log-probs differ by {d}");
 }

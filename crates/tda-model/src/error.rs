@@ -16,6 +16,9 @@ pub enum ModelError {
     /// A file was read but its content is wrong (bad JSON, bad tensor, wrong shape, ...).
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
+    /// A file or folder could not be written atomically (`tda-io`; the message names the path).
+    #[error("{0}")]
+    Write(#[from] std::io::Error),
     /// A request that does not fit the model (too long, empty, bad token id, ...).
     #[error("{0}")]
     Usage(String),

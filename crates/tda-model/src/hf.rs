@@ -127,9 +127,22 @@ pub fn read_folder_weights(dir: &Path) -> Result<Weights> {
     Ok(out)
 }
 
-/// Writes weights as one f32 safetensors file, atomically (temporary file, then rename).
-/// `metadata` gets `format = pt`, which `transformers` requires.
+/// Writes weights as one f32 safetensors file, atomically (`tda_io::write_file_with`: a
+/// reader sees the old file or the new one, never a prefix). `metadata` gets `format = pt`,
+/// which `transformers` requires.
 pub fn write_safetensors(
+    path: &Path,
+    weights: &Weights,
+    metadata: BTreeMap<String, String>,
+) -> Result<()> {
+    tda_io::write_file_with(path, |tmp| {
+        serialize_safetensors(tmp, path, weights, metadata)
+    })
+}
+
+/// Serialises `weights` to `file` (not atomic; `path` names the artifact in errors).
+fn serialize_safetensors(
+    file: &Path,
     path: &Path,
     weights: &Weights,
     metadata: BTreeMap<String, String>,
@@ -148,17 +161,8 @@ pub fn write_safetensors(
         .map_err(|e| ModelError::invalid(path, format!("cannot serialise: {e}")))?;
     let mut info: HashMap<String, String> = metadata.into_iter().collect();
     info.entry("format".into()).or_insert_with(|| "pt".into());
-    let tmp = tmp_path(path);
-    safetensors::serialize_to_file(views, Some(info), &tmp)
-        .map_err(|e| ModelError::invalid(&tmp, format!("cannot write: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
-}
-
-/// `path` with a `.tmp-<pid>` suffix, in the same folder (so that rename is atomic).
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
-    path.with_file_name(name)
+    safetensors::serialize_to_file(views, Some(info), file)
+        .map_err(|e| ModelError::invalid(path, format!("cannot write: {e}")))
 }
 
 /// Reads `tokenizer.json` and checks that its vocabulary fits the model.
@@ -212,21 +216,32 @@ pub fn load_folder<B: Backend>(dir: &Path, device: &B::Device) -> Result<HfModel
 }
 
 /// Writes a model folder that both `tda` and `transformers` load: config.json, model.safetensors
-/// (f32), tokenizer.json, tokenizer_config.json, generation_config.json. The folder is assembled
-/// beside `dir` and renamed into place, so `dir` is never half-written; in an existing `dir` these
-/// files are replaced and everything else (e.g. `checkpoints/`) is kept.
+/// (f32), tokenizer.json, tokenizer_config.json, generation_config.json. The folder is built
+/// beside `dir` and renamed into place (`tda_io::write_dir`), so `dir` is never half-written; in
+/// an existing `dir` these files are replaced and everything else (e.g. `checkpoints/`) is moved
+/// into the new folder, after every new file has been written.
 pub fn save_folder<B: Backend>(
     model: &Transformer<B>,
     tokenizer: &Tokenizer,
     dir: &Path,
 ) -> Result<()> {
-    let tmp = tmp_path(dir);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+    tda_io::write_dir(dir, |tmp| {
+        write_folder_files(model, tokenizer, tmp)?;
+        if dir.is_dir() {
+            carry_over(dir, tmp)?;
+        }
+        Ok(())
+    })
+}
+
+/// The files of a model folder, written into `out`.
+fn write_folder_files<B: Backend>(
+    model: &Transformer<B>,
+    tokenizer: &Tokenizer,
+    out: &Path,
+) -> Result<()> {
     let write_json = |name: &str, v: &Value| {
-        let p = tmp.join(name);
+        let p = out.join(name);
         std::fs::write(&p, serde_json::to_string_pretty(v).unwrap())
             .map_err(|e| ModelError::io(&p, e))
     };
@@ -237,8 +252,9 @@ pub fn save_folder<B: Backend>(
         "producer".to_string(),
         format!("tda {}", env!("CARGO_PKG_VERSION")),
     );
-    write_safetensors(&tmp.join(WEIGHTS_FILE), &model.to_weights(), meta)?;
-    let tok_path = tmp.join(TOKENIZER_FILE);
+    let weights_path = out.join(WEIGHTS_FILE);
+    serialize_safetensors(&weights_path, &weights_path, &model.to_weights(), meta)?;
+    let tok_path = out.join(TOKENIZER_FILE);
     tokenizer
         .save(&tok_path, false)
         .map_err(|e| ModelError::invalid(&tok_path, format!("cannot write tokenizer: {e}")))?;
@@ -263,30 +279,21 @@ pub fn save_folder<B: Backend>(
     if let Some(e) = cfg.eos_token_id {
         gen["eos_token_id"] = json!(e);
     }
-    write_json("generation_config.json", &gen)?;
-    if dir.exists() {
-        // Keep what else lives in the folder (e.g. `checkpoints/`): move it into the new folder.
-        for entry in std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))? {
-            let entry = entry.map_err(|e| ModelError::io(dir, e))?;
-            let target = tmp.join(entry.file_name());
-            if !target.exists() {
-                std::fs::rename(entry.path(), &target)
-                    .map_err(|e| ModelError::io(entry.path(), e))?;
-            }
+    write_json("generation_config.json", &gen)
+}
+
+/// Moves the entries of the old folder `dir` that the new folder `tmp` does not have (e.g.
+/// `checkpoints/`) into `tmp`; leftover temporaries of killed writers are left behind.
+fn carry_over(dir: &Path, tmp: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))? {
+        let entry = entry.map_err(|e| ModelError::io(dir, e))?;
+        if tda_io::is_temporary(&entry.file_name().to_string_lossy()) {
+            continue;
         }
-        let old = dir.with_file_name(format!(
-            "{}.old-{}",
-            dir.file_name().unwrap_or_default().to_string_lossy(),
-            std::process::id()
-        ));
-        std::fs::rename(dir, &old).map_err(|e| ModelError::io(dir, e))?;
-        std::fs::rename(&tmp, dir).map_err(|e| ModelError::io(dir, e))?;
-        std::fs::remove_dir_all(&old).map_err(|e| ModelError::io(&old, e))?;
-    } else {
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, e))?;
+        let target = tmp.join(entry.file_name());
+        if !target.exists() {
+            std::fs::rename(entry.path(), &target).map_err(|e| ModelError::io(entry.path(), e))?;
         }
-        std::fs::rename(&tmp, dir).map_err(|e| ModelError::io(dir, e))?;
     }
     Ok(())
 }

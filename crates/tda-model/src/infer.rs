@@ -18,6 +18,9 @@ pub struct TokenLogprob {
     pub logprob: Option<f32>,
 }
 
+/// Token ids and their byte offsets `(start, end)` into the text.
+pub type Encoded = (Vec<u32>, Vec<(usize, usize)>);
+
 /// Tokenizes `text` for scoring: the tokenizer's own special tokens, then a leading BOS (or EOS
 /// when the model has no BOS, as GPT-2 does) if the tokenizer did not add one, so the first text
 /// token has a prefix. Returns ids and byte offsets into `text` (`(0, 0)` for added tokens).
@@ -25,7 +28,7 @@ pub fn encode_for_scoring(
     tokenizer: &Tokenizer,
     model: &crate::config::ModelConfig,
     text: &str,
-) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+) -> Result<Encoded> {
     let enc = tokenizer
         .encode(text, true)
         .map_err(|e| ModelError::Usage(format!("cannot tokenize the text: {e}")))?;

@@ -1,27 +1,21 @@
-//! The transformer: GPT-2 and the Llama family (Llama, Qwen2) in one module tree whose linear layers
-//! carry their HF names.
+//! The transformer: token embeddings, a stack of family blocks, a final norm and the output
+//! projection, with every linear layer carrying its HF module name.
 //!
 //! Weights enter and leave through [`Weights`], a map from HF parameter names to f32 tensors in HF
-//! layout; [`Transformer::from_weights`] and [`Transformer::to_weights`] are exact inverses.
-
-use std::collections::BTreeMap;
+//! layout; [`Transformer::from_weights`] and [`Transformer::to_weights`] are exact inverses. The
+//! blocks come from the family files ([`crate::gpt2`], [`crate::llama`]); this file only does
+//! what every family shares.
 
 use burn::module::Param;
 use burn::prelude::*;
-use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use crate::config::{Arch, ModelConfig};
-use crate::nn::{self, NoRecord, Norm, Recorder, TapLinear};
+use crate::config::{Layout, ModelConfig};
+use crate::nn::{self, NoRecord, Norm, Recorder, Step, TapLinear};
+use crate::weights::{put_linear, put_norm, Init, LinearLayout, Loader, Trunk, Values};
+use crate::{gpt2, llama};
 
-/// A dense f32 tensor in HF layout (row-major), as read from or written to safetensors.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HostTensor {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-/// HF parameter name → tensor. A `BTreeMap` so that files are written in a stable order.
-pub type Weights = BTreeMap<String, HostTensor>;
+pub use crate::nn::KvCache;
+pub use crate::weights::{GradReader, HostTensor, ParamReader, Weights};
 
 /// Name and shape of one linear layer (HF module name; `d_in`/`d_out` exclude the bias).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,39 +26,59 @@ pub struct LinearInfo {
     pub has_bias: bool,
 }
 
-/// One transformer block. GPT-2 uses the fused `c_attn`; the Llama family uses `q/k/v_proj` and `gate_proj`.
+fn trunk(layout: Layout) -> &'static Trunk {
+    match layout {
+        Layout::Gpt2 => &gpt2::TRUNK,
+        Layout::Llama => &llama::TRUNK,
+    }
+}
+
+/// One transformer block `[b, t, d] -> [b, t, d]`, of the model's [`Layout`].
+// Every block of a model has the same variant, so boxing the larger one would only add an
+// indirection per block.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
-pub struct Block<B: Backend> {
-    pub norm_attn: Norm<B>,
-    pub norm_mlp: Norm<B>,
-    /// GPT-2 `attn.c_attn` (`[d, 3d]`).
-    pub c_attn: Option<TapLinear<B>>,
-    pub q_proj: Option<TapLinear<B>>,
-    pub k_proj: Option<TapLinear<B>>,
-    pub v_proj: Option<TapLinear<B>>,
-    /// GPT-2 `attn.c_proj`, Llama `o_proj`.
-    pub o_proj: TapLinear<B>,
-    /// Llama `gate_proj`.
-    pub gate_proj: Option<TapLinear<B>>,
-    /// GPT-2 `mlp.c_fc`, Llama `up_proj`.
-    pub up_proj: TapLinear<B>,
-    /// GPT-2 `mlp.c_proj`, Llama `down_proj`.
-    pub down_proj: TapLinear<B>,
+pub enum Block<B: Backend> {
+    Gpt2(gpt2::Block<B>),
+    Llama(llama::Block<B>),
 }
 
-/// Keys and values of past positions, per block: `[b, h_kv, t_past, head_dim]`.
-pub struct KvCache<B: Backend> {
-    pub layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
-    /// Number of positions already in the cache.
-    pub len: usize,
-}
-
-impl<B: Backend> KvCache<B> {
-    pub fn new(n_layers: usize) -> Self {
-        Self {
-            layers: (0..n_layers).map(|_| None).collect(),
-            len: 0,
+/// Runs `$e` with `$b` bound to the block of whatever layout.
+macro_rules! each_block {
+    ($block:expr, $b:ident => $e:expr) => {
+        match $block {
+            Block::Gpt2($b) => $e,
+            Block::Llama($b) => $e,
         }
+    };
+}
+
+impl<B: Backend> Block<B> {
+    fn load(ld: &Loader<B>, c: &ModelConfig, i: usize) -> Result<Self, String> {
+        Ok(match c.arch.layout() {
+            Layout::Gpt2 => Block::Gpt2(gpt2::Block::load(ld, c, i)?),
+            Layout::Llama => Block::Llama(llama::Block::load(ld, c, i)?),
+        })
+    }
+
+    /// The block's linear layers in forward order.
+    pub fn linears(&self) -> Vec<&TapLinear<B>> {
+        each_block!(self, b => b.linears())
+    }
+
+    fn write(&self, out: &mut Weights, i: usize, r: &dyn ParamReader<B>) {
+        each_block!(self, b => b.write(out, i, r))
+    }
+
+    fn forward<R: Recorder<B>>(
+        &self,
+        x: Tensor<B, 3>,
+        c: &ModelConfig,
+        step: &Step<B>,
+        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+        rec: &mut R,
+    ) -> Tensor<B, 3> {
+        each_block!(self, b => b.forward(x, c, step, cache, rec))
     }
 }
 
@@ -83,179 +97,6 @@ pub struct Transformer<B: Backend> {
     pub config: ModelConfig,
 }
 
-/// Prefix of the HF names of the trunk (`transformer.` for GPT-2, `model.` for Llama).
-fn trunk(arch: Arch) -> &'static str {
-    match arch {
-        Arch::Gpt2 => "transformer",
-        _ => "model",
-    }
-}
-
-/// Takes tensors out of a [`Weights`] map and turns them into parameters, checking shapes.
-struct Loader<'a, B: Backend> {
-    weights: &'a Weights,
-    device: &'a B::Device,
-}
-
-impl<B: Backend> Loader<'_, B> {
-    fn get(&self, name: &str, shape: &[usize]) -> Result<&HostTensor, String> {
-        let t = self
-            .weights
-            .get(name)
-            .ok_or_else(|| format!("tensor \"{name}\" is missing"))?;
-        if t.shape != shape {
-            return Err(format!(
-                "tensor \"{name}\" has shape {:?}, the config implies {:?}",
-                t.shape, shape
-            ));
-        }
-        if let Some(bad) = t.data.iter().position(|x| !x.is_finite()) {
-            return Err(format!(
-                "tensor \"{name}\" holds a non-finite value at index {bad}"
-            ));
-        }
-        Ok(t)
-    }
-    fn tensor1(&self, name: &str, n: usize) -> Result<Param<Tensor<B, 1>>, String> {
-        let t = self.get(name, &[n])?;
-        Ok(Param::from_tensor(Tensor::from_data(
-            TensorData::new(t.data.clone(), [n]),
-            self.device,
-        )))
-    }
-    fn tensor2(&self, name: &str, r: usize, c: usize) -> Result<Param<Tensor<B, 2>>, String> {
-        let t = self.get(name, &[r, c])?;
-        Ok(Param::from_tensor(Tensor::from_data(
-            TensorData::new(t.data.clone(), [r, c]),
-            self.device,
-        )))
-    }
-    /// A linear layer `module` (HF module name). `conv1d`: HF stores `[d_in, d_out]` (GPT-2), else `[d_out, d_in]`.
-    fn linear(
-        &self,
-        module: &str,
-        d_in: usize,
-        d_out: usize,
-        bias: bool,
-        conv1d: bool,
-    ) -> Result<TapLinear<B>, String> {
-        let wname = format!("{module}.weight");
-        let weight = if conv1d {
-            self.tensor2(&wname, d_in, d_out)?
-        } else {
-            // nn.Linear stores [d_out, d_in]; transpose on the host so the parameter is a leaf.
-            let w = self.get(&wname, &[d_out, d_in])?.transposed();
-            Param::from_tensor(Tensor::from_data(
-                TensorData::new(w.data, [d_in, d_out]),
-                self.device,
-            ))
-        };
-        let bias = if bias {
-            Some(self.tensor1(&format!("{module}.bias"), d_out)?)
-        } else {
-            None
-        };
-        Ok(TapLinear {
-            weight,
-            bias,
-            name: module.to_string(),
-        })
-    }
-    fn norm(&self, module: &str, d: usize, eps: f64, rms: bool) -> Result<Norm<B>, String> {
-        Ok(Norm {
-            weight: self.tensor1(&format!("{module}.weight"), d)?,
-            bias: if rms {
-                None
-            } else {
-                Some(self.tensor1(&format!("{module}.bias"), d)?)
-            },
-            eps,
-            rms,
-        })
-    }
-}
-
-fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostTensor {
-    let shape = t.dims().to_vec();
-    let data = t
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .expect("f32 tensor data");
-    HostTensor { shape, data }
-}
-
-impl HostTensor {
-    /// The transpose of a 2-D tensor.
-    pub fn transposed(&self) -> HostTensor {
-        let (r, c) = (self.shape[0], self.shape[1]);
-        let mut data = vec![0f32; r * c];
-        for i in 0..r {
-            for j in 0..c {
-                data[j * r + i] = self.data[i * c + j];
-            }
-        }
-        HostTensor {
-            shape: vec![c, r],
-            data,
-        }
-    }
-}
-
-/// Reads one parameter tensor (its value, or its gradient) into host memory.
-pub trait ParamReader<B: Backend> {
-    fn read1(&self, p: &Param<Tensor<B, 1>>) -> Option<HostTensor>;
-    fn read2(&self, p: &Param<Tensor<B, 2>>) -> Option<HostTensor>;
-}
-
-/// Reads parameter values.
-struct Values;
-impl<B: Backend> ParamReader<B> for Values {
-    fn read1(&self, p: &Param<Tensor<B, 1>>) -> Option<HostTensor> {
-        Some(host(p.val()))
-    }
-    fn read2(&self, p: &Param<Tensor<B, 2>>) -> Option<HostTensor> {
-        Some(host(p.val()))
-    }
-}
-
-/// Reads parameter gradients from burn's `Gradients` (absent gradients are skipped).
-pub struct GradReader<'a, B: burn::tensor::backend::AutodiffBackend>(pub &'a B::Gradients);
-impl<B: burn::tensor::backend::AutodiffBackend> ParamReader<B> for GradReader<'_, B> {
-    fn read1(&self, p: &Param<Tensor<B, 1>>) -> Option<HostTensor> {
-        p.val().grad(self.0).map(host)
-    }
-    fn read2(&self, p: &Param<Tensor<B, 2>>) -> Option<HostTensor> {
-        p.val().grad(self.0).map(host)
-    }
-}
-
-fn put_linear<B: Backend>(
-    out: &mut Weights,
-    lin: &TapLinear<B>,
-    conv1d: bool,
-    r: &dyn ParamReader<B>,
-) {
-    if let Some(w) = r.read2(&lin.weight) {
-        out.insert(
-            format!("{}.weight", lin.name),
-            if conv1d { w } else { w.transposed() },
-        );
-    }
-    if let Some(b) = lin.bias.as_ref().and_then(|b| r.read1(b)) {
-        out.insert(format!("{}.bias", lin.name), b);
-    }
-}
-
-fn put_norm<B: Backend>(out: &mut Weights, module: &str, norm: &Norm<B>, r: &dyn ParamReader<B>) {
-    if let Some(w) = r.read1(&norm.weight) {
-        out.insert(format!("{module}.weight"), w);
-    }
-    if let Some(b) = norm.bias.as_ref().and_then(|b| r.read1(b)) {
-        out.insert(format!("{module}.bias"), b);
-    }
-}
-
 impl<B: Backend> Transformer<B> {
     /// Builds the model from HF-named weights. Errors name the missing or misshapen tensor.
     /// Extra tensors (e.g. GPT-2's `attn.bias` buffers) are ignored.
@@ -266,94 +107,31 @@ impl<B: Backend> Transformer<B> {
     ) -> Result<Self, String> {
         let c = config;
         let ld = Loader::<B> { weights, device };
-        let d = c.hidden;
-        let p = trunk(c.arch);
-        let rms = c.arch != Arch::Gpt2;
-        let conv1d = c.arch == Arch::Gpt2;
-        let mut blocks = Vec::with_capacity(c.n_layers);
-        for i in 0..c.n_layers {
-            let block = match c.arch {
-                Arch::Gpt2 => {
-                    let b = format!("{p}.h.{i}");
-                    Block {
-                        norm_attn: ld.norm(&format!("{b}.ln_1"), d, c.norm_eps, false)?,
-                        norm_mlp: ld.norm(&format!("{b}.ln_2"), d, c.norm_eps, false)?,
-                        c_attn: Some(ld.linear(
-                            &format!("{b}.attn.c_attn"),
-                            d,
-                            3 * d,
-                            true,
-                            conv1d,
-                        )?),
-                        q_proj: None,
-                        k_proj: None,
-                        v_proj: None,
-                        o_proj: ld.linear(&format!("{b}.attn.c_proj"), d, d, true, conv1d)?,
-                        gate_proj: None,
-                        up_proj: ld.linear(
-                            &format!("{b}.mlp.c_fc"),
-                            d,
-                            c.intermediate,
-                            true,
-                            conv1d,
-                        )?,
-                        down_proj: ld.linear(
-                            &format!("{b}.mlp.c_proj"),
-                            c.intermediate,
-                            d,
-                            true,
-                            conv1d,
-                        )?,
-                    }
-                }
-                Arch::Llama | Arch::Qwen2 => {
-                    let b = format!("{p}.layers.{i}");
-                    let q = c.n_heads * c.head_dim;
-                    let kv = c.n_kv_heads * c.head_dim;
-                    let lin = |name: &str, din, dout, bias| {
-                        ld.linear(&format!("{b}.{name}"), din, dout, bias, false)
-                    };
-                    Block {
-                        norm_attn: ld.norm(&format!("{b}.input_layernorm"), d, c.norm_eps, rms)?,
-                        norm_mlp: ld.norm(
-                            &format!("{b}.post_attention_layernorm"),
-                            d,
-                            c.norm_eps,
-                            rms,
-                        )?,
-                        c_attn: None,
-                        q_proj: Some(lin("self_attn.q_proj", d, q, c.qkv_bias)?),
-                        k_proj: Some(lin("self_attn.k_proj", d, kv, c.qkv_bias)?),
-                        v_proj: Some(lin("self_attn.v_proj", d, kv, c.qkv_bias)?),
-                        o_proj: lin("self_attn.o_proj", q, d, c.o_bias)?,
-                        gate_proj: Some(lin("mlp.gate_proj", d, c.intermediate, c.mlp_bias)?),
-                        up_proj: lin("mlp.up_proj", d, c.intermediate, c.mlp_bias)?,
-                        down_proj: lin("mlp.down_proj", c.intermediate, d, c.mlp_bias)?,
-                    }
-                }
-            };
-            blocks.push(block);
-        }
-        let (embed_name, final_name) = match c.arch {
-            Arch::Gpt2 => (format!("{p}.wte.weight"), format!("{p}.ln_f")),
-            _ => (format!("{p}.embed_tokens.weight"), format!("{p}.norm")),
-        };
-        let embed = ld.tensor2(&embed_name, c.vocab_size, d)?;
-        let pos_embed = if c.arch == Arch::Gpt2 {
-            Some(ld.tensor2(&format!("{p}.wpe.weight"), c.max_positions, d)?)
-        } else {
-            None
+        let tr = trunk(c.arch.layout());
+        let blocks = (0..c.n_layers)
+            .map(|i| Block::load(&ld, c, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let embed = ld.tensor2(tr.embed, c.vocab_size, c.hidden)?;
+        let pos_embed = match tr.pos_embed {
+            Some(name) => Some(ld.tensor2(name, c.max_positions, c.hidden)?),
+            None => None,
         };
         let lm_head = if c.tie_embeddings {
             None
         } else {
-            Some(ld.linear("lm_head", d, c.vocab_size, false, false)?)
+            Some(ld.linear(
+                "lm_head",
+                c.hidden,
+                c.vocab_size,
+                false,
+                LinearLayout::Linear,
+            )?)
         };
         Ok(Self {
             embed,
             pos_embed,
             blocks,
-            norm_final: ld.norm(&final_name, d, c.norm_eps, rms)?,
+            norm_final: ld.norm(tr.final_norm, c.hidden, c.norm_eps, tr.rms)?,
             lm_head,
             config: c.clone(),
         })
@@ -367,43 +145,28 @@ impl<B: Backend> Transformer<B> {
 
     /// Every parameter read by `r` (values or gradients), under its HF name and in HF layout.
     pub fn read_params(&self, r: &dyn ParamReader<B>) -> Weights {
-        let c = &self.config;
-        let p = trunk(c.arch);
-        let conv1d = c.arch == Arch::Gpt2;
+        let tr = trunk(self.config.arch.layout());
         let mut out = Weights::new();
-        let (embed_name, final_name) = match c.arch {
-            Arch::Gpt2 => (format!("{p}.wte.weight"), format!("{p}.ln_f")),
-            _ => (format!("{p}.embed_tokens.weight"), format!("{p}.norm")),
-        };
         if let Some(e) = r.read2(&self.embed) {
-            out.insert(embed_name, e);
+            out.insert(tr.embed.to_string(), e);
         }
-        if let Some(pe) = self.pos_embed.as_ref().and_then(|pe| r.read2(pe)) {
-            out.insert(format!("{p}.wpe.weight"), pe);
-        }
-        for (i, b) in self.blocks.iter().enumerate() {
-            let (n1, n2) = match c.arch {
-                Arch::Gpt2 => (format!("{p}.h.{i}.ln_1"), format!("{p}.h.{i}.ln_2")),
-                _ => (
-                    format!("{p}.layers.{i}.input_layernorm"),
-                    format!("{p}.layers.{i}.post_attention_layernorm"),
-                ),
-            };
-            put_norm(&mut out, &n1, &b.norm_attn, r);
-            put_norm(&mut out, &n2, &b.norm_mlp, r);
-            for lin in b.linears() {
-                put_linear(&mut out, lin, conv1d, r);
+        if let (Some(name), Some(pe)) = (tr.pos_embed, &self.pos_embed) {
+            if let Some(pe) = r.read2(pe) {
+                out.insert(name.to_string(), pe);
             }
         }
-        put_norm(&mut out, &final_name, &self.norm_final, r);
+        for (i, b) in self.blocks.iter().enumerate() {
+            b.write(&mut out, i, r);
+        }
+        put_norm(&mut out, tr.final_norm, &self.norm_final, r);
         if let Some(h) = &self.lm_head {
-            put_linear(&mut out, h, false, r);
+            put_linear(&mut out, h, LinearLayout::Linear, r);
         }
         out
     }
 
     /// A freshly initialised model (HF's scheme: N(0, 0.02) weights, zero biases, unit norms;
-    /// GPT-2 scales the residual output projections by 1/√(2·n_layers)), deterministic in `seed`.
+    /// residual output projections scaled by 1/√(2·n_layers)), deterministic in `seed`.
     pub fn init(config: &ModelConfig, seed: u64, device: &B::Device) -> Self {
         let weights = init_weights(config, seed);
         Self::from_weights(config, &weights, device).expect("init_weights matches the config")
@@ -460,11 +223,14 @@ impl<B: Backend> Transformer<B> {
             let pos = Tensor::<B, 1, Int>::arange(offset as i64..(offset + t) as i64, &device);
             x = x + pe.val().select(0, pos).unsqueeze::<3>();
         }
-        let rope = (c.arch != Arch::Gpt2)
-            .then(|| nn::rope_tables::<B>(c.rope_theta, c.head_dim, offset, t, &device));
+        let step = Step {
+            offset,
+            rope: (c.arch.layout() == Layout::Llama)
+                .then(|| nn::rope_tables::<B>(c.rope_theta, c.head_dim, offset, t, &device)),
+        };
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|k| &mut k.layers[i]);
-            x = block.forward(x, c, rope.as_ref(), offset, layer_cache, rec);
+            x = block.forward(x, c, &step, layer_cache, rec);
         }
         if let Some(k) = cache {
             k.len += t;
@@ -484,169 +250,20 @@ impl<B: Backend> Transformer<B> {
     }
 }
 
-impl<B: Backend> Block<B> {
-    /// The block's linear layers in forward order.
-    pub fn linears(&self) -> Vec<&TapLinear<B>> {
-        let mut v = Vec::with_capacity(7);
-        v.extend(self.c_attn.iter());
-        v.extend(self.q_proj.iter());
-        v.extend(self.k_proj.iter());
-        v.extend(self.v_proj.iter());
-        v.push(&self.o_proj);
-        v.extend(self.gate_proj.iter());
-        v.push(&self.up_proj);
-        v.push(&self.down_proj);
-        v
-    }
-
-    fn forward<R: Recorder<B>>(
-        &self,
-        x: Tensor<B, 3>,
-        c: &ModelConfig,
-        rope: Option<&(Tensor<B, 4>, Tensor<B, 4>)>,
-        offset: usize,
-        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
-        rec: &mut R,
-    ) -> Tensor<B, 3> {
-        let [b, t, d] = x.dims();
-        let hd = c.head_dim;
-        let heads = |y: Tensor<B, 3>, h: usize| y.reshape([b, t, h, hd]).swap_dims(1, 2);
-        let h = self.norm_attn.forward(x.clone());
-        let (q, k, v) = if let Some(c_attn) = &self.c_attn {
-            let qkv = c_attn.forward(h, rec);
-            (
-                heads(qkv.clone().narrow(2, 0, d), c.n_heads),
-                heads(qkv.clone().narrow(2, d, d), c.n_heads),
-                heads(qkv.narrow(2, 2 * d, d), c.n_heads),
-            )
-        } else {
-            let q = heads(
-                self.q_proj.as_ref().unwrap().forward(h.clone(), rec),
-                c.n_heads,
-            );
-            let k = heads(
-                self.k_proj.as_ref().unwrap().forward(h.clone(), rec),
-                c.n_kv_heads,
-            );
-            let v = heads(self.v_proj.as_ref().unwrap().forward(h, rec), c.n_kv_heads);
-            let (cos, sin) = rope.expect("rope tables for the Llama family");
-            (nn::apply_rope(q, cos, sin), nn::apply_rope(k, cos, sin), v)
-        };
-        let (k, v) = match cache {
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-                    None => (k, v),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
-            None => (k, v),
-        };
-        let attn = nn::causal_attention(q, k, v, offset);
-        let x = x + self.o_proj.forward(attn, rec);
-        let h = self.norm_mlp.forward(x.clone());
-        let inner = match &self.gate_proj {
-            Some(gate) => nn::swiglu(gate.forward(h.clone(), rec), self.up_proj.forward(h, rec)),
-            None => nn::gelu_tanh(self.up_proj.forward(h, rec)),
-        };
-        x + self.down_proj.forward(inner, rec)
-    }
-}
-
 /// HF-style random weights for `config` (see [`Transformer::init`]).
 pub fn init_weights(config: &ModelConfig, seed: u64) -> Weights {
     let c = config;
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut normal = |shape: Vec<usize>, std: f32| {
-        let n: usize = shape.iter().product();
-        // Box–Muller: two uniforms → one standard normal.
-        let data = (0..n)
-            .map(|_| {
-                let u1: f32 = rng.random::<f32>().max(f32::MIN_POSITIVE);
-                let u2: f32 = rng.random::<f32>();
-                std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
-            })
-            .collect();
-        HostTensor { shape, data }
-    };
-    let fill = |shape: Vec<usize>, v: f32| {
-        let n = shape.iter().product();
-        HostTensor {
-            shape,
-            data: vec![v; n],
-        }
-    };
+    let mut init = Init::new(seed);
     let std = 0.02f32;
-    let resid_std = std / (2.0 * c.n_layers as f32).sqrt();
-    let d = c.hidden;
-    let p = trunk(c.arch);
-    let mut w = Weights::new();
-    match c.arch {
-        Arch::Gpt2 => {
-            w.insert(
-                format!("{p}.wte.weight"),
-                normal(vec![c.vocab_size, d], std),
-            );
-            w.insert(
-                format!("{p}.wpe.weight"),
-                normal(vec![c.max_positions, d], std / 2.0),
-            );
-            for i in 0..c.n_layers {
-                let b = format!("{p}.h.{i}");
-                for ln in ["ln_1", "ln_2"] {
-                    w.insert(format!("{b}.{ln}.weight"), fill(vec![d], 1.0));
-                    w.insert(format!("{b}.{ln}.bias"), fill(vec![d], 0.0));
-                }
-                let lins = [
-                    ("attn.c_attn", d, 3 * d, std),
-                    ("attn.c_proj", d, d, resid_std),
-                    ("mlp.c_fc", d, c.intermediate, std),
-                    ("mlp.c_proj", c.intermediate, d, resid_std),
-                ];
-                for (name, din, dout, s) in lins {
-                    w.insert(format!("{b}.{name}.weight"), normal(vec![din, dout], s));
-                    w.insert(format!("{b}.{name}.bias"), fill(vec![dout], 0.0));
-                }
-            }
-            w.insert(format!("{p}.ln_f.weight"), fill(vec![d], 1.0));
-            w.insert(format!("{p}.ln_f.bias"), fill(vec![d], 0.0));
-        }
-        Arch::Llama | Arch::Qwen2 => {
-            w.insert(
-                format!("{p}.embed_tokens.weight"),
-                normal(vec![c.vocab_size, d], std),
-            );
-            let q = c.n_heads * c.head_dim;
-            let kv = c.n_kv_heads * c.head_dim;
-            for i in 0..c.n_layers {
-                let b = format!("{p}.layers.{i}");
-                w.insert(format!("{b}.input_layernorm.weight"), fill(vec![d], 1.0));
-                w.insert(
-                    format!("{b}.post_attention_layernorm.weight"),
-                    fill(vec![d], 1.0),
-                );
-                let lins = [
-                    ("self_attn.q_proj", d, q, c.qkv_bias, std),
-                    ("self_attn.k_proj", d, kv, c.qkv_bias, std),
-                    ("self_attn.v_proj", d, kv, c.qkv_bias, std),
-                    ("self_attn.o_proj", q, d, c.o_bias, resid_std),
-                    ("mlp.gate_proj", d, c.intermediate, c.mlp_bias, std),
-                    ("mlp.up_proj", d, c.intermediate, c.mlp_bias, std),
-                    ("mlp.down_proj", c.intermediate, d, c.mlp_bias, resid_std),
-                ];
-                for (name, din, dout, bias, s) in lins {
-                    w.insert(format!("{b}.{name}.weight"), normal(vec![dout, din], s));
-                    if bias {
-                        w.insert(format!("{b}.{name}.bias"), fill(vec![dout], 0.0));
-                    }
-                }
-            }
-            w.insert(format!("{p}.norm.weight"), fill(vec![d], 1.0));
-        }
-    }
+    let mut w = match c.arch.layout() {
+        Layout::Gpt2 => gpt2::init_weights(c, &mut init, std),
+        Layout::Llama => llama::init_weights(c, &mut init, std),
+    };
     if !c.tie_embeddings {
-        w.insert("lm_head.weight".into(), normal(vec![c.vocab_size, d], std));
+        w.insert(
+            "lm_head.weight".into(),
+            init.normal(vec![c.vocab_size, c.hidden], std),
+        );
     }
     w
 }

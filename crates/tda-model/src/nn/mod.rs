@@ -1,0 +1,38 @@
+//! Building blocks shared by every family: tap-able linear layers, LayerNorm/RMSNorm, RoPE,
+//! causal (optionally sliding-window) attention with grouped-query heads, and the MLP activations.
+//!
+//! Shapes: hidden states are `[batch, tokens, d]`; attention tensors are
+//! `[batch, heads, tokens, head_dim]`. Nothing here knows a family or an HF name except
+//! [`TapLinear::name`], which the family code sets.
+
+mod attention;
+mod linear;
+mod norm;
+mod rope;
+
+pub use attention::{causal_attention, causal_mask, KvCache};
+pub use linear::{NoRecord, Recorder, TapLinear};
+pub use norm::Norm;
+pub use rope::{apply_rope, rope_tables};
+
+use burn::prelude::*;
+use burn::tensor::activation;
+
+/// What every block of one forward pass shares: the absolute position of the first token and,
+/// for RoPE layouts, the `cos`/`sin` tables `[1, 1, t, head_dim]` of these positions.
+pub struct Step<B: Backend> {
+    pub offset: usize,
+    pub rope: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+}
+
+/// GELU, tanh approximation (HF `gelu_new`): 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+pub fn gelu_tanh<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let c = (2.0f64 / std::f64::consts::PI).sqrt();
+    let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044715) * c;
+    x * (inner.tanh() + 1.0) * 0.5
+}
+
+/// SwiGLU: silu(gate) ⊙ up, both `[b, t, intermediate]`.
+pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+    activation::silu(gate) * up
+}

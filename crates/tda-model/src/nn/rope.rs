@@ -1,0 +1,46 @@
+//! Rotary position embeddings, HF Llama convention (the two halves of a head are rotated together).
+
+use burn::prelude::*;
+
+/// RoPE tables: `cos`, `sin` of shape `[1, 1, t, head_dim]` for positions `offset .. offset + t`.
+/// `head_dim` must be even.
+pub fn rope_tables<B: Backend>(
+    theta: f64,
+    head_dim: usize,
+    offset: usize,
+    t: usize,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(t * head_dim);
+    let mut sin = Vec::with_capacity(t * head_dim);
+    for p in offset..offset + t {
+        // emb = cat(freqs, freqs): both halves of a head use the same frequencies.
+        for i in (0..half).chain(0..half) {
+            // HF computes inv_freq = 1 / theta^(2i/d) and the angles in f32.
+            let inv_freq = (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32;
+            let angle = p as f32 * inv_freq;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    let shape = [1, 1, t, head_dim];
+    (
+        Tensor::from_data(TensorData::new(cos, shape), device),
+        Tensor::from_data(TensorData::new(sin, shape), device),
+    )
+}
+
+/// Applies RoPE to `[b, h, t, head_dim]`: x·cos + rotate_half(x)·sin, rotate_half(x) = [−x₂, x₁].
+pub fn apply_rope<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [b, h, t, d] = x.dims();
+    let half = d / 2;
+    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
+    let x2 = x.clone().slice([0..b, 0..h, 0..t, half..d]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos.clone() + rotated * sin.clone()
+}
