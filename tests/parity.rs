@@ -203,7 +203,7 @@ fn greedy_generation_matches_transformers() {
 #[test]
 fn saved_mistral_folder_keeps_its_window() {
     let src = load_folder::<Cpu>(&fixture("mistral"), &Default::default()).unwrap();
-    assert_eq!(src.model.config.arch.sliding_window(), Some(4));
+    assert_eq!(src.model.config.sliding_window, Some(4));
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("mistral");
     tda_model::save_folder(&src.model, &src.tokenizer, &out).unwrap();

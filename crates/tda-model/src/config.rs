@@ -11,16 +11,13 @@
 use serde_json::Value;
 
 /// The architecture family, from `model_type`.
-///
-/// Mistral carries its attention window (`sliding_window`, `None` = full causal attention): it is
-/// the one family setting that [`ModelConfig`]'s fields do not cover.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     Gpt2,
     Llama,
     Qwen2,
-    Mistral { sliding_window: Option<usize> },
+    Mistral,
 }
 
 /// How a family's model is wired and named: a family reuses a layout when its weights have the
@@ -47,23 +44,8 @@ pub struct Family {
 }
 
 impl Arch {
-    /// Every family once (Mistral with no window).
-    pub const ALL: [Arch; 4] = [
-        Arch::Gpt2,
-        Arch::Llama,
-        Arch::Qwen2,
-        Arch::Mistral {
-            sliding_window: None,
-        },
-    ];
-
-    /// Attention sees only the `w` most recent positions (`None`: all previous positions).
-    pub fn sliding_window(self) -> Option<usize> {
-        match self {
-            Arch::Mistral { sliding_window } => sliding_window,
-            _ => None,
-        }
-    }
+    /// Every family once.
+    pub const ALL: [Arch; 4] = [Arch::Gpt2, Arch::Llama, Arch::Qwen2, Arch::Mistral];
 }
 
 /// Everything the forward pass needs. Invariants (checked by [`ModelConfig::validate`]):
@@ -94,6 +76,10 @@ pub struct ModelConfig {
     pub mlp_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// Attention sees only the `w` most recent positions, itself included (Mistral's
+    /// `sliding_window`); `None`: all previous positions.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
 }
 
 impl ModelConfig {
@@ -124,6 +110,7 @@ impl ModelConfig {
             mlp_bias: true,
             bos_token_id: Some(0),
             eos_token_id: Some(0),
+            sliding_window: None,
         }
     }
 }

@@ -20,7 +20,7 @@ pub fn of(arch: Arch) -> &'static Family {
         Arch::Gpt2 => &gpt2::FAMILY,
         Arch::Llama => &llama::LLAMA,
         Arch::Qwen2 => &llama::QWEN2,
-        Arch::Mistral { .. } => &mistral::FAMILY,
+        Arch::Mistral => &mistral::FAMILY,
     }
 }
 
@@ -103,13 +103,11 @@ impl ModelConfig {
             }
             _ => {}
         }
-        if let Arch::Mistral { sliding_window } = self.arch {
-            if sliding_window == Some(0) {
-                return Err("sliding_window must be positive (or null)".into());
-            }
-            if self.qkv_bias || self.o_bias || self.mlp_bias {
-                return Err("mistral has no attention or MLP biases".into());
-            }
+        if self.sliding_window == Some(0) {
+            return Err("sliding_window must be positive (or null)".into());
+        }
+        if self.arch == Arch::Mistral && (self.qkv_bias || self.o_bias || self.mlp_bias) {
+            return Err("mistral has no attention or MLP biases".into());
         }
         Ok(())
     }
@@ -159,13 +157,13 @@ mod tests {
     #[test]
     fn mistral_window_is_read_and_written_back() {
         let c = config(r#", "sliding_window": 4, "head_dim": null"#).unwrap();
-        assert_eq!(c.arch.sliding_window(), Some(4));
+        assert_eq!(c.sliding_window, Some(4));
         assert_eq!((c.head_dim, c.n_kv_heads), (4, 1));
         assert_eq!(ModelConfig::from_hf_json(&c.to_hf_json()).unwrap(), c);
         let full = config(r#", "sliding_window": null"#).unwrap();
-        assert_eq!(full.arch.sliding_window(), None);
+        assert_eq!(full.sliding_window, None);
         assert_eq!(ModelConfig::from_hf_json(&full.to_hf_json()).unwrap(), full);
-        assert_eq!(config("").unwrap().arch.sliding_window(), Some(4096));
+        assert_eq!(config("").unwrap().sliding_window, Some(4096));
     }
 
     #[test]

@@ -80,6 +80,7 @@ impl Gpt2Config {
             mlp_bias: true,
             bos_token_id: hf_config::first_id(&self.bos_token_id),
             eos_token_id: hf_config::first_id(&self.eos_token_id),
+            sliding_window: None,
         })
     }
 }

@@ -93,6 +93,7 @@ impl LlamaConfig {
             mlp_bias: self.mlp_bias.unwrap_or(false),
             bos_token_id: hf_config::first_id(&self.bos_token_id),
             eos_token_id: hf_config::first_id(&self.eos_token_id),
+            sliding_window: None,
         })
     }
 }
@@ -237,7 +238,7 @@ impl<B: Backend> Block<B> {
         }
     }
 
-    /// Attention sees the window of `c.arch` ([`Arch::sliding_window`]).
+    /// Attention sees the window [`ModelConfig::sliding_window`] (Mistral; `None` elsewhere).
     pub fn forward<R: Recorder<B>>(
         &self,
         x: Tensor<B, 3>,
@@ -261,7 +262,7 @@ impl<B: Backend> Block<B> {
             Some(slot) => KvCache::append(slot, k, v),
             None => (k, v),
         };
-        let attn = nn::causal_attention(q, k, v, step.offset, c.arch.sliding_window());
+        let attn = nn::causal_attention(q, k, v, step.offset, c.sliding_window);
         let x = x + self.o_proj.forward(attn, rec);
         let h = self.norm_mlp.forward(x.clone());
         let inner = nn::swiglu(

@@ -61,9 +61,8 @@ impl MistralConfig {
             hf_config::rope_theta(self.rope_theta, &self.rope_scaling, &self.rope_parameters)?;
         let n_heads = self.num_attention_heads;
         Ok(ModelConfig {
-            arch: Arch::Mistral {
-                sliding_window: self.sliding_window,
-            },
+            arch: Arch::Mistral,
+            sliding_window: self.sliding_window,
             vocab_size: self.vocab_size,
             hidden: self.hidden_size,
             n_layers: self.num_hidden_layers,
@@ -88,6 +87,6 @@ impl MistralConfig {
 
 fn to_hf(c: &ModelConfig) -> Value {
     let mut v = llama::to_hf(c, &FAMILY);
-    v["sliding_window"] = json!(c.arch.sliding_window());
+    v["sliding_window"] = json!(c.sliding_window);
     v
 }

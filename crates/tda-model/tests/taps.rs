@@ -32,6 +32,7 @@ fn tiny(arch: Arch) -> ModelConfig {
         mlp_bias: arch == Arch::Gpt2,
         bos_token_id: Some(0),
         eos_token_id: Some(0),
+        sliding_window: None,
     }
 }
 

@@ -35,6 +35,7 @@ fn tracing_a_fact_finds_its_biography() {
         mlp_bias: true,
         bos_token_id: Some(eot),
         eos_token_id: Some(eot),
+        sliding_window: None,
     };
     let ids: Vec<Vec<u32>> = docs
         .iter()

@@ -156,6 +156,7 @@ impl ModelShape {
             mlp_bias: arch == Arch::Gpt2,
             bos_token_id: Some(eot),
             eos_token_id: Some(eot),
+            sliding_window: None,
         };
         cfg.validate()?;
         if self.hidden % self.n_heads != 0 {
