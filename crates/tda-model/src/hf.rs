@@ -228,7 +228,7 @@ pub fn save_folder<B: Backend>(
     tda_io::write_dir(dir, |tmp| {
         write_folder_files(model, tokenizer, tmp)?;
         if dir.is_dir() {
-            carry_over(dir, tmp)?;
+            tda_io::carry_over(dir, tmp)?;
         }
         Ok(())
     })
@@ -280,20 +280,4 @@ fn write_folder_files<B: Backend>(
         gen["eos_token_id"] = json!(e);
     }
     write_json("generation_config.json", &gen)
-}
-
-/// Moves the entries of the old folder `dir` that the new folder `tmp` does not have (e.g.
-/// `checkpoints/`) into `tmp`; leftover temporaries of killed writers are left behind.
-fn carry_over(dir: &Path, tmp: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))? {
-        let entry = entry.map_err(|e| ModelError::io(dir, e))?;
-        if tda_io::is_temporary(&entry.file_name().to_string_lossy()) {
-            continue;
-        }
-        let target = tmp.join(entry.file_name());
-        if !target.exists() {
-            std::fs::rename(entry.path(), &target).map_err(|e| ModelError::io(entry.path(), e))?;
-        }
-    }
-    Ok(())
 }
