@@ -29,7 +29,8 @@ pub const QWEN2: Family = Family {
     to_hf: |c| to_hf(c, &QWEN2),
 };
 
-/// HF `LlamaConfig` / `Qwen2Config` as `config.json` spells them (4.x and 5.x).
+/// HF `LlamaConfig` / `Qwen2Config` as `config.json` spells them (4.x and 5.x); Mistral's config
+/// is this plus `sliding_window` ([`crate::mistral::MistralConfig`]).
 #[derive(Debug, Deserialize)]
 pub struct LlamaConfig {
     pub vocab_size: usize,
@@ -58,7 +59,7 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
-    /// The runtime config of `arch` (Llama or Qwen2; not yet validated).
+    /// The runtime config of `arch` (a Llama-layout family; not yet validated).
     pub fn into_runtime(self, arch: Arch) -> Result<ModelConfig, String> {
         let act = self.hidden_act.as_deref().unwrap_or("silu");
         if act != "silu" {

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::{Arch, Family, Layout, ModelConfig};
-use crate::hf_config::{self, RopeParameters, TokenIds};
+use crate::hf_config;
 use crate::llama;
 
 pub const FAMILY: Family = Family {
@@ -18,30 +18,15 @@ pub const FAMILY: Family = Family {
     to_hf,
 };
 
-/// HF `MistralConfig` as `config.json` spells it (4.x and 5.x).
+/// HF `MistralConfig` as `config.json` spells it (4.x and 5.x): Llama's fields plus the window.
 #[derive(Debug, Deserialize)]
 pub struct MistralConfig {
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub num_key_value_heads: Option<usize>,
-    /// `null` or absent: `hidden_size / num_attention_heads`.
-    pub head_dim: Option<usize>,
-    pub intermediate_size: usize,
-    pub max_position_embeddings: usize,
-    pub rms_norm_eps: Option<f64>,
-    pub hidden_act: Option<String>,
-    pub rope_theta: Option<f64>,
-    pub rope_scaling: Option<RopeParameters>,
-    pub rope_parameters: Option<RopeParameters>,
-    pub tie_word_embeddings: Option<bool>,
+    #[serde(flatten)]
+    pub llama: llama::LlamaConfig,
     /// Attention window in positions; `null` = full attention. transformers' default when the
     /// field is absent is 4096, so absent is read as 4096.
     #[serde(default = "default_window")]
     pub sliding_window: Option<usize>,
-    pub bos_token_id: Option<TokenIds>,
-    pub eos_token_id: Option<TokenIds>,
 }
 
 fn default_window() -> Option<usize> {
@@ -49,39 +34,12 @@ fn default_window() -> Option<usize> {
 }
 
 impl MistralConfig {
-    /// The runtime config (not yet validated).
+    /// The runtime config (not yet validated; biases, which Mistral has none of, are rejected by
+    /// validation).
     pub fn into_runtime(self) -> Result<ModelConfig, String> {
-        let act = self.hidden_act.as_deref().unwrap_or("silu");
-        if act != "silu" {
-            return Err(format!(
-                "unsupported hidden_act \"{act}\" (supported: silu)"
-            ));
-        }
-        let rope_theta =
-            hf_config::rope_theta(self.rope_theta, &self.rope_scaling, &self.rope_parameters)?;
-        let n_heads = self.num_attention_heads;
-        Ok(ModelConfig {
-            arch: Arch::Mistral,
-            sliding_window: self.sliding_window,
-            vocab_size: self.vocab_size,
-            hidden: self.hidden_size,
-            n_layers: self.num_hidden_layers,
-            n_heads,
-            n_kv_heads: self.num_key_value_heads.unwrap_or(n_heads),
-            head_dim: self
-                .head_dim
-                .unwrap_or(self.hidden_size.checked_div(n_heads).unwrap_or(0)),
-            intermediate: self.intermediate_size,
-            max_positions: self.max_position_embeddings,
-            norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta,
-            tie_embeddings: self.tie_word_embeddings.unwrap_or(false),
-            qkv_bias: false,
-            o_bias: false,
-            mlp_bias: false,
-            bos_token_id: hf_config::first_id(&self.bos_token_id),
-            eos_token_id: hf_config::first_id(&self.eos_token_id),
-        })
+        let mut c = self.llama.into_runtime(Arch::Mistral)?;
+        c.sliding_window = self.sliding_window;
+        Ok(c)
     }
 }
 
