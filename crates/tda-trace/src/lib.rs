@@ -49,7 +49,7 @@ pub use measure::Measurement;
 pub use modules::ModuleSelection;
 pub use output::{write_parquet, ResultRow, TraceOutput, TraceReport};
 pub use prefilter::{candidate_source, prefilter, Prefilter};
-pub use query::{Query, RelabelRow};
+pub use query::{read_rows, Query, RelabelRow};
 pub use relabel::relabel;
 pub use self_influence::self_influence;
 pub use trace::{trace, TraceOptions};

@@ -32,6 +32,39 @@ pub struct RelabelRow {
     pub replacement: String,
 }
 
+/// Reads a jsonl file of rows (`Query` or `RelabelRow`): one JSON object per non-blank line.
+/// Errors name the file and line; a file with no row is an error (`what` names the rows).
+pub fn read_rows<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    what: &str,
+) -> Result<Vec<T>> {
+    let bytes = std::fs::read(path).map_err(|e| crate::error::io(path, e))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        TraceError::Usage(format!(
+            "{}: not UTF-8 text (byte {})",
+            path.display(),
+            e.valid_up_to()
+        ))
+    })?;
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row = serde_json::from_str(line).map_err(|e| {
+            TraceError::Usage(format!("{} line {}: {e}", path.display(), i + 1))
+        })?;
+        rows.push(row);
+    }
+    if rows.is_empty() {
+        return Err(TraceError::Usage(format!(
+            "{}: no {what} (expected one JSON object per line)",
+            path.display()
+        )));
+    }
+    Ok(rows)
+}
+
 /// Token ids of a query: BOS + prompt, then the completion (tokenized separately), and the
 /// number of prompt tokens.
 pub fn encode_query(

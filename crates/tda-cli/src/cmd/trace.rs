@@ -136,18 +136,6 @@ pub struct TraceArgs {
     pub out: Option<PathBuf>,
 }
 
-fn read_jsonl<T: serde::de::DeserializeOwned>(p: &PathBuf) -> anyhow::Result<Vec<T>> {
-    let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| anyhow::anyhow!("{} line {}: {e}", p.display(), i + 1))
-        })
-        .collect()
-}
-
 pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
     let queries: Vec<Query> = match (&a.prompt, &a.completion, &a.queries) {
         (Some(p), Some(c), _) => vec![Query {
@@ -155,7 +143,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             prompt: p.clone(),
             completion: c.clone(),
         }],
-        (_, _, Some(f)) => read_jsonl(f)?,
+        (_, _, Some(f)) => tda_trace::read_rows(f, "queries")?,
         _ => anyhow::bail!("give --prompt and --completion, or --queries FILE.jsonl"),
     };
     if queries.is_empty() {
@@ -180,7 +168,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         let fp = model_fingerprint(&a.model)?;
         let factors = load_checked(&a.factors, &fp, &m.model.linear_layers())?;
         if let Some(rows_path) = &a.relabel {
-            let rows: Vec<RelabelRow> = read_jsonl(rows_path)?;
+            let rows: Vec<RelabelRow> = tda_trace::read_rows(rows_path, "relabel rows")?;
             let s = tda_trace::relabel(&m.model, &m.tokenizer, &factors, &queries, &rows, &opts)?;
             let out: Vec<serde_json::Value> = rows
                 .iter()
