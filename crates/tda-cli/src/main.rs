@@ -47,8 +47,39 @@ enum Command {
     Cite(cmd::cite::CiteArgs),
 }
 
+/// Parses the command line. `--help` and `--version` print and exit 0; a usage error is one line
+/// (clap's message without its usage block, which `--help` shows) and exit 1, like every error.
+fn parse() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            Err(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let line = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("tip:")
+                        && !l.starts_with("For more information")
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!("{line} (see --help)");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(&a),
         Command::Train(a) => cmd::train::run(&a),

@@ -63,7 +63,7 @@ pub use read::{
     fetch_by_ids, fetch_documents, open_corpus, read_record_bytes, CorpusFile, CorpusReader,
     CorpusSpec, DefaultId, ReadOptions, ReadStats, SkipCounts, SkipReason, TextMode,
 };
-pub use window::{passage_spans, windows, EncodeFn, Window};
+pub use window::{passage_spans, windows, EncodeFn, Encoded, Window};
 
 /// Default folder for the index of a corpus: `indexes/<corpus file stem or folder name>`.
 pub fn default_index_dir(corpus: &std::path::Path) -> std::path::PathBuf {

@@ -2,13 +2,18 @@
 //!
 //! The tokenizer lives in another crate: it is passed as a closure returning token ids and, per
 //! token, its `(start, end)` **byte** offsets into the text (what `tokenizers::Encoding::get_offsets`
-//! gives for `Tokenizer::encode`). Special tokens with an empty `(s, s)` span are allowed.
+//! gives for `Tokenizer::encode`), or why the text cannot be tokenized. Special tokens with an
+//! empty `(s, s)` span are allowed.
 
 use crate::doc::Document;
 use crate::error::{CorpusError, Result};
 
-/// A tokenizer as seen by this crate: text → (token ids, per-token byte offsets into the text).
-pub type EncodeFn<'a> = &'a dyn Fn(&str) -> (Vec<u32>, Vec<(usize, usize)>);
+/// A tokenizer as seen by this crate: text → (token ids, per-token byte offsets into the text), or
+/// the tokenizer's error message.
+pub type EncodeFn<'a> = &'a dyn Fn(&str) -> std::result::Result<Encoded, String>;
+
+/// Token ids and, per token, its byte offsets into the text.
+pub type Encoded = (Vec<u32>, Vec<(usize, usize)>);
 
 /// One window of a document.
 ///
@@ -50,7 +55,9 @@ pub fn windows(
             "window length {len} and stride {stride}: need 1 <= stride <= length"
         )));
     }
-    let (ids, offsets) = encode(&doc.text);
+    let (ids, offsets) = encode(&doc.text).map_err(|e| {
+        CorpusError::InvalidArgument(format!("document {}: cannot tokenize: {e}", doc.id))
+    })?;
     if ids.len() != offsets.len() {
         return Err(CorpusError::InvalidArgument(format!(
             "document {}: tokenizer returned {} ids but {} offsets",
@@ -150,7 +157,7 @@ mod tests {
     use crate::doc::{Format, SourceRef};
 
     /// Whitespace tokenizer with byte offsets, plus a BOS token with an empty span.
-    fn ws(text: &str) -> (Vec<u32>, Vec<(usize, usize)>) {
+    fn ws(text: &str) -> std::result::Result<Encoded, String> {
         let mut ids = vec![0];
         let mut offs = vec![(0, 0)];
         let mut start = None;
@@ -168,7 +175,7 @@ mod tests {
                 _ => {}
             }
         }
-        (ids, offs)
+        Ok((ids, offs))
     }
 
     fn doc(text: &str) -> Document {
@@ -210,8 +217,14 @@ mod tests {
         let d = doc("a b c");
         assert!(windows(&d, &ws, 0, 1).is_err());
         assert!(windows(&d, &ws, 2, 3).is_err());
-        let bad = |_: &str| (vec![1, 2], vec![(0, 1)]);
+        let bad = |_: &str| Ok((vec![1, 2], vec![(0, 1)]));
         assert!(windows(&d, &bad, 2, 2).is_err());
+        let failing = |_: &str| Err("no vocabulary".to_string());
+        let e = windows(&d, &failing, 2, 2).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot tokenize") && e.contains("no vocabulary"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -96,7 +96,7 @@ fn candidates_map_back_to_exact_records_for_every_format() {
             offs.push((pos, pos + w.len()));
             pos += w.len() + 1;
         }
-        (ids, offs)
+        Ok::<_, String>((ids, offs))
     };
     let d = docs.iter().find(|d| d.id == "j0").unwrap();
     let w = windows(d, &ws, 2, 2).unwrap();

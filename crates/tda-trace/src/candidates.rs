@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tda_corpus::{open_corpus, windows, Document, ReadOptions};
+use serde::Serialize;
+use tda_corpus::{open_corpus, windows, Document, ReadOptions, ReadStats, SkipCounts};
 use tda_model::{infer::encode_for_scoring, ModelConfig, Tokenizer};
 
 use crate::error::{Result, TraceError};
@@ -19,28 +20,19 @@ pub enum DocSource {
 }
 
 impl DocSource {
+    /// A corpus read with the default options (text in `text`, id in `id`).
     pub fn corpus(path: impl Into<PathBuf>) -> Self {
+        Self::corpus_with(path, ReadOptions::default())
+    }
+    /// A corpus read with `read` (the `--text-column`, `--strict`, … options).
+    pub fn corpus_with(path: impl Into<PathBuf>, read: ReadOptions) -> Self {
         Self::Corpus {
             path: path.into(),
-            read: ReadOptions::default(),
+            read,
         }
     }
     pub fn docs(docs: Vec<Document>) -> Self {
         Self::Docs(Arc::new(docs))
-    }
-
-    /// A fresh pass over the documents.
-    pub fn open(&self) -> Result<Box<dyn Iterator<Item = Result<Document>> + Send>> {
-        match self {
-            Self::Corpus { path, read } => {
-                let r = open_corpus(path, read)?;
-                Ok(Box::new(r.map(|d| d.map_err(TraceError::from))))
-            }
-            Self::Docs(d) => {
-                let d = d.clone();
-                Ok(Box::new((0..d.len()).map(move |i| Ok(d[i].clone()))))
-            }
-        }
     }
 
     /// Bytes of the source (for progress), if known.
@@ -51,6 +43,80 @@ impl DocSource {
                 .map(|s| s.total_bytes()),
             Self::Docs(d) => Some(d.iter().map(|d| d.text.len() as u64).sum()),
         }
+    }
+
+    /// What the source is, for messages: the corpus path, or "the N fetched documents".
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Corpus { path, .. } => path.display().to_string(),
+            Self::Docs(d) => format!("the {} documents fetched by the prefilter", d.len()),
+        }
+    }
+
+    /// One pass over the documents: `on_doc` for each, then the reader's counts (records skipped
+    /// by reason; none for documents in memory). The first error (an unreadable file; a bad
+    /// record in strict mode) ends the pass.
+    fn for_each_doc(&self, mut on_doc: impl FnMut(Document) -> Result<bool>) -> Result<ReadStats> {
+        match self {
+            Self::Corpus { path, read } => {
+                let mut reader = open_corpus(path, read)?;
+                for doc in reader.by_ref() {
+                    if !on_doc(doc?)? {
+                        break;
+                    }
+                }
+                Ok(reader.stats().clone())
+            }
+            Self::Docs(docs) => {
+                let mut stats = ReadStats::default();
+                for d in docs.iter() {
+                    stats.docs += 1;
+                    if !on_doc(d.clone())? {
+                        break;
+                    }
+                }
+                Ok(stats)
+            }
+        }
+    }
+}
+
+/// What one pass over a [`DocSource`] read and made: every record is either a document, a skip
+/// counted by reason, or a document too short for a window — none is dropped without a count.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PassStats {
+    /// What was read: the corpus path or the prefilter's documents.
+    pub source: String,
+    /// Documents read.
+    pub documents: u64,
+    /// Records the reader skipped, by reason.
+    pub skipped: SkipCounts,
+    /// Documents of fewer than 2 tokens (BOS included): no next-token loss, no window.
+    pub too_short: u64,
+    /// Windows made (the candidates).
+    pub windows: usize,
+    /// Tokens in the windows.
+    pub tokens: u64,
+    /// `--max-windows` ended the pass before the end of the source.
+    pub capped: bool,
+}
+
+impl std::fmt::Display for PassStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} documents", self.source, self.documents)?;
+        match self.skipped.total() {
+            0 => write!(f, ", 0 records skipped")?,
+            n => write!(f, ", {n} records skipped ({})", self.skipped.reasons())?,
+        }
+        write!(
+            f,
+            ", {} too short for a window → {} windows ({} tokens)",
+            self.too_short, self.windows, self.tokens
+        )?;
+        if self.capped {
+            write!(f, ", stopped at --max-windows")?;
+        }
+        Ok(())
     }
 }
 
@@ -88,52 +154,69 @@ pub struct Candidate {
     pub ids: Vec<u32>,
 }
 
-/// Effective window length.
-pub fn window_len(opts: &WindowOptions, cfg: &ModelConfig) -> usize {
-    if opts.max_len == 0 {
-        cfg.max_positions
-    } else {
-        opts.max_len.min(cfg.max_positions)
+/// Effective window length: `max_len`, or the model's `max_positions` when `max_len` is 0. A
+/// length above the model's context is an error (never clamped silently).
+pub fn window_len(opts: &WindowOptions, cfg: &ModelConfig) -> Result<usize> {
+    match opts.max_len {
+        0 => Ok(cfg.max_positions),
+        n if n > cfg.max_positions => Err(TraceError::Usage(format!(
+            "--max-len {n} is longer than the model's context ({} positions)",
+            cfg.max_positions
+        ))),
+        n => Ok(n),
     }
 }
 
 /// Streams `source` as batches of candidate windows (documents are encoded with a leading BOS, as
-/// for scoring; windows are disjoint; windows of fewer than 2 tokens are skipped — they have no
-/// next-token loss). `on_batch(batch, bytes_done)` is called for each full batch and the last one.
+/// for scoring; windows are disjoint; documents of fewer than 2 tokens make no window — they have
+/// no next-token loss — and are counted). `on_batch(batch, bytes_done)` is called for each full
+/// batch and the last one.
+///
+/// Errors: a document the tokenizer rejects (naming it), and a pass that makes **no** window (the
+/// message says why: no records, every record skipped and for which reason, all too short).
 pub fn for_each_batch(
     source: &DocSource,
     tokenizer: &Tokenizer,
     cfg: &ModelConfig,
     opts: &WindowOptions,
     mut on_batch: impl FnMut(&[Candidate], u64) -> Result<()>,
-) -> Result<usize> {
+) -> Result<PassStats> {
     if opts.batch_size == 0 {
-        return Err(TraceError::Usage("batch size must be at least 1".into()));
+        return Err(TraceError::Usage("--batch-size must be at least 1".into()));
     }
-    let len = window_len(opts, cfg);
+    if opts.max_windows == Some(0) {
+        return Err(TraceError::Usage("--max-windows must be at least 1".into()));
+    }
+    let len = window_len(opts, cfg)?;
     if len < 2 {
         return Err(TraceError::Usage(format!(
             "window length {len}: need at least 2 tokens"
         )));
     }
-    let encode = |text: &str| -> (Vec<u32>, Vec<(usize, usize)>) {
-        encode_for_scoring(tokenizer, cfg, text).unwrap_or_default()
-    };
+    let encode = |text: &str| encode_for_scoring(tokenizer, cfg, text).map_err(|e| e.to_string());
     let mut pending: Vec<Candidate> = Vec::with_capacity(opts.batch_size);
     let mut bytes = 0u64;
-    let mut n = 0usize;
+    let mut stats = PassStats {
+        source: source.describe(),
+        ..Default::default()
+    };
     let cap = opts.max_windows.unwrap_or(usize::MAX);
-    'docs: for doc in source.open()? {
-        let doc = doc?;
+    let read = source.for_each_doc(|doc| {
         bytes += doc.text.len() as u64 + 1;
-        for w in windows(&doc, &encode, len, len)? {
+        let ws = windows(&doc, &encode, len, len)?;
+        if ws.iter().all(|w| w.token_ids.len() < 2) {
+            stats.too_short += 1;
+        }
+        for w in ws {
             if w.token_ids.len() < 2 {
                 continue;
             }
-            if n >= cap {
-                break 'docs;
+            if stats.windows >= cap {
+                stats.capped = true;
+                return Ok(false);
             }
-            n += 1;
+            stats.windows += 1;
+            stats.tokens += w.token_ids.len() as u64;
             pending.push(Candidate {
                 text: w.text(&doc).to_string(),
                 doc_id: w.doc_id,
@@ -146,9 +229,25 @@ pub fn for_each_batch(
                 pending.clear();
             }
         }
-    }
+        Ok(true)
+    })?;
     if !pending.is_empty() {
         on_batch(&pending, bytes)?;
     }
-    Ok(n)
+    stats.documents = read.docs;
+    stats.skipped = read.skipped.clone();
+    if stats.windows == 0 {
+        let why = match (source, read.docs) {
+            (DocSource::Corpus { read: ro, .. }, 0) => read.why_no_documents(ro),
+            (DocSource::Docs(_), 0) => "no documents".to_string(),
+            (_, n) => format!(
+                "{n} documents, none with at least 2 tokens (BOS included) to make a window"
+            ),
+        };
+        return Err(TraceError::Usage(format!(
+            "no candidate windows in {}: {why}",
+            stats.source
+        )));
+    }
+    Ok(stats)
 }

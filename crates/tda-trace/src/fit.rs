@@ -9,7 +9,7 @@ use serde::Serialize;
 use tda_curvature::{storage, FactorFitter, Factors, FitConfig, Pass, Strategy};
 use tda_model::{frozen, TokenBatch, Tokenizer, Transformer};
 
-use crate::candidates::{for_each_batch, DocSource, WindowOptions};
+use crate::candidates::{for_each_batch, DocSource, PassStats, WindowOptions};
 use crate::error::{Result, TraceError};
 use crate::host::{host_taps, Labels, Scalar};
 use crate::modules::ModuleSelection;
@@ -73,6 +73,8 @@ pub struct FitReport {
     pub strategy: String,
     pub fingerprint: String,
     pub layers: Vec<String>,
+    /// What each pass read (the same every pass, checked).
+    pub corpus: PassStats,
     pub windows: usize,
     pub tokens: u64,
     pub covariance_pass_s: f64,
@@ -117,7 +119,7 @@ pub fn fit<AD: AutodiffBackend>(
         let t_pass = Instant::now();
         let mut index = 0u64;
         let mut tokens = 0usize;
-        let n = for_each_batch(
+        let read = for_each_batch(
             source,
             tokenizer,
             &model.config,
@@ -150,12 +152,16 @@ pub fn fit<AD: AutodiffBackend>(
                 Ok(())
             },
         )?;
-        if n == 0 {
-            return Err(TraceError::Usage(
-                "the corpus has no window of at least 2 tokens to fit on".into(),
-            ));
+        // Every pass must read the same corpus: a file changed under a running fit is an error.
+        if pass_no > 0 && report.corpus != read {
+            return Err(TraceError::Usage(format!(
+                "the corpus changed during the fit: pass 1 read {}, pass {} read {read}",
+                report.corpus,
+                pass_no + 1
+            )));
         }
-        report.windows = n;
+        report.windows = read.windows;
+        report.corpus = read;
         let pass_s = t_pass.elapsed().as_secs_f64();
         let t_end = Instant::now();
         fitter.end_pass()?;

@@ -1,7 +1,8 @@
 //! What a scoring pass keeps of each candidate: a bounded top-K per query (or everything), and the
 //! conversion of kept candidates into result rows (per-token strings, per-layer names).
 //!
-//! Invariant: a NaN score is never kept silently — see [`Keeper::push`].
+//! Invariant: a non-finite score (NaN, ±inf) is never dropped or ranked silently: it is counted,
+//! and [`Keeper::finish`] turns any into an error naming the first such candidate.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use tda_curvature::{LayerSpec, Order, TopK};
 use tda_model::Tokenizer;
 
 use crate::candidates::Candidate;
+use crate::error::{Result, TraceError};
 use crate::output::{LayerScore, ResultRow, TokenScore};
 
 /// One kept candidate and its optional breakdowns.
@@ -28,27 +30,46 @@ impl Clone for Kept {
     }
 }
 
-/// Top-K (bounded heaps) or all results per query.
-pub(crate) enum Keeper {
+/// Top-K (bounded heaps) or all results per query, and the count of non-finite scores.
+pub(crate) struct Keeper {
+    kept: Store,
+    non_finite: usize,
+    first_non_finite: Option<String>,
+}
+
+enum Store {
     Top(TopK<Kept>),
     All(Vec<Vec<(f64, Kept)>>, bool),
 }
 
 impl Keeper {
     pub fn push(&mut self, q: usize, s: f64, k: Kept) {
-        match self {
-            Keeper::Top(t) => t.push(q, s, k),
-            Keeper::All(v, _) => {
-                if !s.is_nan() {
-                    v[q].push((s, k))
-                }
+        if !s.is_finite() {
+            self.non_finite += 1;
+            if self.first_non_finite.is_none() {
+                self.first_non_finite = Some(format!("{}#{} ({s})", k.cand.doc_id, k.cand.window));
             }
+            return;
+        }
+        match &mut self.kept {
+            Store::Top(t) => t.push(q, s, k),
+            Store::All(v, _) => v[q].push((s, k)),
         }
     }
-    pub fn into_sorted(self) -> Vec<Vec<(f64, Kept)>> {
-        match self {
-            Keeper::Top(t) => t.into_sorted(),
-            Keeper::All(mut v, opponents) => {
+
+    /// The kept results per query, best first; an error if any score was not finite.
+    pub fn finish(self) -> Result<Vec<Vec<(f64, Kept)>>> {
+        if let Some(first) = self.first_non_finite {
+            return Err(TraceError::Usage(format!(
+                "{} scores are not finite (NaN or inf), first of candidate {first}: the damped \
+                 curvature is singular or the model overflowed; use a positive --damping (the \
+                 default `heuristic` is 0.1 × mean Λ)",
+                self.non_finite
+            )));
+        }
+        Ok(match self.kept {
+            Store::Top(t) => t.into_sorted(),
+            Store::All(mut v, opponents) => {
                 for l in &mut v {
                     // Stable: ties keep arrival order, as TopK does.
                     l.sort_by(|a, b| {
@@ -61,7 +82,7 @@ impl Keeper {
                 }
                 v
             }
-        }
+        })
     }
 }
 
@@ -79,9 +100,14 @@ impl Keeper {
         } else {
             Order::Largest
         };
-        match k {
-            Some(k) => Keeper::Top(TopK::new(queries, k, order)),
-            None => Keeper::All((0..queries).map(|_| Vec::new()).collect(), opponents),
+        let kept = match k {
+            Some(k) => Store::Top(TopK::new(queries, k, order)),
+            None => Store::All((0..queries).map(|_| Vec::new()).collect(), opponents),
+        };
+        Keeper {
+            kept,
+            non_finite: 0,
+            first_non_finite: None,
         }
     }
 }

@@ -41,7 +41,7 @@ pub mod relabel;
 pub mod self_influence;
 pub mod trace;
 
-pub use candidates::{Candidate, DocSource, WindowOptions};
+pub use candidates::{Candidate, DocSource, PassStats, WindowOptions};
 pub use error::{Result, TraceError};
 pub use fingerprint::model_fingerprint;
 pub use fit::{fit, Fisher, FitOptions, FitProgress, FitReport};

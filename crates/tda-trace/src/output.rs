@@ -71,6 +71,8 @@ pub struct TraceOutput {
 /// Where the time went.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TraceReport {
+    /// What the candidate pass read.
+    pub corpus: crate::candidates::PassStats,
     pub queries: usize,
     pub candidates: usize,
     pub candidate_tokens: usize,

@@ -10,10 +10,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use tda_corpus::{CorpusIndex, Ranking};
+use tda_corpus::{CorpusIndex, Ranking, ReadOptions};
 
 use crate::candidates::DocSource;
-use crate::error::Result;
+use crate::error::{Result, TraceError};
 use crate::query::Query;
 
 /// Retrieval settings: which index, how many documents per query, which ranking.
@@ -51,14 +51,21 @@ pub fn query_text(q: &Query) -> String {
     format!("{} {}", q.prompt, q.completion)
 }
 
-/// Retrieves the candidate documents of `queries` from the index `p.index` of `corpus`.
+/// Retrieves the candidate documents of `queries` from the index `p.index` of `corpus`. `read`
+/// must be the options the index was built with (documents are fetched with the index's own).
+/// Errors: a stale index, different read options, no document retrieved for any query.
 pub fn prefilter(
     p: &Prefilter,
     corpus: &Path,
+    read: &ReadOptions,
     queries: &[Query],
 ) -> Result<(DocSource, PrefilterReport)> {
+    if p.candidates == 0 {
+        return Err(TraceError::Usage("--candidates must be at least 1".into()));
+    }
     let index = CorpusIndex::open(&p.index)?;
     index.check_corpus(corpus)?;
+    check_read_options(&p.index, &index.info().read, read)?;
     let mut seen = HashSet::new();
     let mut hits = Vec::new();
     let mut report = PrefilterReport::default();
@@ -72,20 +79,64 @@ pub fn prefilter(
         }
     }
     report.documents = hits.len();
+    if hits.is_empty() {
+        return Err(TraceError::Usage(format!(
+            "the prefilter {} found no document for any of the {} queries (none of their words \
+             is in the index); trace without --index to score the whole corpus",
+            p.index.display(),
+            queries.len()
+        )));
+    }
     Ok((DocSource::docs(index.fetch(&hits)?), report))
+}
+
+/// The corpus options given to the trace must be those the index was built with.
+fn check_read_options(dir: &Path, built: &ReadOptions, given: &ReadOptions) -> Result<()> {
+    let differ = |flag: &str, b: String, g: String| {
+        TraceError::Usage(format!(
+            "{flag} {g} differs from the index {}, built with {b}; rebuild it (tda index \
+             --overwrite) or pass the same option",
+            dir.display()
+        ))
+    };
+    if built.text_column != given.text_column {
+        return Err(differ(
+            "--text-column",
+            built.text_column.clone(),
+            given.text_column.clone(),
+        ));
+    }
+    if built.id_column != given.id_column {
+        let show = |c: &Option<String>| c.clone().unwrap_or_else(|| "none".into());
+        return Err(differ(
+            "--id-column",
+            show(&built.id_column),
+            show(&given.id_column),
+        ));
+    }
+    if built.text_mode != given.text_mode {
+        let show = |m: tda_corpus::TextMode| format!("{m:?}").to_lowercase();
+        return Err(differ(
+            "--text-mode",
+            show(built.text_mode),
+            show(given.text_mode),
+        ));
+    }
+    Ok(())
 }
 
 /// The candidates of a trace: every document of `corpus`, or the prefilter's documents when
 /// `prefilter` is given (then the report says what it retrieved).
 pub fn candidate_source(
     corpus: &Path,
+    read: &ReadOptions,
     prefilter: Option<&Prefilter>,
     queries: &[Query],
 ) -> Result<(DocSource, Option<PrefilterReport>)> {
     match prefilter {
-        None => Ok((DocSource::corpus(corpus), None)),
+        None => Ok((DocSource::corpus_with(corpus, read.clone()), None)),
         Some(p) => {
-            let (source, report) = self::prefilter(p, corpus, queries)?;
+            let (source, report) = self::prefilter(p, corpus, read, queries)?;
             Ok((source, Some(report)))
         }
     }

@@ -51,9 +51,8 @@ pub fn read_rows<T: serde::de::DeserializeOwned>(
         if line.trim().is_empty() {
             continue;
         }
-        let row = serde_json::from_str(line).map_err(|e| {
-            TraceError::Usage(format!("{} line {}: {e}", path.display(), i + 1))
-        })?;
+        let row = serde_json::from_str(line)
+            .map_err(|e| TraceError::Usage(format!("{} line {}: {e}", path.display(), i + 1)))?;
         rows.push(row);
     }
     if rows.is_empty() {

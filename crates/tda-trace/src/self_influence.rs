@@ -7,14 +7,14 @@ use burn::tensor::backend::AutodiffBackend;
 use tda_curvature::{Damping, Factors};
 use tda_model::{frozen, TokenBatch, Tokenizer, Transformer};
 
-use crate::candidates::{for_each_batch, DocSource, WindowOptions};
+use crate::candidates::{for_each_batch, DocSource, PassStats, WindowOptions};
 use crate::error::Result;
 use crate::host::{host_taps, Labels, Scalar};
 use crate::keep::{to_row, Keeper, Kept};
 use crate::output::ResultRow;
 
 /// Self-influence `∇L(z)ᵀ (G + λI)⁻¹ ∇L(z)` of every candidate window; returns the `top_k`
-/// largest (outliers / hard examples first), or all when `top_k` is `None`.
+/// largest (outliers / hard examples first), or all when `top_k` is `None`, and what the pass read.
 #[allow(clippy::too_many_arguments)]
 pub fn self_influence<AD: AutodiffBackend>(
     model: &Transformer<AD>,
@@ -25,13 +25,13 @@ pub fn self_influence<AD: AutodiffBackend>(
     top_k: Option<usize>,
     windows: &WindowOptions,
     progress: &mut dyn FnMut(usize, u64),
-) -> Result<Vec<ResultRow>> {
+) -> Result<(Vec<ResultRow>, PassStats)> {
     let fz = frozen(model);
     let specs = factors.specs();
     let pad = model.config.eos_token_id.unwrap_or(0);
     let mut keeper = Keeper::new(1, top_k, false);
     let mut done = 0;
-    for_each_batch(source, tokenizer, &model.config, windows, |cands, bytes| {
+    let pass = for_each_batch(source, tokenizer, &model.config, windows, |cands, bytes| {
         let seqs: Vec<Vec<u32>> = cands.iter().map(|c| c.ids.clone()).collect();
         let batch = TokenBatch::new(&seqs, pad)?;
         let taps = host_taps(&fz, &specs, &batch, Scalar::Loss(Labels::Data))?;
@@ -51,12 +51,13 @@ pub fn self_influence<AD: AutodiffBackend>(
         progress(done, bytes);
         Ok(())
     })?;
-    Ok(keeper
-        .into_sorted()
+    let rows = keeper
+        .finish()?
         .pop()
         .unwrap_or_default()
         .into_iter()
         .enumerate()
         .map(|(r, (s, k))| to_row(r, s, &k, tokenizer, &specs))
-        .collect())
+        .collect();
+    Ok((rows, pass))
 }

@@ -90,7 +90,7 @@ pub fn trace<AD: AutodiffBackend>(
     let mut keeper = Keeper::new(nq, opts.top_k, opts.opponents);
     let pad = model.config.eos_token_id.unwrap_or(0);
     let t_cands = Instant::now();
-    let n = for_each_batch(
+    let pass = for_each_batch(
         source,
         tokenizer,
         &model.config,
@@ -141,10 +141,11 @@ pub fn trace<AD: AutodiffBackend>(
             Ok(())
         },
     )?;
-    debug_assert_eq!(n, report.candidates);
+    debug_assert_eq!(pass.windows, report.candidates);
+    report.corpus = pass;
     let cand_s = t_cands.elapsed().as_secs_f64();
     report.candidate_tokens_per_s = report.candidate_tokens as f64 / cand_s.max(1e-9);
-    let results = keeper.into_sorted();
+    let results = keeper.finish()?;
     let out_queries = queries
         .iter()
         .zip(results)

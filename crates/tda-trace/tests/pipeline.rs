@@ -559,7 +559,7 @@ fn relabel_and_self_influence() {
         );
     }
     // Self-influence: dense ∇Lᵀ(G+λI)⁻¹∇L, largest first.
-    let si = tda_trace::self_influence(
+    let (si, pass) = tda_trace::self_influence(
         &m.model,
         &m.tokenizer,
         &f,
@@ -572,6 +572,7 @@ fn relabel_and_self_influence() {
     .unwrap();
     assert_eq!(si.len(), 3);
     let cands = candidates(&m, &win());
+    assert_eq!(pass.windows, cands.len());
     let mut dense: Vec<f64> = cands
         .iter()
         .map(|c| {

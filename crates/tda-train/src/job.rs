@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::AutodiffBackend;
-use tda_corpus::{open_corpus, ReadOptions};
+use tda_corpus::{open_corpus, ReadOptions, ReadStats};
 use tda_model::{hf, Tokenizer, Transformer};
 
 use crate::config::TrainConfig;
@@ -26,21 +26,26 @@ pub struct TrainJob {
     pub out: PathBuf,
 }
 
-/// Reads all document texts of a corpus (skips are counted by the reader and reported in its stats).
-pub fn read_texts(corpus: &Path, opts: &ReadOptions) -> Result<Vec<String>, TrainError> {
-    let reader = open_corpus(corpus, opts).map_err(|e| TrainError::Config(e.to_string()))?;
+/// Reads all document texts of a corpus and what the reader counted (skipped records by reason).
+/// A corpus with no usable document is an error that says why.
+pub fn read_texts(
+    corpus: &Path,
+    opts: &ReadOptions,
+) -> Result<(Vec<String>, ReadStats), TrainError> {
+    let mut reader = open_corpus(corpus, opts).map_err(|e| TrainError::Config(e.to_string()))?;
     let mut texts = Vec::new();
-    for doc in reader {
+    for doc in reader.by_ref() {
         let doc = doc.map_err(|e| TrainError::Config(e.to_string()))?;
         texts.push(doc.text);
     }
+    let stats = reader.stats().clone();
     if texts.is_empty() {
         return Err(TrainError::File {
             path: corpus.into(),
-            msg: "the corpus has no documents".into(),
+            msg: format!("no documents to train on: {}", stats.why_no_documents(opts)),
         });
     }
-    Ok(texts)
+    Ok((texts, stats))
 }
 
 /// Runs the job on backend `B`. Returns the report of the training loop.
@@ -49,7 +54,7 @@ pub fn run<B: AutodiffBackend>(
     device: &B::Device,
     on_step: &mut dyn FnMut(&StepInfo),
 ) -> Result<TrainReport, TrainError> {
-    let texts = read_texts(&job.corpus, &job.read_options)?;
+    let (texts, read) = read_texts(&job.corpus, &job.read_options)?;
     let (model, tokenizer): (Transformer<B>, Tokenizer) = match &job.init {
         Some(dir) => {
             let loaded = hf::load_folder::<B>(dir, device)?;
@@ -98,7 +103,7 @@ pub fn run<B: AutodiffBackend>(
         })
         .collect::<Result<_, _>>()?;
     let sequences = pack(&docs, eot, job.config.train.seq_len);
-    let (_, report) = train(
+    let (_, mut report) = train(
         model,
         &tokenizer,
         &sequences,
@@ -106,5 +111,6 @@ pub fn run<B: AutodiffBackend>(
         &job.out,
         on_step,
     )?;
+    report.corpus = Some(read);
     Ok(report)
 }

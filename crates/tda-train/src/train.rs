@@ -47,6 +47,8 @@ pub struct TrainReport {
     pub seconds: f64,
     pub tokens_per_s: f64,
     pub checkpoints: Vec<PathBuf>,
+    /// What was read of the corpus (filled in by [`crate::job::run`]).
+    pub corpus: Option<tda_corpus::ReadStats>,
 }
 
 /// Sum of squared gradient entries over all parameters, plus the proximal gradient α(θ − θ₀)
@@ -224,6 +226,7 @@ pub fn train<B: AutodiffBackend>(
         seconds: 0.0,
         tokens_per_s: 0.0,
         checkpoints: Vec::new(),
+        corpus: None,
     };
     let t0 = Instant::now();
     for step in 0..params.steps {

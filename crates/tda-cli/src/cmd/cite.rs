@@ -32,8 +32,8 @@ pub struct CiteArgs {
     /// Retrieved documents: .jsonl or .parquet.
     #[arg(long)]
     pub docs: PathBuf,
-    /// Attribute this answer instead of generating one.
-    #[arg(long)]
+    /// Attribute this answer instead of generating one (the generation flags are then refused).
+    #[arg(long, conflicts_with_all = ["max_new_tokens", "temperature", "top_p", "seed"])]
     pub answer: Option<String>,
     /// Print the JSON report on stdout.
     #[arg(long)]
@@ -50,17 +50,17 @@ pub struct CiteArgs {
     /// CTI threshold: mean + k·std of the answer's KL scores.
     #[arg(long, default_value_t = 1.0)]
     pub cti_k: f32,
-    /// CTI threshold: a fixed KL value in nats (overrides --cti-k).
-    #[arg(long)]
+    /// CTI threshold: a fixed KL value in nats (instead of --cti-k).
+    #[arg(long, conflicts_with_all = ["cti_k", "cti_top_k"])]
     pub cti_fixed: Option<f32>,
-    /// CTI: the k most context-sensitive tokens (overrides --cti-k).
-    #[arg(long)]
+    /// CTI: the k most context-sensitive tokens (instead of --cti-k).
+    #[arg(long, conflicts_with = "cti_k")]
     pub cti_top_k: Option<usize>,
     /// CCI filter: keep document tokens in the top P % of each token's score range.
     #[arg(long, default_value_t = 5.0)]
     pub cci_top_pct: f32,
     /// CCI filter: keep the k best document tokens instead.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cci_top_pct")]
     pub cci_top_k: Option<usize>,
     /// Gradient reduction: saliency (‖∂f/∂e‖) or input-x-gradient (‖e ⊙ ∂f/∂e‖).
     #[arg(long, default_value = "saliency")]
@@ -100,8 +100,8 @@ pub struct CiteArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// At most this many answer tokens per input-gradient backward.
-    #[arg(long, default_value_t = 16)]
-    pub batch_rows: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_rows: u32,
 }
 
 /// The library options these arguments ask for.
@@ -132,7 +132,7 @@ pub fn options(a: &CiteArgs) -> anyhow::Result<Options> {
     o.max_citations = a.max_citations;
     o.min_share = a.min_share;
     o.sentence_fallback = a.sentence_fallback;
-    o.max_batch_rows = a.batch_rows.max(1);
+    o.max_batch_rows = a.batch_rows as usize;
     let unescape = |s: &str| s.replace("\\n", "\n");
     if let Some(i) = &a.instruction {
         o.template.instruction = unescape(i);

@@ -39,12 +39,14 @@ pub struct FitArgs {
     /// true (labels sampled from the model) or empirical (the data's tokens).
     #[arg(long, default_value = "true")]
     pub fisher: Fisher,
-    /// Seed of the sampled labels.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the sampled labels (true Fisher only) [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Block-diagonal A and S with blocks of at most this width (for very wide layers).
     #[arg(long)]
     pub max_block: Option<usize>,
+    #[command(flatten)]
+    pub read: super::CorpusArgs,
     #[command(flatten)]
     pub windows: super::WindowArgs,
     #[arg(long, default_value = "cpu")]
@@ -55,6 +57,11 @@ pub struct FitArgs {
 }
 
 pub fn run(a: &FitArgs) -> anyhow::Result<()> {
+    if let (Fisher::Empirical, Some(_)) = (a.fisher, a.seed) {
+        anyhow::bail!(
+            "--seed has no effect with --fisher empirical (labels are the data's tokens)"
+        );
+    }
     with_backend!(a.device, |B, AD, device| {
         let m = tda_model::load_folder::<AD>(&a.model, &device)?;
         let fp = model_fingerprint(&a.model)?;
@@ -62,13 +69,15 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
             strategy: a.strategy,
             modules: a.modules.clone(),
             fisher: match a.fisher {
-                Fisher::True { .. } => Fisher::True { seed: a.seed },
+                Fisher::True { .. } => Fisher::True {
+                    seed: a.seed.unwrap_or(0),
+                },
                 f => f,
             },
             max_block: a.max_block,
             windows: a.windows.options(),
         };
-        let source = DocSource::corpus(&a.corpus);
+        let source = DocSource::corpus_with(&a.corpus, a.read.read_options());
         let pb = bar(
             source.total_bytes().unwrap_or(0),
             "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {elapsed}",
@@ -91,6 +100,7 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
         )?;
         pb.finish_and_clear();
         fit::save(&factors, &report, &a.out)?;
+        eprintln!("corpus {}", report.corpus);
         if a.json {
             print_json(&report)?;
         } else {

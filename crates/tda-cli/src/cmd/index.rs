@@ -1,9 +1,7 @@
 //! `tda index`: build (or extend) the TF-IDF / BM25 prefilter index of a corpus.
 
 use std::path::PathBuf;
-use tda_corpus::{
-    AnalyzerSettings, CorpusIndex, IndexOptions, Passages, Progress, ReadOptions, TextMode,
-};
+use tda_corpus::{AnalyzerSettings, CorpusIndex, IndexOptions, Passages, Progress};
 
 /// Build a tantivy index of a corpus for the `tda trace` prefilter.
 ///
@@ -21,29 +19,17 @@ pub struct IndexArgs {
     /// Index folder [default: indexes/<corpus name>].
     #[arg(long)]
     pub index: Option<PathBuf>,
-    /// Field (jsonl) or column (parquet) holding the text.
-    #[arg(long, default_value = "text")]
-    pub text_column: String,
-    /// Field or column holding the document id (otherwise `<file>:<row>`).
-    #[arg(long, default_value = "id")]
-    pub id_column: String,
-    /// Plain-text files: one document per line or per file.
-    #[arg(long, value_enum, default_value_t = TextModeArg::Line)]
-    pub text_mode: TextModeArg,
-    /// Skip documents larger than this many MiB (counted in the summary).
-    #[arg(long, default_value_t = 64)]
-    pub max_doc_mib: usize,
-    /// Fail on the first bad record instead of skipping and counting it.
-    #[arg(long)]
-    pub strict: bool,
+    #[command(flatten)]
+    pub read: super::CorpusArgs,
     /// Keep English stop-words in the index.
     #[arg(long)]
     pub keep_stopwords: bool,
     /// English stemming (running ~ runs ~ run).
     #[arg(long)]
     pub stem: bool,
-    /// Add the corpus files not yet in an existing index (analyzer and columns come from the index).
-    #[arg(long, conflicts_with = "overwrite")]
+    /// Add the corpus files not yet in an existing index (analyzer, corpus options and passages
+    /// come from the index, so those flags are refused with --add).
+    #[arg(long, conflicts_with = "overwrite", conflicts_with_all = ADD_CONFLICTS)]
     pub add: bool,
     /// Replace an existing index (the old one is kept until the new one is complete).
     #[arg(long)]
@@ -69,11 +55,18 @@ pub struct IndexArgs {
     pub quiet: bool,
 }
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TextModeArg {
-    Line,
-    File,
-}
+/// Settings fixed when the index was built; `--add` reuses them.
+const ADD_CONFLICTS: [&str; 9] = [
+    "text_column",
+    "id_column",
+    "text_mode",
+    "max_doc_mib",
+    "strict",
+    "keep_stopwords",
+    "stem",
+    "passage_words",
+    "passage_stride",
+];
 
 pub fn run(args: &IndexArgs) -> anyhow::Result<()> {
     let dir = match &args.index {
@@ -96,17 +89,7 @@ pub fn run(args: &IndexArgs) -> anyhow::Result<()> {
                 stemming: args.stem,
                 ..Default::default()
             },
-            read: ReadOptions {
-                text_column: args.text_column.clone(),
-                id_column: Some(args.id_column.clone()),
-                text_mode: match args.text_mode {
-                    TextModeArg::Line => TextMode::Line,
-                    TextModeArg::File => TextMode::File,
-                },
-                max_doc_bytes: args.max_doc_mib << 20,
-                strict: args.strict,
-                ..Default::default()
-            },
+            read: args.read.read_options(),
             threads: args.threads,
             memory_budget: memory,
             merge: !args.no_merge,

@@ -10,28 +10,75 @@ pub mod self_influence;
 pub mod trace;
 pub mod train;
 
+use tda_corpus::{ReadOptions, TextMode};
 use tda_model::device::{check_cuda, DeviceKind};
+
+/// How a corpus is read: the same flags for every command that reads one (index, fit, trace,
+/// self-influence, train). Each pass prints what it read and skipped; a pass with no usable
+/// record is an error that says why.
+#[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Corpus")]
+pub struct CorpusArgs {
+    /// Field (jsonl) or column (parquet) holding the text.
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
+    /// Field or column holding the document id (records without one are named `<file>:<row>`).
+    #[arg(long, default_value = "id")]
+    pub id_column: String,
+    /// Plain-text files: one document per line or per file.
+    #[arg(long, value_enum, default_value_t = TextModeArg::Line)]
+    pub text_mode: TextModeArg,
+    /// Skip documents larger than this many MiB (counted in the summary).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_doc_mib: u32,
+    /// Fail on the first bad record instead of skipping and counting it.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextModeArg {
+    Line,
+    File,
+}
+
+impl CorpusArgs {
+    pub fn read_options(&self) -> ReadOptions {
+        ReadOptions {
+            text_column: self.text_column.clone(),
+            id_column: Some(self.id_column.clone()),
+            text_mode: match self.text_mode {
+                TextModeArg::Line => TextMode::Line,
+                TextModeArg::File => TextMode::File,
+            },
+            max_doc_bytes: (self.max_doc_mib as usize) << 20,
+            strict: self.strict,
+            ..Default::default()
+        }
+    }
+}
 
 /// How the corpus is cut into model-length windows (shared by fit, trace and self-influence).
 #[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Windows")]
 pub struct WindowArgs {
-    /// Tokens per window (0 = the model's max_positions).
+    /// Tokens per window (0 = the model's max_positions; more than that is an error).
     #[arg(long, default_value_t = 0)]
     pub max_len: usize,
     /// Windows per model batch.
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
     /// Use at most this many windows.
-    #[arg(long)]
-    pub max_windows: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_windows: Option<u64>,
 }
 
 impl WindowArgs {
     pub fn options(&self) -> tda_trace::WindowOptions {
         tda_trace::WindowOptions {
             max_len: self.max_len,
-            batch_size: self.batch_size,
-            max_windows: self.max_windows,
+            batch_size: self.batch_size as usize,
+            max_windows: self.max_windows.map(|n| n as usize),
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct SelfInfluenceArgs {
     #[arg(long, default_value = "20", value_parser = parse_top_k)]
     pub top_k: TopKArg,
     #[command(flatten)]
+    pub read: super::CorpusArgs,
+    #[command(flatten)]
     pub windows: super::WindowArgs,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
@@ -45,12 +47,12 @@ pub fn run(a: &SelfInfluenceArgs) -> anyhow::Result<()> {
         let m = tda_model::load_folder::<AD>(&a.model, &device)?;
         let fp = model_fingerprint(&a.model)?;
         let factors = load_checked(&a.factors, &fp, &m.model.linear_layers())?;
-        let source = DocSource::corpus(&a.corpus);
+        let source = DocSource::corpus_with(&a.corpus, a.read.read_options());
         let pb = bar(
             source.total_bytes().unwrap_or(0),
             "self-influence [{bar:30}] {bytes}/{total_bytes} {elapsed}",
         );
-        let rows = tda_trace::self_influence(
+        let (rows, pass) = tda_trace::self_influence(
             &m.model,
             &m.tokenizer,
             &factors,
@@ -61,6 +63,7 @@ pub fn run(a: &SelfInfluenceArgs) -> anyhow::Result<()> {
             &mut |_, bytes| pb.set_position(bytes),
         )?;
         pb.finish_and_clear();
+        eprintln!("corpus {pass}");
         if a.json {
             return print_json(&rows);
         }

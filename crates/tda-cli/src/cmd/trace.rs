@@ -59,6 +59,27 @@ fn parse_norm(s: &str) -> Result<Normalization, String> {
     }
 }
 
+/// What `--relabel` does not use: the corpus, the ranking and its breakdowns, the parquet output.
+const RELABEL_CONFLICTS: [&str; 17] = [
+    "corpus",
+    "index",
+    "candidates",
+    "top_k",
+    "normalization",
+    "per_token_count",
+    "opponents",
+    "per_token",
+    "per_layer",
+    "out",
+    "max_windows",
+    "max_len",
+    "text_column",
+    "id_column",
+    "text_mode",
+    "max_doc_mib",
+    "strict",
+];
+
 #[derive(Args)]
 #[command(
     after_help = "Score: I(z → f) = −∇f(θ)ᵀ (G + λI)⁻¹ ∇L(z, θ) summed over the tracked layers, with G the EK-FAC Gauss-Newton fitted by `tda fit`, L the summed next-token loss of the candidate window and f the measurement. SIGN: a POSITIVE score means that up-weighting the candidate in training RAISES f (for --measurement logprob: makes the completion more likely; for loss: raises the loss). Results are the most positive candidates (proponents) unless --opponents.
@@ -80,6 +101,8 @@ pub struct TraceArgs {
     /// Corpus (jsonl, txt, parquet); the candidates.
     #[arg(long, required_unless_present = "relabel")]
     pub corpus: Option<PathBuf>,
+    #[command(flatten)]
+    pub read: super::CorpusArgs,
     /// One query: the prompt ...
     #[arg(long, requires = "completion", conflicts_with = "queries")]
     pub prompt: Option<String>,
@@ -92,7 +115,8 @@ pub struct TraceArgs {
     /// Prefilter index (`tda index`): only the top --candidates documents per query are scored.
     #[arg(long)]
     pub index: Option<PathBuf>,
-    #[arg(long, default_value_t = 10_000)]
+    /// Documents retrieved per query by the prefilter.
+    #[arg(long, default_value_t = 10_000, requires = "index")]
     pub candidates: usize,
     /// logprob (log p(completion | prompt)), loss or margin.
     #[arg(long, default_value = "logprob")]
@@ -121,8 +145,9 @@ pub struct TraceArgs {
     /// Per-layer scores of each result.
     #[arg(long)]
     pub per_layer: bool,
-    /// Relabeling influence of the rows of this jsonl instead of scoring the corpus.
-    #[arg(long)]
+    /// Relabeling influence of the rows of this jsonl instead of scoring the corpus (prints one
+    /// score per row and query: no ranking, no corpus, no parquet).
+    #[arg(long, conflicts_with_all = RELABEL_CONFLICTS)]
     pub relabel: Option<PathBuf>,
     #[command(flatten)]
     pub windows: super::WindowArgs,
@@ -203,8 +228,9 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             .index
             .as_ref()
             .map(|dir| tda_trace::Prefilter::bm25(dir, a.candidates));
+        let read = a.read.read_options();
         let (source, retrieved) =
-            tda_trace::candidate_source(&corpus, prefilter.as_ref(), &queries)?;
+            tda_trace::candidate_source(&corpus, &read, prefilter.as_ref(), &queries)?;
         if let (Some(p), Some(r)) = (&prefilter, &retrieved) {
             eprintln!(
                 "prefilter: {} candidate documents from {}",
@@ -229,6 +255,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             },
         )?;
         pb.finish_and_clear();
+        eprintln!("corpus {}", out.report.corpus);
         if let Some(p) = &a.out {
             tda_trace::write_parquet(&out, p)?;
             eprintln!("wrote {}", p.display());

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use tda_corpus::ReadOptions;
 use tda_model::device::DeviceKind;
 use tda_train::{job, TrainConfig, TrainJob};
 
@@ -21,6 +20,8 @@ pub struct TrainArgs {
     /// Corpus: .jsonl (field `text`), .txt (one document per line), .parquet, or a folder of them.
     #[arg(long)]
     pub corpus: PathBuf,
+    #[command(flatten)]
+    pub read: super::CorpusArgs,
     /// Output HF model folder (checkpoints go to OUT/checkpoints/).
     #[arg(long)]
     pub out: PathBuf,
@@ -59,13 +60,16 @@ pub fn run(a: &TrainArgs) -> anyhow::Result<()> {
     }
     let job = TrainJob {
         corpus: a.corpus.clone(),
-        read_options: ReadOptions::default(),
+        read_options: a.read.read_options(),
         config,
         init: a.init.clone(),
         tokenizer: a.tokenizer.clone(),
         out: a.out.clone(),
     };
     let report = train_job(&job, a.device)?;
+    if let Some(c) = &report.corpus {
+        eprintln!("corpus {}: {}", a.corpus.display(), c.summary());
+    }
     if a.json {
         print_json(&report)
     } else {

@@ -165,9 +165,13 @@ impl CorpusIndex {
             return Err(CorpusError::index(
                 dir,
                 format!(
-                    "no documents to index in {} ({})",
+                    "no documents to index in {}: {}",
                     display_paths(corpus),
-                    info.skipped
+                    crate::ReadStats {
+                        skipped: info.skipped.clone(),
+                        ..Default::default()
+                    }
+                    .why_no_documents(&opts.read)
                 ),
             ));
         }

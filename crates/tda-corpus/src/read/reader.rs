@@ -15,7 +15,7 @@ use std::io::BufReader;
 use std::path::Path;
 
 /// Running statistics of a [`CorpusReader`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ReadStats {
     /// Documents yielded.
     pub docs: u64,
@@ -26,6 +26,63 @@ pub struct ReadStats {
     pub files_done: usize,
     /// Estimated bytes of corpus files consumed so far (exact for jsonl/text).
     pub file_bytes_done: u64,
+}
+
+impl ReadStats {
+    /// Records seen: documents yielded plus records skipped.
+    pub fn records(&self) -> u64 {
+        self.docs + self.skipped.total()
+    }
+
+    /// One line: `"917 documents, 3 records skipped (empty 1, bad JSON 2)"`.
+    pub fn summary(&self) -> String {
+        match self.skipped.total() {
+            0 => format!("{} documents, 0 records skipped", self.docs),
+            n => format!(
+                "{} documents, {n} records skipped ({})",
+                self.docs,
+                self.skipped.reasons()
+            ),
+        }
+    }
+
+    /// Why a pass yielded no document, with the option to change when one explains it.
+    pub fn why_no_documents(&self, opts: &ReadOptions) -> String {
+        let n = self.records();
+        let s = &self.skipped;
+        if n == 0 {
+            return "no records (the corpus is empty)".into();
+        }
+        if s.missing_text == n {
+            return format!(
+                "no `{}` field in {n} of {n} records; use --text-column",
+                opts.text_column
+            );
+        }
+        let mut hints = Vec::new();
+        if s.missing_text > 0 {
+            hints.push(format!(
+                "{} records have no `{}` field (--text-column)",
+                s.missing_text, opts.text_column
+            ));
+        }
+        if s.too_large > 0 {
+            hints.push(format!(
+                "{} records are larger than {} MiB (--max-doc-mib)",
+                s.too_large,
+                opts.max_doc_bytes >> 20
+            ));
+        }
+        if s.bad_json > 0 {
+            hints.push(format!("{} lines are not JSON objects", s.bad_json));
+        }
+        let mut msg = format!("all {n} records were skipped ({})", s.reasons());
+        if !hints.is_empty() {
+            msg.push_str(": ");
+            msg.push_str(&hints.join("; "));
+        }
+        msg
+    }
 }
 
 /// Open a corpus (file or directory) for streaming; format auto-detected by extension.

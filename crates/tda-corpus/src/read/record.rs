@@ -54,6 +54,21 @@ impl SkipCounts {
             SkipReason::TooLarge => self.too_large += 1,
         }
     }
+    /// The non-zero counts, e.g. `"empty 1, bad JSON 2"` (`""` when nothing was skipped).
+    pub fn reasons(&self) -> String {
+        [
+            ("empty", self.empty),
+            ("invalid UTF-8", self.invalid_utf8),
+            ("bad JSON", self.bad_json),
+            ("missing text", self.missing_text),
+            ("too large", self.too_large),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(what, n)| format!("{what} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
     pub fn add(&mut self, o: &SkipCounts) {
         self.empty += o.empty;
         self.invalid_utf8 += o.invalid_utf8;
