@@ -128,7 +128,7 @@ fn main() {
     if let Some(f) = &fitted {
         let spec = f.layers[0].spec.clone();
         let qd = Owned::new(&mut rng, &spec, 4, 64);
-        let qg = query_gradients(&[spec.clone()], &[qd.view()]).unwrap();
+        let qg = query_gradients(std::slice::from_ref(&spec), &[qd.view()]).unwrap();
         let t = Instant::now();
         let pq = precondition(f, Damping::default(), &qg, Rank::Truncated(rank)).unwrap();
         let s = t.elapsed().as_secs_f64();

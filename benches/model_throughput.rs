@@ -4,6 +4,7 @@
 //! - inference forward tokens/s,
 //! - forward + activation-gradient backward with taps on every block linear layer (frozen model),
 //!   with and without copying the taps to host memory.
+//!
 //! The influence engine's goal (issue 3, P1) is measured against the training figure.
 //!
 //! `cargo bench -p tda-benches --bench model_throughput` (set `TDA_BENCH_QUICK=1` for the tiny model only).

@@ -121,7 +121,7 @@ fn expand(tree: &str) -> Vec<String> {
             items
                 .into_iter()
                 .filter(|s| !s.trim().is_empty())
-                .flat_map(|s| expand(s))
+                .flat_map(expand)
                 .map(|s| format!("{prefix}{s}"))
                 .collect()
         }
@@ -171,10 +171,10 @@ fn references(code: &str, me: &[String], interface: bool) -> Vec<Vec<String>> {
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .collect();
-            let mut base: Vec<String> = match segs.first()? {
-                &"crate" => Vec::new(),
-                &"self" => me.to_vec(),
-                &"super" => me[..me.len().saturating_sub(1)].to_vec(),
+            let mut base: Vec<String> = match *segs.first()? {
+                "crate" => Vec::new(),
+                "self" => me.to_vec(),
+                "super" => me[..me.len().saturating_sub(1)].to_vec(),
                 _ => return None,
             };
             let mut i = 1;

@@ -15,13 +15,15 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn options() -> Options {
-    let mut o = Options::default();
-    o.template = PromptTemplate {
-        instruction: String::new(),
-        prompt: "Q: {question}\n{context}A:".into(),
-        doc: "[{i}]({title}) {text}\n".into(),
-        doc_untitled: "[{i}] {text}\n".into(),
-        ..PromptTemplate::default()
+    let mut o = Options {
+        template: PromptTemplate {
+            instruction: String::new(),
+            prompt: "Q: {question}\n{context}A:".into(),
+            doc: "[{i}]({title}) {text}\n".into(),
+            doc_untitled: "[{i}] {text}\n".into(),
+            ..PromptTemplate::default()
+        },
+        ..Options::default()
     };
     o.generation.max_new_tokens = 6;
     o

@@ -261,8 +261,11 @@ fn contrastive_gradient_matches_finite_differences() {
             let f_at = |s: f32| {
                 let mut w = weights.clone();
                 let e = w.get_mut(key).unwrap();
-                for i in 0..d {
-                    e.data[v as usize * d + i] += s * u[i];
+                for (x, ui) in e.data[v as usize * d..(v as usize + 1) * d]
+                    .iter_mut()
+                    .zip(&u)
+                {
+                    *x += s * ui;
                 }
                 let m = Transformer::<Cpu>::from_weights(&cfg, &w, &device).unwrap();
                 target_value(&m, &c, tg)

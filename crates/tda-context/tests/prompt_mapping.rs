@@ -218,8 +218,10 @@ fn chat_template_from_folder_and_errors() {
         "{err}"
     );
     // Templates without {context} or with an unknown placeholder are errors.
-    let mut tpl = PromptTemplate::default();
-    tpl.prompt = "Question: {question}".into();
+    let mut tpl = PromptTemplate {
+        prompt: "Question: {question}".into(),
+        ..PromptTemplate::default()
+    };
     let err = build_prompts(
         &m.tokenizer,
         &m.model.config,

@@ -271,9 +271,9 @@ mod tests {
         let logits: Vec<f32> = (0..t).flat_map(|_| logits_row).collect();
         let s = sample_labels(&logits, 1, t, v, 7, 0);
         let z: f64 = logits_row.iter().map(|&x| (x as f64).exp()).sum();
-        for k in 0..v {
+        for (k, &l) in logits_row.iter().enumerate() {
             let f = s.iter().filter(|&&x| x == k as i32).count() as f64 / t as f64;
-            let p = (logits_row[k] as f64).exp() / z;
+            let p = (l as f64).exp() / z;
             assert!(
                 (f - p).abs() < 4.0 * (p * (1.0 - p) / t as f64).sqrt() + 1e-3,
                 "{k}: {f} vs {p}"

@@ -141,11 +141,7 @@ impl ModelShape {
             n_layers: self.n_layers,
             n_heads: self.n_heads,
             n_kv_heads: n_kv,
-            head_dim: if self.n_heads > 0 {
-                self.hidden / self.n_heads
-            } else {
-                0
-            },
+            head_dim: self.hidden.checked_div(self.n_heads).unwrap_or(0),
             intermediate: self.intermediate,
             max_positions: self.max_positions,
             norm_eps: if arch == Arch::Gpt2 { 1e-5 } else { 1e-6 },
@@ -159,7 +155,7 @@ impl ModelShape {
             sliding_window: None,
         };
         cfg.validate()?;
-        if self.hidden % self.n_heads != 0 {
+        if !self.hidden.is_multiple_of(self.n_heads) {
             return Err(format!(
                 "model.hidden ({}) is not divisible by model.n_heads ({})",
                 self.hidden, self.n_heads

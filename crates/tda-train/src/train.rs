@@ -51,11 +51,14 @@ pub struct TrainReport {
     pub corpus: Option<tda_corpus::ReadStats>,
 }
 
+/// The parameters at the start of fine-tuning, flattened, by id (for the proximal term).
+type StartParams<B> = HashMap<ParamId, Tensor<<B as AutodiffBackend>::InnerBackend, 1>>;
+
 /// Sum of squared gradient entries over all parameters, plus the proximal gradient α(θ − θ₀)
 /// added in place when `start` is given.
 struct GradPass<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
-    start: Option<(&'a HashMap<ParamId, Tensor<B::InnerBackend, 1>>, f64)>,
+    start: Option<(&'a StartParams<B>, f64)>,
     sq_norm: f64,
 }
 

@@ -106,12 +106,15 @@ pub struct CiteArgs {
 
 /// The library options these arguments ask for.
 pub fn options(a: &CiteArgs) -> anyhow::Result<Options> {
-    let mut o = Options::default();
-    o.threshold = match (a.cti_fixed, a.cti_top_k) {
+    let threshold = match (a.cti_fixed, a.cti_top_k) {
         (Some(_), Some(_)) => anyhow::bail!("give at most one of --cti-fixed and --cti-top-k"),
         (Some(x), None) => Threshold::Fixed(x),
         (None, Some(k)) => Threshold::TopK(k),
         (None, None) => Threshold::MeanStd(a.cti_k),
+    };
+    let mut o = Options {
+        threshold,
+        ..Options::default()
     };
     o.filter = match a.cci_top_k {
         Some(k) => CciFilter::TopK(k),
