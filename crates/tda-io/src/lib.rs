@@ -12,7 +12,9 @@
 //! - On any error the temporary is removed and the target is left as it was.
 //! - Replacing an existing folder is two renames (old → `.old`, new → target): between them the
 //!   target is briefly absent (a reader gets "not found", never a mixture); the old copy is then
-//!   removed. Leftover `.tmp-`/`.old-` entries from a killed writer are hidden and ignored by readers.
+//!   removed. Leftover `.tmp-`/`.old-` entries from a killed writer are hidden and ignored by readers,
+//!   and removed by the next write of the same target ([`remove_stale`]: only those of processes
+//!   that no longer run).
 //!
 //! Errors are [`std::io::Error`]s whose message names the path, so callers can wrap them in their
 //! own error type without losing the file name.
@@ -38,6 +40,49 @@ pub fn sibling(target: &Path, kind: &str) -> PathBuf {
     match parent_of(target) {
         Some(p) => p.join(file),
         None => PathBuf::from(file),
+    }
+}
+
+/// Removes the temporaries (`.<name>.tmp-<pid>-…`, `.<name>.old-<pid>-…`) that writers of `target`
+/// left behind when they were killed: only those whose process no longer runs (checked in
+/// `/proc`; where there is no `/proc`, nothing is removed). A writer killed between the two
+/// renames of [`replace_dir`] leaves the target absent and the previous artifact as `.old-`: that
+/// one is put back instead. Best effort: errors are ignored.
+pub fn remove_stale(target: &Path) {
+    let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let dir = parent_of(target).unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let entry_name = entry.file_name().to_string_lossy().into_owned();
+        let Some((kind, rest)) = ["tmp", "old"].iter().find_map(|kind| {
+            entry_name
+                .strip_prefix(&format!(".{name}.{kind}-"))
+                .map(|rest| (*kind, rest))
+        }) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        if kind == "old" && !target.exists() && std::fs::rename(&path, target).is_ok() {
+            continue;
+        }
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
     }
 }
 
@@ -86,6 +131,7 @@ pub fn write_file_with<T, E: From<std::io::Error>>(
     write: impl FnOnce(&Path) -> Result<T, E>,
 ) -> Result<T, E> {
     ensure_parent(path)?;
+    remove_stale(path);
     let tmp = sibling(path, "tmp");
     let result = (|| {
         let value = write(&tmp)?;
@@ -130,6 +176,7 @@ pub fn write_dir<T, E: From<std::io::Error>>(
         .into());
     }
     ensure_parent(dir)?;
+    remove_stale(dir);
     let tmp = sibling(dir, "tmp");
     std::fs::create_dir(&tmp).map_err(|e| io_error(&tmp, e))?;
     let result = (|| {
@@ -212,6 +259,41 @@ pub fn sync_tree(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temporaries_of_dead_writers_are_cleaned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("factors");
+        // pid 4294967 is above Linux's pid_max: no such process.
+        let dead_tmp = tmp.path().join(".factors.tmp-4294967-0-1");
+        let live_tmp = tmp
+            .path()
+            .join(format!(".factors.tmp-{}-9-9", std::process::id()));
+        let other = tmp.path().join(".model.tmp-4294967-0-1");
+        let dead_old = tmp.path().join(".factors.old-4294967-0-2");
+        for d in [&dead_tmp, &live_tmp, &other, &dead_old] {
+            std::fs::create_dir(d).unwrap();
+        }
+        std::fs::write(dead_old.join("fit.json"), "old").unwrap();
+        remove_stale(&target);
+        if Path::new("/proc/self").exists() {
+            assert!(!dead_tmp.exists());
+            // The killed replacement's previous artifact is back in place.
+            assert_eq!(
+                std::fs::read_to_string(target.join("fit.json")).unwrap(),
+                "old"
+            );
+            assert!(!dead_old.exists());
+        }
+        assert!(live_tmp.exists(), "a running writer's temporary is kept");
+        assert!(other.exists(), "another target's temporary is kept");
+        // The next write removes the stale ones and lands whole.
+        write_dir(&target, |d: &Path| write_file(&d.join("fit.json"), b"new")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(target.join("fit.json")).unwrap(),
+            "new"
+        );
+    }
 
     #[test]
     fn file_appears_whole_and_replaces() {

@@ -146,3 +146,42 @@ pub(crate) fn to_row(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(id: &str) -> Kept {
+        Kept {
+            cand: Arc::new(Candidate {
+                doc_id: id.into(),
+                window: 0,
+                span: (0, 1),
+                text: "x".into(),
+                ids: vec![1, 2],
+            }),
+            per_token: None,
+            per_layer: None,
+        }
+    }
+
+    #[test]
+    fn non_finite_scores_are_an_error_not_a_silent_drop() {
+        for k in [Some(2), None] {
+            let mut keep = Keeper::new(1, k, false);
+            keep.push(0, 1.0, kept("a"));
+            keep.push(0, f64::NAN, kept("b"));
+            keep.push(0, f64::INFINITY, kept("c"));
+            let e = keep.finish().err().expect("non-finite scores must fail");
+            let msg = e.to_string();
+            assert!(msg.starts_with("2 scores are not finite"), "{msg}");
+            assert!(msg.contains("b#0") && msg.contains("--damping"), "{msg}");
+        }
+        let mut keep = Keeper::new(1, None, false);
+        keep.push(0, 1.0, kept("a"));
+        keep.push(0, 3.0, kept("b"));
+        let rows = keep.finish().unwrap();
+        assert_eq!(rows[0].len(), 2);
+        assert_eq!(rows[0][0].1.cand.doc_id, "b");
+    }
+}

@@ -140,6 +140,7 @@ impl CorpusIndex {
             )));
         }
         // A unique hidden sibling (`.<name>.tmp-…`), skipped by corpus walking and by tda-io.
+        tda_io::remove_stale(dir);
         let tmp = tda_io::sibling(dir, "tmp");
         let guard = RemoveOnDrop(Some(tmp.clone()));
         std::fs::create_dir(&tmp).map_err(|e| CorpusError::io(&tmp, e))?;
