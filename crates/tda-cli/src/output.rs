@@ -18,3 +18,9 @@ pub fn bar(len: u64, template: &str) -> ProgressBar {
     );
     pb
 }
+
+/// Fails before any work when an output cannot be written at `path` (see `tda_io::check_writable`),
+/// so a long job never ends by losing its result.
+pub fn check_out(path: &std::path::Path, what: tda_io::Output) -> anyhow::Result<()> {
+    tda_io::check_writable(path, what).map_err(anyhow::Error::from)
+}

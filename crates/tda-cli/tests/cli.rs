@@ -149,6 +149,18 @@ fn demo_runs_end_to_end() {
         stdout.contains("completion:") && stdout.contains("total"),
         "{stdout}"
     );
+    // The trace ran over the corpus and ranked documents, and the true biography was scored.
+    assert!(stdout.contains("top training documents for"), "{stdout}");
+    let ranked = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("1. ") || l.trim_start().starts_with("2. "))
+        .count();
+    assert!(ranked >= 2, "at least two ranked documents: {stdout}");
+    assert!(
+        stdout.contains("the true biography") && stdout.contains(" ranks "),
+        "{stdout}"
+    );
+    assert!(tmp.path().join("factors/factors.safetensors").exists());
     assert!(tmp.path().join("model/model.safetensors").exists());
     assert!(tmp.path().join("model/tokenizer.json").exists());
 }

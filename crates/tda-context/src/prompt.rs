@@ -128,6 +128,10 @@ impl ChatTemplate {
                 })?,
             _ => return Ok(None),
         };
+        // Compile once here, so that a broken template is an error naming this file.
+        minijinja::Environment::new()
+            .template_from_str(&source)
+            .map_err(|e| ContextError::invalid(&path, format!("chat_template: {e}")))?;
         Ok(Some(Self {
             source,
             bos_token: special_token(v.get("bos_token")),

@@ -34,8 +34,9 @@ pub enum CorpusError {
         column: String,
         dtype: String,
     },
-    /// A bad record in strict mode (in lenient mode it is skipped and counted instead).
-    #[error("{}: record {}: {}", .path.display(), .record, .msg)]
+    /// A bad record in strict mode (in lenient mode it is skipped and counted instead). `record`
+    /// is 0-based; the message says `line N` (1-based) for jsonl and text, `row N` for parquet.
+    #[error("{}: {}: {}", .path.display(), record_place(.path, *.record), .msg)]
     BadRecord {
         path: PathBuf,
         record: u64,
@@ -83,3 +84,13 @@ pub(crate) fn one_line(e: &dyn std::fmt::Display) -> String {
 }
 
 pub type Result<T, E = CorpusError> = std::result::Result<T, E>;
+
+/// Where a record is, as a person looks for it: `line N` (1-based) in a text or jsonl file,
+/// `row N` (0-based, as parquet tools show) in a parquet file.
+fn record_place(path: &std::path::Path, record: u64) -> String {
+    if crate::Format::from_path(path) == Some(crate::Format::Parquet) {
+        format!("row {record}")
+    } else {
+        format!("line {}", record + 1)
+    }
+}

@@ -228,7 +228,7 @@ fn bad_records_are_skipped_and_counted_or_errors_in_strict_mode() {
     let mut r = open_corpus(&p, &strict).unwrap();
     assert!(r.next().unwrap().is_ok());
     let e = r.next().unwrap().unwrap_err();
-    assert_one_line_err(&e, &["bad.jsonl", "record 1", "invalid UTF-8"]);
+    assert_one_line_err(&e, &["bad.jsonl", "line 2", "invalid UTF-8"]);
 }
 
 #[test]

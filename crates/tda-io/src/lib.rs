@@ -108,6 +108,54 @@ pub fn sync_dir(dir: &Path) {
     }
 }
 
+/// What an output path will hold, for [`check_writable`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    File,
+    Folder,
+}
+
+/// Checks, before a long job starts, that its output can be written at `path`: not a folder where
+/// a file goes (or the reverse), and the nearest existing ancestor is a folder in which a file can
+/// be created (probed with a temporary that is removed). Creates nothing that stays.
+pub fn check_writable(path: &Path, what: Output) -> std::io::Result<()> {
+    let invalid = |p: &Path, msg: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{}: {msg}", p.display()),
+        )
+    };
+    match (what, path.exists()) {
+        (Output::File, true) if path.is_dir() => {
+            return Err(invalid(
+                path,
+                "is a folder; give a file path for this output",
+            ))
+        }
+        (Output::Folder, true) if !path.is_dir() => {
+            return Err(invalid(
+                path,
+                "is a file; give a folder path for this output",
+            ))
+        }
+        _ => {}
+    }
+    let mut dir = parent_of(path).unwrap_or(Path::new("."));
+    while !dir.exists() {
+        dir = parent_of(dir).unwrap_or(Path::new("."));
+    }
+    if !dir.is_dir() {
+        return Err(invalid(
+            dir,
+            "is a file, so nothing can be written below it",
+        ));
+    }
+    let probe = sibling(&dir.join("write-probe"), "tmp");
+    File::create(&probe).map_err(|e| io_error(dir, e))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 fn ensure_parent(path: &Path) -> std::io::Result<()> {
     if let Some(p) = parent_of(path) {
         std::fs::create_dir_all(p).map_err(|e| io_error(p, e))?;

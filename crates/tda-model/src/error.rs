@@ -17,7 +17,7 @@ pub enum ModelError {
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
     /// A file or folder could not be written atomically (`tda-io`; the message names the path).
-    #[error("{0}")]
+    #[error(transparent)]
     Write(#[from] std::io::Error),
     /// A request that does not fit the model (too long, empty, bad token id, ...).
     #[error("{0}")]

@@ -46,6 +46,8 @@ fn to_f32(view: &TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
 }
 
 /// Reads every floating-point tensor of one safetensors file as f32 (integer buffers are skipped).
+/// A NaN or infinite weight is an error naming the tensor: every score computed from it would be
+/// meaningless.
 pub fn read_safetensors(path: &Path) -> Result<Weights> {
     let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
     // SAFETY: the map is read-only and dropped before this function returns; a file truncated
@@ -71,6 +73,15 @@ pub fn read_safetensors(path: &Path) -> Result<Weights> {
         }
         let data = to_f32(&view)
             .map_err(|m| ModelError::invalid(path, format!("tensor \"{name}\": {m}")))?;
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::invalid(
+                path,
+                format!(
+                    "tensor \"{name}\" has a non-finite value ({}) at element {i}",
+                    data[i]
+                ),
+            ));
+        }
         out.insert(
             name.to_string(),
             HostTensor {

@@ -17,7 +17,7 @@ pub enum TraceError {
         source: std::io::Error,
     },
     /// A write through `tda-io` (its message names the file).
-    #[error("{0}")]
+    #[error(transparent)]
     Write(#[from] std::io::Error),
     /// Bad option or input (one line).
     #[error("{0}")]

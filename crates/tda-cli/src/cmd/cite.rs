@@ -156,6 +156,9 @@ pub fn options(a: &CiteArgs) -> anyhow::Result<Options> {
 
 pub fn run(a: &CiteArgs) -> anyhow::Result<()> {
     let opts = options(a)?;
+    for out in [&a.out, &a.html].into_iter().flatten() {
+        crate::output::check_out(out, tda_io::Output::File)?;
+    }
     let docs = read_documents(&a.docs)?;
     with_backend!(a.device, |B, AD, device| {
         let m = tda_model::load_folder::<AD>(&a.model, &device)?;

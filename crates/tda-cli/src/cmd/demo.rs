@@ -46,6 +46,7 @@ pub struct SynthArgs {
 }
 
 pub fn synth(a: &SynthArgs) -> anyhow::Result<()> {
+    crate::output::check_out(&a.out, tda_io::Output::File)?;
     let docs = biographies(a.docs, a.seed);
     tda_eval::write_jsonl(&docs, &a.out)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.out.display()))?;
@@ -54,6 +55,7 @@ pub fn synth(a: &SynthArgs) -> anyhow::Result<()> {
 }
 
 pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
+    crate::output::check_out(&a.out, tda_io::Output::Folder)?;
     let corpus = a.out.join("corpus.jsonl");
     let model_dir = a.out.join("model");
     let docs = biographies(a.docs, a.seed);

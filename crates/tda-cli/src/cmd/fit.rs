@@ -57,6 +57,7 @@ pub struct FitArgs {
 }
 
 pub fn run(a: &FitArgs) -> anyhow::Result<()> {
+    crate::output::check_out(&a.out, tda_io::Output::Folder)?;
     if let (Fisher::Empirical, Some(_)) = (a.fisher, a.seed) {
         anyhow::bail!(
             "--seed has no effect with --fisher empirical (labels are the data's tokens)"

@@ -73,6 +73,9 @@ pub fn run(args: &IndexArgs) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => tda_corpus::default_index_dir(&args.corpus[0]),
     };
+    if !args.add {
+        crate::output::check_out(&dir, tda_io::Output::Folder)?;
+    }
     let progress = if args.quiet {
         Progress::Hidden
     } else {

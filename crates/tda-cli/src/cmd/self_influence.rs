@@ -27,7 +27,7 @@ pub struct SelfInfluenceArgs {
     pub factors: PathBuf,
     #[arg(long)]
     pub corpus: PathBuf,
-    #[arg(long, default_value = "heuristic", value_parser = parse_damping)]
+    #[arg(long, default_value = "heuristic", value_parser = parse_damping, allow_hyphen_values = true)]
     pub damping: Damping,
     /// Windows to print, or `all`.
     #[arg(long, default_value = "20", value_parser = parse_top_k)]

@@ -122,7 +122,7 @@ pub struct TraceArgs {
     #[arg(long, default_value = "logprob")]
     pub measurement: Measurement,
     /// `heuristic` (0.1 × mean Λ per layer) or an absolute λ.
-    #[arg(long, default_value = "heuristic", value_parser = parse_damping)]
+    #[arg(long, default_value = "heuristic", value_parser = parse_damping, allow_hyphen_values = true)]
     pub damping: Damping,
     /// Rank of each preconditioned query per layer, or `full`.
     #[arg(long, default_value = "32", value_parser = parse_rank)]
@@ -162,6 +162,9 @@ pub struct TraceArgs {
 }
 
 pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
+    if let Some(out) = &a.out {
+        crate::output::check_out(out, tda_io::Output::File)?;
+    }
     let queries: Vec<Query> = match (&a.prompt, &a.completion, &a.queries) {
         (Some(p), Some(c), _) => vec![Query {
             id: "q0".into(),

@@ -48,6 +48,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: &TrainArgs) -> anyhow::Result<()> {
+    crate::output::check_out(&a.out, tda_io::Output::Folder)?;
     let mut config = TrainConfig::from_file(&a.config)?;
     if let Some(s) = a.steps {
         config.train.steps = s;

@@ -1,0 +1,426 @@
+//! Every subcommand end to end through the binary, on the tiny fixtures: what it writes and
+//! prints, and that the same command twice gives bit-identical scores (also across thread
+//! counts).
+
+mod common;
+
+use common::{fixture, ok, p, repo, run, run_env, scratch, world};
+use tda_model::hf::read_safetensors;
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// The ranked `(doc_id, window, score)` of every query of a `tda trace --json` output.
+fn ranking(out: &serde_json::Value) -> Vec<(String, u64, f64)> {
+    out["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|q| q["results"].as_array().unwrap().iter())
+        .map(|r| {
+            (
+                r["doc_id"].as_str().unwrap().to_string(),
+                r["window"].as_u64().unwrap(),
+                r["score"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn trace_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let w = world();
+    let mut v = vec![
+        "trace",
+        "--model",
+        p(&w.model),
+        "--factors",
+        p(&w.factors),
+        "--corpus",
+        p(&w.corpus),
+        "--json",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn synth_corpus_index_and_search() {
+    let w = world();
+    let lines = std::fs::read_to_string(&w.corpus).unwrap();
+    assert_eq!(lines.lines().count(), 40);
+    let hits = json(&ok([
+        "search",
+        "--index",
+        p(&w.index),
+        "--query",
+        "born in",
+        "--top-k",
+        "3",
+        "--json",
+    ]));
+    let first = hits
+        .as_array()
+        .map(|a| a[0].clone())
+        .unwrap_or(hits.clone());
+    assert!(
+        first.to_string().contains("born"),
+        "search should return a biography: {hits}"
+    );
+    // --add indexes a new file only.
+    let dir = scratch();
+    let extra = dir.join("more.jsonl");
+    std::fs::write(
+        &extra,
+        "{\"id\": \"x1\", \"text\": \"Zorblat moved to Quenzia.\"}\n",
+    )
+    .unwrap();
+    let idx = dir.join("index");
+    ok([
+        "index",
+        "--corpus",
+        p(&w.corpus),
+        "--index",
+        p(&idx),
+        "--quiet",
+    ]);
+    let r = run([
+        "index",
+        "--corpus",
+        p(&w.corpus),
+        p(&extra),
+        "--index",
+        p(&idx),
+        "--add",
+        "--quiet",
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let hits = ok(["search", "--index", p(&idx), "--query", "Zorblat", "--json"]);
+    assert!(hits.contains("x1"), "{hits}");
+}
+
+#[test]
+fn fit_reports_what_it_read() {
+    let w = world();
+    let dir = scratch();
+    let corpus = dir.join("c.jsonl");
+    let mut text = std::fs::read_to_string(&w.corpus).unwrap();
+    text.push_str("{\"text\": \"\"}\nnot json\n");
+    std::fs::write(&corpus, text).unwrap();
+    let out = dir.join("f");
+    let r = run([
+        "fit",
+        "--model",
+        p(&w.model),
+        "--corpus",
+        p(&corpus),
+        "--out",
+        p(&out),
+        "--strategy",
+        "kfac",
+        "--json",
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let report = json(&r.stdout);
+    assert_eq!(report["corpus"]["documents"], 40);
+    assert_eq!(report["corpus"]["skipped"]["empty"], 1);
+    assert_eq!(report["corpus"]["skipped"]["bad_json"], 1);
+    assert!(
+        r.stderr
+            .contains("40 documents, 2 records skipped (empty 1, bad JSON 1)"),
+        "{}",
+        r.stderr
+    );
+    assert!(out.join("factors.safetensors").is_file() && out.join("fit.json").is_file());
+}
+
+#[test]
+fn trace_ranks_documents_and_writes_parquet() {
+    let dir = scratch();
+    let parquet = dir.join("scores.parquet");
+    let r = run(trace_args(&[
+        "--prompt",
+        "Mira Tolven was born in",
+        "--completion",
+        " Kestrel Bay",
+        "--top-k",
+        "5",
+        "--per-token",
+        "--per-layer",
+        "--out",
+        p(&parquet),
+    ]));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let out = json(&r.stdout);
+    let rows = ranking(&out);
+    assert_eq!(rows.len(), 5);
+    assert!(
+        rows.windows(2).all(|x| x[0].2 >= x[1].2),
+        "sorted: {rows:?}"
+    );
+    let first = &out["queries"][0]["results"][0];
+    let per_layer: f64 = first["per_layer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["score"].as_f64().unwrap())
+        .sum();
+    let score = first["score"].as_f64().unwrap();
+    assert!((per_layer - score).abs() <= 1e-6 * score.abs().max(1.0));
+    assert!(out["report"]["corpus"]["windows"].as_u64().unwrap() >= 40);
+    let bytes = std::fs::read(&parquet).unwrap();
+    assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"));
+}
+
+#[test]
+fn trace_queries_file_index_and_relabel() {
+    let w = world();
+    let dir = scratch();
+    let queries = dir.join("q.jsonl");
+    std::fs::write(
+        &queries,
+        "{\"id\": \"a\", \"prompt\": \"Mira Tolven was born in\", \"completion\": \" Kestrel Bay\"}\n\n{\"prompt\": \"The\", \"completion\": \" city\"}\n",
+    )
+    .unwrap();
+    let all = json(&ok(trace_args(&[
+        "--queries",
+        p(&queries),
+        "--top-k",
+        "all",
+    ])));
+    assert_eq!(all["queries"].as_array().unwrap().len(), 2);
+    assert_eq!(all["queries"][1]["id"], "q1");
+    // Through the prefilter: only retrieved documents are scored, with the same scores.
+    let pre = json(&ok(trace_args(&[
+        "--queries",
+        p(&queries),
+        "--index",
+        p(&w.index),
+        "--candidates",
+        "3",
+        "--top-k",
+        "all",
+    ])));
+    let full: std::collections::HashMap<(String, u64), f64> = ranking(
+        &all["queries"][0]
+            .as_object()
+            .map(|_| serde_json::json!({"queries": [all["queries"][0].clone()]}))
+            .unwrap(),
+    )
+    .into_iter()
+    .map(|(d, win, s)| ((d, win), s))
+    .collect();
+    let pre0 = ranking(&serde_json::json!({"queries": [pre["queries"][0].clone()]}));
+    assert!(!pre0.is_empty() && pre0.len() < full.len());
+    for (d, win, s) in pre0 {
+        let want = full[&(d.clone(), win)];
+        assert!(
+            (s - want).abs() <= 1e-9 * want.abs().max(1e-12),
+            "{d}: {s} vs {want}"
+        );
+    }
+    let rows = dir.join("rows.jsonl");
+    std::fs::write(
+        &rows,
+        "{\"prompt\": \"Mira Tolven was born in\", \"original\": \" Kestrel Bay\", \"replacement\": \" Tarn\"}\n",
+    )
+    .unwrap();
+    let rel = json(&ok([
+        "trace",
+        "--model",
+        p(&w.model),
+        "--factors",
+        p(&w.factors),
+        "--queries",
+        p(&queries),
+        "--relabel",
+        p(&rows),
+        "--json",
+    ]));
+    assert_eq!(rel[0]["scores"].as_array().unwrap().len(), 2);
+    assert!(rel[0]["scores"][0]["score"].as_f64().unwrap().is_finite());
+}
+
+#[test]
+fn self_influence_ranks_every_window() {
+    let w = world();
+    let out = json(&ok([
+        "self-influence",
+        "--model",
+        p(&w.model),
+        "--factors",
+        p(&w.factors),
+        "--corpus",
+        p(&w.corpus),
+        "--top-k",
+        "all",
+        "--json",
+    ]));
+    let rows = out.as_array().unwrap();
+    assert!(rows.len() >= 40);
+    let scores: Vec<f64> = rows.iter().map(|r| r["score"].as_f64().unwrap()).collect();
+    assert!(scores.iter().all(|&s| s >= 0.0));
+    assert!(scores.windows(2).all(|x| x[0] >= x[1]));
+}
+
+#[test]
+fn train_generate_and_logprobs() {
+    let w = world();
+    let dir = scratch();
+    let model = dir.join("model");
+    let r = run([
+        "train",
+        "--config",
+        p(&repo("configs/tiny.toml")),
+        "--corpus",
+        p(&w.corpus),
+        "--out",
+        p(&model),
+        "--steps",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let report = json(&r.stdout);
+    assert_eq!(report["steps"], 2);
+    assert_eq!(report["corpus"]["docs"], 40);
+    assert!(
+        r.stderr.contains("40 documents, 0 records skipped"),
+        "{}",
+        r.stderr
+    );
+    let gen = json(&ok([
+        "generate",
+        "--model",
+        p(&model),
+        "--prompt",
+        "Mira",
+        "--max-new-tokens",
+        "4",
+        "--no-stop",
+        "--json",
+    ]));
+    assert_eq!(gen["completion_ids"].as_array().unwrap().len(), 4);
+    let lp = json(&ok([
+        "logprobs",
+        "--model",
+        p(&model),
+        "--text",
+        "Mira Tolven",
+        "--json",
+    ]));
+    assert!(lp["total_logprob"].as_f64().unwrap() < 0.0);
+}
+
+#[test]
+fn cite_attributes_a_given_answer() {
+    let dir = scratch();
+    let docs = dir.join("docs.jsonl");
+    std::fs::write(
+        &docs,
+        "{\"id\": \"d1\", \"title\": \"Mira\", \"text\": \"Mira Tolven was born in Tarn.\"}\n{\"id\": \"d2\", \"text\": \"Oskar Vell works as a baker.\"}\n",
+    )
+    .unwrap();
+    let html = dir.join("cite.html");
+    let report = dir.join("cite.json");
+    let out = json(&ok([
+        "cite",
+        "--model",
+        p(&fixture("rag")),
+        "--docs",
+        p(&docs),
+        "--question",
+        "Where was Mira Tolven born?",
+        "--answer",
+        "Mira Tolven was born in Tarn.",
+        "--json",
+        "--html",
+        p(&html),
+        "--out",
+        p(&report),
+    ]));
+    assert_eq!(out["sentences"].as_array().unwrap().len(), 1);
+    assert!(std::fs::read_to_string(&html).unwrap().contains("<html"));
+    assert_eq!(json(&std::fs::read_to_string(&report).unwrap()), out);
+}
+
+/// Determinism. The same command with the same thread count gives bit-identical factors and
+/// scores. Across thread counts, tracing with the same factors is bit-identical too; fitting is
+/// not quite: faer's parallel eigendecomposition of the larger matrices (here lm_head's 384×384
+/// S) rounds differently with 1 and 2 threads — measured 2.3e-10 relative in the eigenvectors,
+/// 7e-12 in the scores, same ranking.
+#[test]
+fn same_command_twice_gives_identical_scores_across_thread_counts() {
+    let dir = scratch();
+    let query = [
+        "--prompt",
+        "Mira Tolven was born in",
+        "--completion",
+        " Kestrel Bay",
+        "--top-k",
+        "all",
+    ];
+    let run_with = |threads: &str, name: &str| {
+        let f = dir.join(name);
+        let w = world();
+        let env = [("RAYON_NUM_THREADS", threads)];
+        let r = run_env(
+            [
+                "fit",
+                "--model",
+                p(&w.model),
+                "--corpus",
+                p(&w.corpus),
+                "--out",
+                p(&f),
+            ],
+            &env,
+        );
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        let mut args = trace_args(&query);
+        args[4] = p(&f); // --factors: the ones just fitted
+        let own = run_env(args, &env);
+        assert_eq!(own.code, Some(0), "{}", own.stderr);
+        let shared = run_env(trace_args(&query), &env);
+        assert_eq!(shared.code, Some(0), "{}", shared.stderr);
+        (
+            f.join("factors.safetensors"),
+            ranking(&json(&own.stdout)),
+            ranking(&json(&shared.stdout)),
+        )
+    };
+    let (f2, own2, shared2) = run_with("2", "a");
+    let (f2b, own2b, _) = run_with("2", "b");
+    assert!(
+        std::fs::read(&f2).unwrap() == std::fs::read(&f2b).unwrap(),
+        "two runs wrote different factor files"
+    );
+    assert_eq!(own2, own2b, "two runs gave different scores");
+    let (f1, own1, shared1) = run_with("1", "c");
+    assert_eq!(
+        shared1, shared2,
+        "same factors, 1 vs 2 threads: scores must be identical"
+    );
+    let (w1, w2) = (
+        read_safetensors(&f1).unwrap(),
+        read_safetensors(&f2).unwrap(),
+    );
+    for (name, t) in &w1 {
+        let u = &w2[name];
+        let scale = t.data.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
+        let diff = t
+            .data
+            .iter()
+            .zip(&u.data)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff / scale <= 1e-8, "{name}: {diff} of {scale}");
+    }
+    let order = |r: &[(String, u64, f64)]| r.iter().map(|x| (x.0.clone(), x.1)).collect::<Vec<_>>();
+    assert_eq!(order(&own1), order(&own2), "1 vs 2 threads: same ranking");
+    for (a, b) in own1.iter().zip(&own2) {
+        assert!(
+            (a.2 - b.2).abs() <= 1e-9 * b.2.abs().max(1e-30),
+            "{a:?} vs {b:?}"
+        );
+    }
+}
