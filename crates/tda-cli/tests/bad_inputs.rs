@@ -720,4 +720,42 @@ fn refused_flags() {
     );
     // 66: an unknown flag.
     fails(["fit", "--bogus"], &["--bogus"], &[]);
+    // 67–70: flags that would do nothing in this mode.
+    let m = p(&w.model);
+    fails(
+        ["generate", "--model", m, "--prompt", "a", "--top-p", "0.9"],
+        &["--top-p", "--temperature"],
+        &[],
+    );
+    fails(
+        [
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "a",
+            "--temperature",
+            "-1",
+        ],
+        &["--temperature"],
+        &[],
+    );
+    fails(
+        fit(corpus, &f, &["--strategy", "diagonal", "--max-block", "16"]),
+        &["--max-block", "diagonal"],
+        &[&f],
+    );
+    fails(
+        [
+            "index",
+            "--corpus",
+            corpus,
+            "--index",
+            p(&w.index),
+            "--add",
+            "--no-merge",
+        ],
+        &["--add", "--no-merge"],
+        &[],
+    );
 }

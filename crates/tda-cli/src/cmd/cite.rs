@@ -92,13 +92,15 @@ pub struct CiteArgs {
     pub doc_template: Option<String>,
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling temperature; 0 = greedy (then --top-p and --seed are refused).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     pub temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Nucleus sampling mass (sampling only) [default: 1.0].
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Sampling seed (sampling only) [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// At most this many answer tokens per input-gradient backward.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_rows: u32,
@@ -148,9 +150,10 @@ pub fn options(a: &CiteArgs) -> anyhow::Result<Options> {
         o.template.doc_untitled = unescape(d);
     }
     o.generation.max_new_tokens = a.max_new_tokens;
-    o.generation.temperature = a.temperature;
-    o.generation.top_p = a.top_p;
-    o.generation.seed = a.seed;
+    let (temperature, top_p, seed) = super::infer::sampling(a.temperature, a.top_p, a.seed)?;
+    o.generation.temperature = temperature;
+    o.generation.top_p = top_p;
+    o.generation.seed = seed;
     Ok(o)
 }
 

@@ -58,6 +58,12 @@ pub struct FitArgs {
 
 pub fn run(a: &FitArgs) -> anyhow::Result<()> {
     crate::output::check_out(&a.out, tda_io::Output::Folder)?;
+    if a.max_block.is_some() && !matches!(a.strategy, Strategy::Kfac | Strategy::Ekfac) {
+        anyhow::bail!(
+            "--max-block splits the A and S factors of kfac and ekfac; {} has none",
+            a.strategy
+        );
+    }
     if let (Fisher::Empirical, Some(_)) = (a.fisher, a.seed) {
         anyhow::bail!(
             "--seed has no effect with --fisher empirical (labels are the data's tokens)"

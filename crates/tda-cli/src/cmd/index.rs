@@ -56,7 +56,8 @@ pub struct IndexArgs {
 }
 
 /// Settings fixed when the index was built; `--add` reuses them.
-const ADD_CONFLICTS: [&str; 9] = [
+const ADD_CONFLICTS: [&str; 10] = [
+    "no_merge",
     "text_column",
     "id_column",
     "text_mode",

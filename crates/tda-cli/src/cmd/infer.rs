@@ -22,13 +22,15 @@ pub struct GenerateArgs {
     pub prompt: String,
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling temperature; 0 = greedy (then --top-p and --seed are refused).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     pub temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Nucleus sampling mass (sampling only) [default: 1.0].
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Sampling seed (sampling only) [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Keep generating after the end-of-text token.
     #[arg(long)]
     pub no_stop: bool,
@@ -63,15 +65,38 @@ struct Generation {
     completion_ids: Vec<u32>,
 }
 
+/// `(temperature, top_p, seed)` of a generation; sampling flags with a greedy temperature are
+/// an error rather than ignored.
+pub fn sampling(
+    temperature: f32,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+) -> anyhow::Result<(f32, f32, u64)> {
+    if !(temperature >= 0.0 && temperature.is_finite()) {
+        anyhow::bail!("--temperature {temperature}: must be 0 (greedy) or positive");
+    }
+    if temperature == 0.0 && (top_p.is_some() || seed.is_some()) {
+        anyhow::bail!(
+            "--top-p and --seed only apply to sampling: give --temperature > 0 with them"
+        );
+    }
+    let top_p = top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        anyhow::bail!("--top-p {top_p}: must be in (0, 1]");
+    }
+    Ok((temperature, top_p, seed.unwrap_or(0)))
+}
+
 pub fn generate(a: &GenerateArgs) -> anyhow::Result<()> {
+    let (temperature, top_p, seed) = sampling(a.temperature, a.top_p, a.seed)?;
     with_backend!(a.device, |B, AD, device| {
         let m = tda_model::load_folder::<B>(&a.model, &device)?;
         let (prompt_ids, _) = infer::encode_for_scoring(&m.tokenizer, &m.model.config, &a.prompt)?;
         let opts = GenerateOptions {
             max_new_tokens: a.max_new_tokens,
-            temperature: a.temperature,
-            top_p: a.top_p,
-            seed: a.seed,
+            temperature,
+            top_p,
+            seed,
             stop_token: if a.no_stop {
                 None
             } else {
