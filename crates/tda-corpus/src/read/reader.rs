@@ -62,19 +62,19 @@ impl ReadStats {
         let mut hints = Vec::new();
         if s.missing_text > 0 {
             hints.push(format!(
-                "{} records have no `{}` field (--text-column)",
+                "{} without a `{}` field (--text-column)",
                 s.missing_text, opts.text_column
             ));
         }
         if s.too_large > 0 {
             hints.push(format!(
-                "{} records are larger than {} MiB (--max-doc-mib)",
+                "{} larger than {} MiB (--max-doc-mib)",
                 s.too_large,
                 opts.max_doc_bytes >> 20
             ));
         }
         if s.bad_json > 0 {
-            hints.push(format!("{} lines are not JSON objects", s.bad_json));
+            hints.push(format!("{} not a JSON object", s.bad_json));
         }
         let mut msg = format!("all {n} records were skipped ({})", s.reasons());
         if !hints.is_empty() {
