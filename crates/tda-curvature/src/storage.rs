@@ -160,7 +160,9 @@ pub fn save(factors: &Factors, path: &Path) -> Result<()> {
                 path: tmp.to_path_buf(),
                 msg: format!("serialisation failed: {e}"),
             })
-        })
+        })?;
+        // The metadata map's order would otherwise change the bytes from run to run.
+        tda_io::sort_safetensors_header(tmp).map_err(SaveError::Io)
     })
     .map_err(|e| match e {
         SaveError::Io(source) => CurvatureError::Write(source),
