@@ -222,7 +222,14 @@ fn empty_corpus_and_non_index_folders_are_errors() {
     let e = CorpusIndex::build(&p, &dir.path().join("idx"), &opts(), Progress::Hidden)
         .err()
         .unwrap();
-    assert_one_line_err(&e, &["no documents to index", "empty.jsonl", "all 3 records were skipped"]);
+    assert_one_line_err(
+        &e,
+        &[
+            "no documents to index",
+            "empty.jsonl",
+            "all 3 records were skipped",
+        ],
+    );
     assert_only(dir.path(), &["empty.jsonl"]);
     let e = CorpusIndex::open(dir.path()).err().unwrap();
     assert_one_line_err(&e, &["no index here"]);

@@ -161,55 +161,13 @@ pub fn save(factors: &Factors, path: &Path) -> Result<()> {
                 msg: format!("serialisation failed: {e}"),
             })
         })?;
-        sort_header(tmp).map_err(SaveError::Curvature)
+        // The metadata map's order would otherwise change the bytes from run to run.
+        tda_io::sort_safetensors_header(tmp).map_err(SaveError::Io)
     })
     .map_err(|e| match e {
         SaveError::Io(source) => CurvatureError::Write(source),
         SaveError::Curvature(e) => e,
     })
-}
-
-/// Rewrites the JSON header of the safetensors file at `path` with its keys sorted, in place and
-/// with the same length. `safetensors` writes the metadata map in hash order, which differs from
-/// run to run; sorted, the same factors are the same bytes (the format does not fix key order).
-fn sort_header(path: &Path) -> Result<()> {
-    use std::io::{Read, Seek, SeekFrom, Write};
-    let fmt = |msg: String| CurvatureError::Format {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| io_err(path, e))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| io_err(path, e))?;
-    let n = u64::from_le_bytes(len) as usize;
-    let mut header = vec![0u8; n];
-    f.read_exact(&mut header).map_err(|e| io_err(path, e))?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| fmt(format!("header: {e}")))?;
-    let mut sorted =
-        serde_json::to_vec(&sorted_keys(value)).map_err(|e| fmt(format!("header: {e}")))?;
-    if sorted.len() > n {
-        return Err(fmt("sorted header is longer than the original".into()));
-    }
-    sorted.resize(n, b' ');
-    f.seek(SeekFrom::Start(8)).map_err(|e| io_err(path, e))?;
-    f.write_all(&sorted).map_err(|e| io_err(path, e))
-}
-
-/// `value` with every object's keys in sorted order (whatever serde_json's map order is).
-fn sorted_keys(value: serde_json::Value) -> serde_json::Value {
-    match value {
-        serde_json::Value::Object(m) => {
-            let sorted: std::collections::BTreeMap<String, serde_json::Value> =
-                m.into_iter().map(|(k, v)| (k, sorted_keys(v))).collect();
-            serde_json::Value::Object(sorted.into_iter().collect())
-        }
-        other => other,
-    }
 }
 
 /// Error inside [`save`]'s atomic write: an io error from `tda_io` (its message already names the

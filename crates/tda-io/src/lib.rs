@@ -16,11 +16,14 @@
 //!   and removed by the next write of the same target ([`remove_stale`]: only those of processes
 //!   that no longer run).
 //!
+//! - [`sort_safetensors_header`]: the same tensors and metadata give the same file bytes (the
+//!   `safetensors` crate writes its metadata from a `HashMap`, in a different order every run).
+//!
 //! Errors are [`std::io::Error`]s whose message names the path, so callers can wrap them in their
 //! own error type without losing the file name.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -304,6 +307,67 @@ pub fn sync_tree(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Rewrites the JSON header of the safetensors file at `path` with every object's keys sorted,
+/// in place. `safetensors` serialises the `__metadata__` map from a `HashMap`, whose order changes
+/// from process to process, so without this two writes of identical tensors differ in bytes (and
+/// so in any fingerprint of the file). The header keeps its length (the same keys and values,
+/// reordered; the alignment padding stays spaces) and the tensor data is not touched. Call it on
+/// the temporary, inside [`write_file_with`], before the rename.
+pub fn sort_safetensors_header(path: &Path) -> std::io::Result<()> {
+    let invalid = |msg: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {msg}", path.display()),
+        )
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| io_error(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| io_error(path, e))?;
+    let n = usize::try_from(u64::from_le_bytes(len))
+        .ok()
+        .filter(|&n| n <= 100 << 20)
+        .ok_or_else(|| invalid("safetensors header length out of range".into()))?;
+    let mut header = vec![0u8; n];
+    f.read_exact(&mut header).map_err(|e| io_error(path, e))?;
+    let value: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| invalid(format!("safetensors header is not JSON: {e}")))?;
+    let mut sorted = serde_json::to_vec(&sort_keys(value)).expect("a JSON value serialises");
+    if sorted.len() > n {
+        return Err(invalid("sorted safetensors header is longer".into()));
+    }
+    sorted.resize(n, b' ');
+    if sorted != header {
+        f.seek(SeekFrom::Start(8))
+            .and_then(|_| f.write_all(&sorted))
+            .map_err(|e| io_error(path, e))?;
+    }
+    Ok(())
+}
+
+/// `value` with the keys of every object in sorted order (whatever serde_json's map type).
+fn sort_keys(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sort_keys(v)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sort_keys).collect())
+        }
+        v => v,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,5 +482,33 @@ mod tests {
         std::fs::write(&blocker, b"x").unwrap();
         let e = write_file(&blocker.join("child.json"), b"y").unwrap_err();
         assert!(e.to_string().contains("file"), "{e}");
+    }
+
+    #[test]
+    fn safetensors_header_is_sorted_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("w.safetensors");
+        let header = br#"{"__metadata__":{"z":"1","format":"pt"},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let mut padded = header.to_vec();
+        padded.resize(header.len().div_ceil(8) * 8, b' ');
+        let mut bytes = (padded.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&padded);
+        bytes.extend_from_slice(&1.5f32.to_le_bytes());
+        std::fs::write(&p, &bytes).unwrap();
+        sort_safetensors_header(&p).unwrap();
+        let out = std::fs::read(&p).unwrap();
+        assert_eq!(out.len(), bytes.len());
+        let text = std::str::from_utf8(&out[8..8 + padded.len()]).unwrap();
+        assert!(
+            text.starts_with(r#"{"__metadata__":{"format":"pt","z":"1"},"b":{"data_offsets":[0,4],"dtype":"F32","shape":[1]}}"#),
+            "{text}"
+        );
+        assert_eq!(&out[out.len() - 4..], &1.5f32.to_le_bytes());
+        // Idempotent, and a file that is not safetensors is an error naming it.
+        sort_safetensors_header(&p).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), out);
+        std::fs::write(&p, b"\x05\0\0\0\0\0\0\0hello").unwrap();
+        let e = sort_safetensors_header(&p).unwrap_err();
+        assert!(e.to_string().contains("w.safetensors"), "{e}");
     }
 }

@@ -151,7 +151,8 @@ pub fn write_safetensors(
     })
 }
 
-/// Serialises `weights` to `file` (not atomic; `path` names the artifact in errors).
+/// Serialises `weights` to `file` with a sorted header (not atomic; `path` names the artifact in
+/// errors).
 fn serialize_safetensors(
     file: &Path,
     path: &Path,
@@ -173,7 +174,9 @@ fn serialize_safetensors(
     let mut info: HashMap<String, String> = metadata.into_iter().collect();
     info.entry("format".into()).or_insert_with(|| "pt".into());
     safetensors::serialize_to_file(views, Some(info), file)
-        .map_err(|e| ModelError::invalid(path, format!("cannot write: {e}")))
+        .map_err(|e| ModelError::invalid(path, format!("cannot write: {e}")))?;
+    // Same weights, same bytes (and so the same model fingerprint) from run to run.
+    tda_io::sort_safetensors_header(file).map_err(ModelError::Write)
 }
 
 /// Reads `tokenizer.json` and checks that its vocabulary fits the model.

@@ -122,6 +122,9 @@ impl CorpusIndex {
         progress: Progress,
     ) -> Result<(CorpusIndex, BuildSummary)> {
         let spec = CorpusSpec::resolve_many(corpus)?;
+        // First put back an index that a killed replacement left aside (`.old-`), so that
+        // "already exists" below sees it.
+        tda_io::remove_stale(dir);
         if dir.exists() && !opts.overwrite {
             return Err(CorpusError::index(
                 dir,
@@ -140,7 +143,6 @@ impl CorpusIndex {
             )));
         }
         // A unique hidden sibling (`.<name>.tmp-…`), skipped by corpus walking and by tda-io.
-        tda_io::remove_stale(dir);
         let tmp = tda_io::sibling(dir, "tmp");
         let guard = RemoveOnDrop(Some(tmp.clone()));
         std::fs::create_dir(&tmp).map_err(|e| CorpusError::io(&tmp, e))?;

@@ -1,14 +1,44 @@
 //! The two scoring engines: tantivy's own `BooleanQuery` (BM25, for cross-checks) and the
-//! term-at-a-time scorer (BM25 or TF-IDF) with its bounded top-k heap.
+//! term-at-a-time scorer (BM25 or TF-IDF) with its bounded top-k heap; and the insertion order
+//! that breaks score ties.
 
 use super::open::CorpusIndex;
 use super::query::{QueryTerm, Ranking};
 use crate::error::{one_line, CorpusError, Result};
 use tantivy::collector::TopDocs;
+use tantivy::fastfield::Column;
 use tantivy::postings::Postings;
 use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
 use tantivy::schema::IndexRecordOption;
-use tantivy::{DocAddress, DocSet, Term, TERMINATED};
+use tantivy::{DocAddress, DocSet, SegmentReader, Term, TERMINATED};
+
+/// A document's place in the corpus: (file, row, passage start), from the fast fields. Score ties
+/// are broken by it, so that results do not depend on how the indexing threads and merges laid
+/// the documents out in segments (a `DocAddress` does: two builds of one corpus differ).
+pub(super) type InsertionKey = (u64, u64, u64);
+
+/// The [`InsertionKey`]s of one segment.
+pub(super) struct InsertionOrder {
+    file: Column<u64>,
+    row: Column<u64>,
+    span_start: Column<u64>,
+}
+
+impl InsertionOrder {
+    pub(super) fn of(seg: &SegmentReader) -> tantivy::Result<Self> {
+        let ff = seg.fast_fields();
+        Ok(InsertionOrder {
+            file: ff.u64("file")?,
+            row: ff.u64("row")?,
+            span_start: ff.u64("span_start")?,
+        })
+    }
+
+    pub(super) fn key(&self, doc: u32) -> InsertionKey {
+        let get = |c: &Column<u64>| c.first(doc).unwrap_or(0);
+        (get(&self.file), get(&self.row), get(&self.span_start))
+    }
+}
 
 impl CorpusIndex {
     /// BM25 evaluated by tantivy's `BooleanQuery` (document-at-a-time, block-max WAND); a term's
@@ -75,6 +105,7 @@ impl CorpusIndex {
         let n_alive = searcher.num_docs() as f64;
         let mut heap = TopK::new(k);
         for (seg_ord, seg) in searcher.segment_readers().iter().enumerate() {
+            let order = InsertionOrder::of(seg).map_err(|e| err(&e))?;
             let inv = seg.inverted_index(self.fields.body).map_err(|e| err(&e))?;
             let norms = seg
                 .get_fieldnorms_reader(self.fields.body)
@@ -117,7 +148,9 @@ impl CorpusIndex {
                         Ranking::Bm25 => a,
                         Ranking::TfIdf => a / (norms.fieldnorm(d as u32).max(1) as f32).sqrt(),
                     };
-                    heap.push(score, DocAddress::new(seg_ord as u32, d as u32));
+                    heap.push(score, DocAddress::new(seg_ord as u32, d as u32), || {
+                        order.key(d as u32)
+                    });
                 }
             }
         }
@@ -125,11 +158,15 @@ impl CorpusIndex {
     }
 }
 
-/// Bounded min-heap keeping the `k` best (score, address); ties keep the smaller address.
+/// Bounded min-heap keeping the `k` best (score, address); among equal scores the earlier
+/// [`InsertionKey`].
 struct TopK {
     k: usize,
-    heap: std::collections::BinaryHeap<std::cmp::Reverse<(OrdF32, std::cmp::Reverse<DocAddress>)>>,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(OrdF32, std::cmp::Reverse<Entry>)>>,
 }
+
+/// A heap entry's tie order: insertion key, then (unique anyway) address.
+type Entry = (InsertionKey, DocAddress);
 
 #[derive(PartialEq, Clone, Copy)]
 struct OrdF32(f32);
@@ -152,11 +189,16 @@ impl TopK {
             heap: Default::default(),
         }
     }
-    fn push(&mut self, s: f32, a: DocAddress) {
-        let item = std::cmp::Reverse((OrdF32(s), std::cmp::Reverse(a)));
+    /// Offers a document; its insertion key is only read when the score can make the cut.
+    fn push(&mut self, s: f32, a: DocAddress, key: impl FnOnce() -> InsertionKey) {
         if self.heap.len() < self.k {
+            let item = std::cmp::Reverse((OrdF32(s), std::cmp::Reverse((key(), a))));
             self.heap.push(item);
         } else if let Some(min) = self.heap.peek() {
+            if OrdF32(s) < min.0 .0 {
+                return;
+            }
+            let item = std::cmp::Reverse((OrdF32(s), std::cmp::Reverse((key(), a))));
             if item < *min {
                 self.heap.pop();
                 self.heap.push(item);
@@ -166,7 +208,7 @@ impl TopK {
     fn into_vec(self) -> Vec<(f32, DocAddress)> {
         self.heap
             .into_iter()
-            .map(|std::cmp::Reverse((s, std::cmp::Reverse(a)))| (s.0, a))
+            .map(|std::cmp::Reverse((s, std::cmp::Reverse((_, a))))| (s.0, a))
             .collect()
     }
 }

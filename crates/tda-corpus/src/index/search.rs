@@ -3,8 +3,9 @@
 
 use super::open::CorpusIndex;
 use super::query::{Hit, QueryOptions, Ranking, SearchResult};
+use super::score::InsertionOrder;
 use crate::doc::{Document, SourceRef};
-use crate::error::Result;
+use crate::error::{one_line, CorpusError, Result};
 use crate::read::{fetch_documents, DefaultId, ReadOptions};
 use tantivy::DocAddress;
 
@@ -23,7 +24,9 @@ impl CorpusIndex {
             .hits)
     }
 
-    /// Top-`k` documents for `query`, best first; ties broken by insertion order.
+    /// Top-`k` documents for `query`, best first; ties broken by insertion order (corpus file,
+    /// row, passage), whatever the segment layout of the index. (With `tantivy_engine`, which
+    /// documents tied at the cut make it is tantivy's choice.)
     pub fn search_with(&self, query: &str, k: usize, opts: &QueryOptions) -> Result<SearchResult> {
         let (terms, dropped_terms) = self.query_terms(query, opts)?;
         if k == 0 || terms.is_empty() {
@@ -46,13 +49,26 @@ impl CorpusIndex {
             Ranking::Bm25 if opts.tantivy_engine => self.tantivy_bm25(&searcher, &terms, k)?,
             ranking => self.term_at_a_time(&searcher, &terms, k, ranking)?,
         };
-        top.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        self.sort_hits(&searcher, &mut top)?;
         let hits = self.resolve(&searcher, &top)?;
         Ok(SearchResult {
             hits,
             terms,
             dropped_terms,
         })
+    }
+
+    /// Sorts scored documents best first, ties in insertion order.
+    fn sort_hits(&self, searcher: &tantivy::Searcher, top: &mut [(f32, DocAddress)]) -> Result<()> {
+        let orders = searcher
+            .segment_readers()
+            .iter()
+            .map(InsertionOrder::of)
+            .collect::<tantivy::Result<Vec<_>>>()
+            .map_err(|e| CorpusError::index(&self.dir, one_line(&e)))?;
+        let key = |a: &DocAddress| orders[a.segment_ord as usize].key(a.doc_id);
+        top.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| key(&a.1).cmp(&key(&b.1))));
+        Ok(())
     }
 
     /// The prefilter step of `tda trace --index`: the top-`k` hits for `query` with their
