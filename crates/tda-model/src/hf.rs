@@ -170,7 +170,13 @@ pub fn load_tokenizer(path: &Path, config: &ModelConfig) -> Result<Tokenizer> {
     if !path.exists() {
         return Err(ModelError::invalid(path, "tokenizer file not found"));
     }
-    let tok = Tokenizer::from_file(path)
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    // `tokenizers` panics (instead of erroring) on some JSON syntax errors inside the decoder:
+    // check the syntax first.
+    serde_json::from_str::<serde::de::IgnoredAny>(&text)
+        .map_err(|e| ModelError::invalid(path, format!("not valid JSON: {e}")))?;
+    let tok: Tokenizer = text
+        .parse()
         .map_err(|e| ModelError::invalid(path, format!("not a valid tokenizer: {e}")))?;
     let n = tok.get_vocab_size(true);
     if n > config.vocab_size {
