@@ -15,6 +15,7 @@ use parquet::arrow::arrow_reader::{
     ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
 };
 use parquet::arrow::ProjectionMask;
+use parquet::file::metadata::ParquetMetaData;
 use std::fs::File;
 
 pub(super) struct ParquetState {
@@ -36,6 +37,7 @@ pub(super) fn open_parquet(
     let f = File::open(&file.path).map_err(|e| CorpusError::io(&file.path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(f)
         .map_err(|e| CorpusError::parquet(&file.path, e))?;
+    check_chunks(file, builder.metadata())?;
     let schema = builder.schema().clone();
     let available = || {
         schema
@@ -85,6 +87,31 @@ pub(super) fn open_parquet(
         .build()
         .map_err(|e| CorpusError::parquet(&file.path, e))?;
     Ok((reader, total_rows))
+}
+
+/// Refuses column chunks whose byte range is negative or runs past the end of the file: the
+/// parquet crate asserts on the former (`ColumnChunkMetaData::byte_range`) instead of erroring.
+fn check_chunks(file: &CorpusFile, meta: &ParquetMetaData) -> Result<()> {
+    let size = std::fs::metadata(&file.path)
+        .map_err(|e| CorpusError::io(&file.path, e))?
+        .len();
+    for (r, group) in meta.row_groups().iter().enumerate() {
+        for (c, col) in group.columns().iter().enumerate() {
+            let start = col
+                .dictionary_page_offset()
+                .unwrap_or_else(|| col.data_page_offset());
+            let len = col.compressed_size();
+            if start < 0 || len < 0 || start as i128 + len as i128 > size as i128 {
+                return Err(CorpusError::Parquet {
+                    path: file.path.clone(),
+                    msg: format!(
+                        "row group {r}, column {c}: bytes {start}..+{len} are outside the file ({size} bytes)"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Text value of row `i` of a string/binary array: `Ok(None)` for null, `Err(())` for non-UTF-8.
