@@ -155,9 +155,51 @@ impl ChatTemplate {
             "bos_token": self.bos_token.clone().unwrap_or_default(),
             "eos_token": self.eos_token.clone().unwrap_or_default(),
         });
-        env.get_template("chat")
-            .and_then(|t| t.render(ctx))
-            .map_err(|e| ContextError::Template(e.to_string()))
+        env.set_fuel(Some(CHAT_FUEL));
+        let mut out = CappedOutput::default();
+        let rendered = env
+            .get_template("chat")
+            .and_then(|t| t.render_captured_to(ctx, &mut out).map(drop));
+        match rendered {
+            Ok(()) => Ok(String::from_utf8_lossy(&out.bytes).into_owned()),
+            Err(_) if out.over => Err(ContextError::Template(format!(
+                "the chat template writes more than {} MiB",
+                CHAT_MAX_OUTPUT >> 20
+            ))),
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
+                Err(ContextError::Template(format!(
+                    "the chat template runs more than {CHAT_FUEL} instructions (a loop that does not end?)"
+                )))
+            }
+            Err(e) => Err(ContextError::Template(e.to_string())),
+        }
+    }
+}
+
+/// Most minijinja instructions one chat-template render may run (a real template runs a few
+/// thousand): a template that loops for ever is an error, not a hang.
+const CHAT_FUEL: u64 = 10_000_000;
+/// Most bytes one chat-template render may write.
+const CHAT_MAX_OUTPUT: usize = 16 << 20;
+
+/// The render's output, refused past [`CHAT_MAX_OUTPUT`] bytes.
+#[derive(Default)]
+struct CappedOutput {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + b.len() > CHAT_MAX_OUTPUT {
+            self.over = true;
+            return Err(std::io::Error::other("chat template output too large"));
+        }
+        self.bytes.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
