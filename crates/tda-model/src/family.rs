@@ -103,6 +103,17 @@ impl ModelConfig {
             }
             _ => {}
         }
+        for (name, id) in [
+            ("bos_token_id", self.bos_token_id),
+            ("eos_token_id", self.eos_token_id),
+        ] {
+            if let Some(id) = id.filter(|&i| i as usize >= self.vocab_size) {
+                return Err(format!(
+                    "{name} {id} is not below vocab_size ({})",
+                    self.vocab_size
+                ));
+            }
+        }
         if self.sliding_window == Some(0) {
             return Err("sliding_window must be positive (or null)".into());
         }
