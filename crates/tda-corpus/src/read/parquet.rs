@@ -17,6 +17,7 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::ParquetMetaData;
 use std::fs::File;
+use std::path::Path;
 
 pub(super) struct ParquetState {
     pub(super) file: CorpusFile,
@@ -30,6 +31,34 @@ pub(super) struct ParquetState {
 /// Open a parquet file projected on the text (and id, title) columns. Checks the columns exist and
 /// have a usable type. Returns the reader and the number of rows in the file.
 pub(super) fn open_parquet(
+    file: &CorpusFile,
+    opts: &ReadOptions,
+    selection: Option<RowSelection>,
+) -> Result<(ParquetRecordBatchReader, u64)> {
+    guarded(&file.path, || open_unguarded(file, opts, selection))
+}
+
+/// Runs a step of the parquet / arrow decoders, turning a panic into an error naming the file:
+/// on some corrupt pages those crates assert (division by zero, a dictionary page missing,
+/// a validity bitmap too short) instead of returning an error.
+pub(super) fn guarded<T>(path: &Path, step: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(CorpusError::Parquet {
+            path: path.to_path_buf(),
+            msg: format!(
+                "corrupt data (the decoder failed: {})",
+                crate::error::one_line(&what)
+            ),
+        })
+    })
+}
+
+fn open_unguarded(
     file: &CorpusFile,
     opts: &ReadOptions,
     selection: Option<RowSelection>,
@@ -162,7 +191,11 @@ impl ParquetState {
                 }
                 self.batch = None;
             }
-            match self.reader.next()? {
+            let next = match guarded(&self.file.path, || Ok(self.reader.next())) {
+                Ok(next) => next?,
+                Err(e) => return Some(Err(e)),
+            };
+            match next {
                 Ok(b) => {
                     self.batch = Some(b);
                     self.batch_pos = 0;
