@@ -132,6 +132,8 @@ impl Worker {
             .spawn(move || {
                 IN_WORKER.set(true);
                 for (slot, bytes) in job_rx {
+                    // A panic the loader caught itself must not be blamed on a later input.
+                    WORKER_PANIC.take();
                     let r = catch_unwind(AssertUnwindSafe(|| run(&slot, &bytes)))
                         .map_err(|p| last_panic().unwrap_or_else(|| payload_text(&p)));
                     if res_tx.send(r).is_err() {

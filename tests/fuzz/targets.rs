@@ -551,17 +551,19 @@ pub fn index() -> Target {
             let idx = tda_corpus::CorpusIndex::open(d.path()).map_err(err)?;
             // A mismatch is an error the CLI reports; the searches below run regardless.
             let _ = idx.check_corpus(&base.path().join("corpus.jsonl"));
+            // Every step runs even when an earlier one fails; the first error is the outcome.
             let q = "Ada program water hydrogen fox";
-            for ranking in [tda_corpus::Ranking::Bm25, tda_corpus::Ranking::TfIdf] {
-                idx.search(q, 5, ranking).map_err(err)?;
-            }
-            let opts = tda_corpus::QueryOptions {
+            let tantivy = tda_corpus::QueryOptions {
                 tantivy_engine: true,
                 ..Default::default()
             };
-            idx.search_with(q, 3, &opts).map_err(err)?;
-            idx.candidates(q, 3, &Default::default()).map_err(err)?;
-            Ok(())
+            let steps = [
+                idx.search(q, 5, tda_corpus::Ranking::Bm25).map(drop),
+                idx.search(q, 5, tda_corpus::Ranking::TfIdf).map(drop),
+                idx.search_with(q, 3, &tantivy).map(drop),
+                idx.candidates(q, 3, &Default::default()).map(drop),
+            ];
+            steps.into_iter().collect::<Result<(), _>>().map_err(err)
         }),
     }
 }
