@@ -294,8 +294,8 @@ fn mutate_node(rng: &mut Rng, root: &mut Value, words: &[String], dict: &[&str])
         (2, Value::Number(n)) => {
             let x = n.as_f64().unwrap_or(0.0);
             *node = match rng.below(6) {
-                0 => serde_json::json!(x as i64 + 1),
-                1 => serde_json::json!(x as i64 - 1),
+                0 => serde_json::json!((x as i64).wrapping_add(1)),
+                1 => serde_json::json!((x as i64).wrapping_sub(1)),
                 2 => serde_json::json!(-x),
                 3 => serde_json::json!(x * 1e6),
                 4 => serde_json::json!((x as u64).wrapping_mul(1 << 20)),
