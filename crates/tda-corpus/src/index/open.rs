@@ -47,6 +47,7 @@ impl CorpusIndex {
             .tokenizers()
             .register(TOKENIZER, info.analyzer.analyzer());
         let reader = index.reader().map_err(|e| CorpusError::index(dir, e))?;
+        check_doc_counts(dir, &reader, &fields)?;
         Ok(CorpusIndex {
             dir: dir.to_path_buf(),
             index,
@@ -87,6 +88,27 @@ fn check_field_names(dir: &Path) -> Result<()> {
             return Err(CorpusError::index(
                 dir,
                 format!("meta.json: the schema has two fields named '{name}'"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Each segment's `max_doc` comes from `meta.json`, and tantivy trusts it (search allocates per
+/// document): it must be the number of documents the segment's files hold (one field norm each).
+fn check_doc_counts(dir: &Path, reader: &IndexReader, fields: &Fields) -> Result<()> {
+    for (i, seg) in reader.searcher().segment_readers().iter().enumerate() {
+        let norms = seg
+            .get_fieldnorms_reader(fields.body)
+            .map_err(|e| CorpusError::index(dir, e))?;
+        if norms.num_docs() != seg.max_doc() {
+            return Err(CorpusError::index(
+                dir,
+                format!(
+                    "meta.json gives segment {i} {} documents but its files hold {}",
+                    seg.max_doc(),
+                    norms.num_docs()
+                ),
             ));
         }
     }
