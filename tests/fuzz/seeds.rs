@@ -236,6 +236,48 @@ fn write_factor_seeds() {
     }
 }
 
+/// The fixture tokenizer with a template post-processor and padding (ids outside the
+/// vocabulary map), and a small WordLevel tokenizer; both must load.
+fn write_tokenizer_seeds() {
+    let path = fixture("tokenizer").join("tokenizer.json");
+    copy("tokenizer", "bpe/tokenizer.json", &path);
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let eot = "<|endoftext|>";
+    v["post_processor"] = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": eot, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {eot: {"id": eot, "ids": [0], "tokens": [eot]}},
+    });
+    v["padding"] = serde_json::json!({
+        "strategy": "BatchLongest", "direction": "Right", "pad_to_multiple_of": null,
+        "pad_id": 0, "pad_type_id": 0, "pad_token": eot,
+    });
+    let template = serde_json::to_string(&v).unwrap();
+    let words = [
+        "<unk>", "Ada", "Lovelace", "wrote", "the", "first", "program", ".",
+    ];
+    let vocab: serde_json::Map<String, serde_json::Value> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), i.into()))
+        .collect();
+    let word_level = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": {"type": "Lowercase"}, "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+    });
+    let word_level = serde_json::to_string_pretty(&word_level).unwrap();
+    for (rel, text) in [
+        ("template/tokenizer.json", &template),
+        ("wordlevel/tokenizer.json", &word_level),
+    ] {
+        text.parse::<tda_model::Tokenizer>().unwrap();
+        put("tokenizer", rel, text.as_bytes());
+    }
+}
+
 #[test]
 #[ignore = "rewrites tests/fuzz/seeds; run by hand"]
 fn write_seeds() {
@@ -247,11 +289,7 @@ fn write_seeds() {
             &fixture(family).join("config.json"),
         );
     }
-    copy(
-        "tokenizer",
-        "tokenizer.json",
-        &fixture("tokenizer").join("tokenizer.json"),
-    );
+    write_tokenizer_seeds();
     write_corpus_seeds();
     put("queries", "queries.jsonl", QUERIES.as_bytes());
     put("queries", "relabel.jsonl", RELABEL.as_bytes());
