@@ -165,8 +165,9 @@ fn serialize_safetensors(
         .map_err(|e| ModelError::invalid(path, format!("cannot write: {e}")))
 }
 
-/// Reads `tokenizer.json` and checks that its vocabulary fits the model: every id it can emit
-/// (vocabulary, added tokens, post-processor and padding ids) is below `vocab_size`.
+/// Reads `tokenizer.json` and checks that it fits the model: every id it can emit (vocabulary,
+/// added tokens, post-processor and padding ids) is below `vocab_size`, and it pads no text past
+/// `max_positions` (padding allocates its length for every text).
 pub fn load_tokenizer(path: &Path, config: &ModelConfig) -> Result<Tokenizer> {
     if !path.exists() {
         return Err(ModelError::invalid(path, "tokenizer file not found"));
@@ -189,6 +190,22 @@ pub fn load_tokenizer(path: &Path, config: &ModelConfig) -> Result<Tokenizer> {
                 config.vocab_size
             ),
         ));
+    }
+    if let Some(p) = tok.get_padding() {
+        let fixed = match p.strategy {
+            tokenizers::PaddingStrategy::Fixed(n) => n,
+            tokenizers::PaddingStrategy::BatchLongest => 0,
+        };
+        let n = fixed.max(p.pad_to_multiple_of.unwrap_or(0));
+        if n > config.max_positions {
+            return Err(ModelError::invalid(
+                path,
+                format!(
+                    "padding to {n} tokens is longer than the model's context ({} positions)",
+                    config.max_positions
+                ),
+            ));
+        }
     }
     let vocab = tok.get_vocab(true);
     let mut ids: Vec<(u64, String)> = vocab
