@@ -151,6 +151,8 @@ impl ChatTemplate {
                 ))
             },
         );
+        env.add_filter("format", bounded_format);
+        env.add_filter("indent", bounded_indent);
         env.add_template("chat", &self.source)
             .map_err(|e| ContextError::Template(e.to_string()))?;
         let ctx = serde_json::json!({
@@ -159,9 +161,102 @@ impl ChatTemplate {
             "bos_token": self.bos_token.clone().unwrap_or_default(),
             "eos_token": self.eos_token.clone().unwrap_or_default(),
         });
-        env.get_template("chat")
-            .and_then(|t| t.render(ctx))
-            .map_err(|e| ContextError::Template(e.to_string()))
+        env.set_fuel(Some(CHAT_FUEL));
+        let mut out = CappedOutput::default();
+        let rendered = env
+            .get_template("chat")
+            .and_then(|t| t.render_captured_to(ctx, &mut out).map(drop));
+        match rendered {
+            Ok(()) => Ok(String::from_utf8_lossy(&out.bytes).into_owned()),
+            Err(_) if out.over => Err(ContextError::Template(format!(
+                "the chat template writes more than {} MiB",
+                CHAT_MAX_OUTPUT >> 20
+            ))),
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
+                Err(ContextError::Template(format!(
+                    "the chat template runs more than {CHAT_FUEL} instructions (a loop that does not end?)"
+                )))
+            }
+            Err(e) => Err(ContextError::Template(e.to_string())),
+        }
+    }
+}
+
+/// Most minijinja instructions one chat-template render may run (a real template runs a few
+/// thousand): a template that loops for ever is an error, not a hang.
+const CHAT_FUEL: u64 = 10_000_000;
+/// Most bytes one chat-template render may write.
+const CHAT_MAX_OUTPUT: usize = 16 << 20;
+
+/// Widest field a chat template's `format` or `indent` may ask for: minijinja allocates the
+/// width up front, so `'%1000000000s'|format(x)` would take gigabytes before any output cap.
+const CHAT_MAX_WIDTH: usize = 1 << 16;
+
+fn too_wide(n: usize) -> minijinja::Error {
+    minijinja::Error::new(
+        minijinja::ErrorKind::InvalidOperation,
+        format!("field width {n} is more than {CHAT_MAX_WIDTH}"),
+    )
+}
+
+/// minijinja's `format` filter, refusing printf widths and precisions over [`CHAT_MAX_WIDTH`].
+fn bounded_format(
+    state: &minijinja::State,
+    spec: &minijinja::Value,
+    args: minijinja::value::Rest<minijinja::Value>,
+) -> std::result::Result<minijinja::Value, minijinja::Error> {
+    let text = spec.as_str().unwrap_or("");
+    for conversion in text.split('%').skip(1) {
+        // The flags, width and precision of one conversion: digits after optional `-+ #0.`.
+        let head = conversion
+            .split(|c: char| !(c.is_ascii_digit() || "-+ #.".contains(c)))
+            .next()
+            .unwrap_or("");
+        for number in head.split(|c: char| !c.is_ascii_digit()) {
+            if number.len() > 6 || number.parse::<usize>().is_ok_and(|n| n > CHAT_MAX_WIDTH) {
+                return Err(too_wide(number.parse().unwrap_or(usize::MAX)));
+            }
+        }
+    }
+    minijinja::filters::format(state, spec, args)
+}
+
+/// minijinja's `indent` filter, refusing widths over [`CHAT_MAX_WIDTH`].
+fn bounded_indent(
+    value: minijinja::value::StringInput<'_>,
+    width: Option<usize>,
+    first: Option<bool>,
+    blank: Option<bool>,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<minijinja::Value, minijinja::Error> {
+    let w = match width {
+        Some(w) => Some(w),
+        None => kwargs.peek::<Option<usize>>("width")?,
+    };
+    if let Some(w) = w.filter(|&w| w > CHAT_MAX_WIDTH) {
+        return Err(too_wide(w));
+    }
+    minijinja::filters::indent(value, width, first, blank, kwargs)
+}
+
+/// The render's output, refused past [`CHAT_MAX_OUTPUT`] bytes.
+#[derive(Default)]
+struct CappedOutput {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + b.len() > CHAT_MAX_OUTPUT {
+            self.over = true;
+            return Err(std::io::Error::other("chat template output too large"));
+        }
+        self.bytes.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -183,6 +183,77 @@ impl From<std::io::Error> for SaveError {
     }
 }
 
+/// The largest `d_out × d_a` a layer of a factor file may claim (`lm_head` of a 150k-token,
+/// 8192-wide model is 1.2·10⁹): beyond it the file is refused before anything is allocated.
+pub const MAX_LAYER_PARAMS: usize = u32::MAX as usize;
+
+/// The string metadata of a factor file, after checking its format and version.
+fn read_meta(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let fmt = |msg: String| CurvatureError::Format {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let (_, md) =
+        SafeTensors::read_metadata(bytes).map_err(|e| fmt(format!("bad header ({e})")))?;
+    let meta = md
+        .metadata()
+        .clone()
+        .ok_or_else(|| fmt("missing metadata".into()))?;
+    let get = |k: &str| {
+        meta.get(k)
+            .ok_or_else(|| fmt(format!("missing metadata key {k:?}")))
+    };
+    if get("format")? != FORMAT {
+        return Err(fmt(format!("format is not {FORMAT:?}")));
+    }
+    let version = get("format_version")?;
+    if *version != FORMAT_VERSION.to_string() {
+        return Err(fmt(format!(
+            "format_version {version} unsupported (this build reads {FORMAT_VERSION})"
+        )));
+    }
+    get("fingerprint")?;
+    Ok(meta)
+}
+
+/// The `layers` metadata, each layer's size checked against [`MAX_LAYER_PARAMS`].
+fn parse_specs(path: &Path, meta: &HashMap<String, String>) -> Result<Vec<LayerSpec>> {
+    let fmt = |msg: String| CurvatureError::Format {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let text = meta
+        .get("layers")
+        .ok_or_else(|| fmt("missing metadata key \"layers\"".into()))?;
+    let specs: Vec<LayerSpec> =
+        serde_json::from_str(text).map_err(|e| fmt(format!("bad layers metadata ({e})")))?;
+    for s in &specs {
+        let n = s
+            .d_in
+            .checked_add(usize::from(s.has_bias))
+            .and_then(|d_a| d_a.checked_mul(s.d_out));
+        if n.is_none_or(|n| n > MAX_LAYER_PARAMS) {
+            return Err(fmt(format!(
+                "layer {} claims {}×{} parameters, more than any layer tda loads",
+                s.name, s.d_out, s.d_in
+            )));
+        }
+    }
+    Ok(specs)
+}
+
+/// The fingerprint and layers of a factor file, from its header only (nothing else is read).
+pub fn layers(path: &Path) -> Result<(String, Vec<LayerSpec>)> {
+    let bytes = std::fs::File::open(path)
+        .and_then(|f| {
+            // SAFETY: as in `load`.
+            unsafe { memmap2::Mmap::map(&f) }
+        })
+        .map_err(|e| io_err(path, e))?;
+    let meta = read_meta(path, &bytes)?;
+    Ok((meta["fingerprint"].clone(), parse_specs(path, &meta)?))
+}
+
 /// Reads factors from `path` (memory-mapped). When `fingerprint` is given it must match the file's.
 pub fn load(path: &Path, fingerprint: Option<&str>) -> Result<Factors> {
     let fmt = |msg: String| CurvatureError::Format {
@@ -195,26 +266,12 @@ pub fn load(path: &Path, fingerprint: Option<&str>) -> Result<Factors> {
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_err(path, e))?;
     let st = SafeTensors::deserialize(&mmap)
         .map_err(|e| fmt(format!("not a valid safetensors file ({e})")))?;
-    let (_, md) =
-        SafeTensors::read_metadata(&mmap).map_err(|e| fmt(format!("bad header ({e})")))?;
-    let meta = md
-        .metadata()
-        .clone()
-        .ok_or_else(|| fmt("missing metadata".into()))?;
+    let meta = read_meta(path, &mmap)?;
     let get = |k: &str| {
         meta.get(k)
             .cloned()
             .ok_or_else(|| fmt(format!("missing metadata key {k:?}")))
     };
-    if get("format")? != FORMAT {
-        return Err(fmt(format!("format is not {FORMAT:?}")));
-    }
-    let version = get("format_version")?;
-    if version != FORMAT_VERSION.to_string() {
-        return Err(fmt(format!(
-            "format_version {version} unsupported (this build reads {FORMAT_VERSION})"
-        )));
-    }
     let found = get("fingerprint")?;
     if let Some(expected) = fingerprint {
         if expected != found {
@@ -241,8 +298,7 @@ pub fn load(path: &Path, fingerprint: Option<&str>) -> Result<Factors> {
         num("covariance_sequences")?,
         num("lambda_sequences")?,
     );
-    let specs: Vec<LayerSpec> = serde_json::from_str(&get("layers")?)
-        .map_err(|e| fmt(format!("bad layers metadata ({e})")))?;
+    let specs = parse_specs(path, &meta)?;
 
     let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
         let t = st
@@ -271,6 +327,9 @@ pub fn load(path: &Path, fingerprint: Option<&str>) -> Result<Factors> {
         Ok(v)
     };
     let basis = |name: &str, side: &str, dim: usize| -> Result<Eigenbasis> {
+        // The eigenvalues first: their presence bounds `dim` by the file size before the
+        // blocks are counted.
+        let vals = tensor(&format!("{name}.{side}_eigvals"), &[dim])?;
         let blocks = partition(dim, max_block);
         let vecs = if blocks.len() == 1 {
             vec![tensor(&format!("{name}.{side}_eigvecs"), &[dim, dim])?]
@@ -281,7 +340,6 @@ pub fn load(path: &Path, fingerprint: Option<&str>) -> Result<Factors> {
                 .map(|(k, &(_, s))| tensor(&format!("{name}.{side}_eigvecs.block{k}"), &[s, s]))
                 .collect::<Result<_>>()?
         };
-        let vals = tensor(&format!("{name}.{side}_eigvals"), &[dim])?;
         Ok(Eigenbasis {
             dim,
             blocks,

@@ -37,6 +37,9 @@ impl Arch {
     }
 }
 
+/// The most parameters a config may describe (2⁴⁰, about 10¹²).
+pub const MAX_PARAMS: usize = 1 << 40;
+
 impl ModelConfig {
     /// Reads `config.json` of an HF model folder (or the file itself).
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -114,6 +117,13 @@ impl ModelConfig {
                 ));
             }
         }
+        // Bounding the total bounds every weight matrix, so no size product overflows later.
+        if self.params_u128() > MAX_PARAMS as u128 {
+            return Err(format!(
+                "the config describes {} parameters, more than tda loads ({MAX_PARAMS})",
+                self.params_u128()
+            ));
+        }
         if self.sliding_window == Some(0) {
             return Err("sliding_window must be positive (or null)".into());
         }
@@ -136,9 +146,14 @@ impl ModelConfig {
         v
     }
 
-    /// Number of parameters (tied embeddings counted once).
+    /// Number of parameters (tied embeddings counted once). At most [`MAX_PARAMS`] for a
+    /// validated config.
     pub fn n_params(&self) -> usize {
-        let d = self.hidden;
+        usize::try_from(self.params_u128()).unwrap_or(usize::MAX)
+    }
+
+    fn params_u128(&self) -> u128 {
+        let d = self.hidden as u128;
         let (per_layer, emb) = match self.arch.layout() {
             Layout::Gpt2 => gpt2::params_per_layer_and_embeddings(self),
             Layout::Llama => llama::params_per_layer_and_embeddings(self),
@@ -146,9 +161,9 @@ impl ModelConfig {
         let head = if self.tie_embeddings {
             0
         } else {
-            self.vocab_size * d
+            self.vocab_size as u128 * d
         };
-        emb + head + self.n_layers * per_layer + 2 * d
+        emb + head + self.n_layers as u128 * per_layer + 2 * d
     }
 }
 

@@ -66,7 +66,7 @@ impl Gpt2Config {
             n_heads,
             n_kv_heads: n_heads,
             head_dim: hidden.checked_div(n_heads).unwrap_or(0),
-            intermediate: self.n_inner.unwrap_or(4 * hidden),
+            intermediate: self.n_inner.unwrap_or(hidden.saturating_mul(4)),
             max_positions: need(
                 self.n_positions,
                 self.max_position_embeddings,
@@ -240,9 +240,13 @@ pub fn init_weights(c: &ModelConfig, init: &mut Init, std: f32) -> Weights {
     w
 }
 
-/// Parameters of one block, and of the embeddings (tokens + positions).
-pub fn params_per_layer_and_embeddings(c: &ModelConfig) -> (usize, usize) {
-    let (d, i) = (c.hidden, c.intermediate);
+/// Parameters of one block, and of the embeddings (tokens + positions); in `u128`, which no
+/// `config.json` overflows.
+pub fn params_per_layer_and_embeddings(c: &ModelConfig) -> (u128, u128) {
+    let (d, i) = (c.hidden as u128, c.intermediate as u128);
     let per_layer = d * 3 * d + 3 * d + d * d + d + 2 * d * i + i + d + 4 * d;
-    (per_layer, c.vocab_size * d + c.max_positions * d)
+    (
+        per_layer,
+        (c.vocab_size as u128 + c.max_positions as u128) * d,
+    )
 }

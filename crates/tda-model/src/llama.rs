@@ -313,14 +313,19 @@ pub fn init_weights(c: &ModelConfig, init: &mut Init, std: f32) -> Weights {
     w
 }
 
-/// Parameters of one block, and of the token embeddings.
-pub fn params_per_layer_and_embeddings(c: &ModelConfig) -> (usize, usize) {
-    let d = c.hidden;
-    let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+/// Parameters of one block, and of the token embeddings; in `u128`, which no `config.json`
+/// overflows.
+pub fn params_per_layer_and_embeddings(c: &ModelConfig) -> (u128, u128) {
+    let d = c.hidden as u128;
+    let head_dim = c.head_dim as u128;
+    let (q, kv) = (
+        c.n_heads as u128 * head_dim,
+        c.n_kv_heads as u128 * head_dim,
+    );
     let per_layer = d * (q + 2 * kv)
         + if c.qkv_bias { q + 2 * kv } else { 0 }
         + q * d
-        + 3 * d * c.intermediate
+        + 3 * d * c.intermediate as u128
         + 2 * d;
-    (per_layer, c.vocab_size * d)
+    (per_layer, c.vocab_size as u128 * d)
 }

@@ -223,15 +223,16 @@ pub fn load_checked(
             path.display()
         )));
     }
-    let f = storage::load(&path, Some(fingerprint)).map_err(|e| match e {
-        tda_curvature::CurvatureError::Fingerprint { path, .. } => TraceError::Mismatch(format!(
+    // Fingerprint and layers come from the header alone, so a file that does not fit the model
+    // is refused before its tensors are read (a bad header cannot make us allocate).
+    let (found, specs) = storage::layers(&path)?;
+    if found != fingerprint {
+        return Err(TraceError::Mismatch(format!(
             "{}: these factors were fitted on another model (fingerprint differs): refit with `tda fit --model` on this model",
             path.display()
-        )),
-        e => e.into(),
-    })?;
-    for l in &f.layers {
-        let s = &l.spec;
+        )));
+    }
+    for s in &specs {
         match model_layers.iter().find(|m| m.name == s.name) {
             None => {
                 return Err(TraceError::Mismatch(format!(
@@ -256,5 +257,6 @@ pub fn load_checked(
             _ => {}
         }
     }
+    let f = storage::load(&path, Some(fingerprint))?;
     Ok(f)
 }

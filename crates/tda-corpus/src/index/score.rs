@@ -110,7 +110,15 @@ impl CorpusIndex {
             let norms = seg
                 .get_fieldnorms_reader(self.fields.body)
                 .map_err(|e| err(&e))?;
-            let mut acc = vec![0f32; seg.max_doc() as usize];
+            let max_doc = seg.max_doc();
+            let mut acc = vec![0f32; max_doc as usize];
+            // `max_doc` comes from meta.json; postings from the segment files: a mismatch is a
+            // corrupt index, not an index out of bounds.
+            let past_end = |d: u32| {
+                err(&format!(
+                    "segment {seg_ord}: a posting names document {d} but meta.json gives the segment {max_doc} documents"
+                ))
+            };
             for t in terms {
                 let term = Term::from_field_text(self.fields.body, &t.term);
                 let Some(mut postings) = inv
@@ -126,6 +134,9 @@ impl CorpusIndex {
                         let x = ((total_docs - df) as f32 + 0.5) / (df as f32 + 0.5);
                         let w = (1.0 + x).ln() * (1.0 + K1) * t.qtf as f32;
                         while d != TERMINATED {
+                            if d >= max_doc {
+                                return Err(past_end(d));
+                            }
                             let tf = postings.term_freq() as f32;
                             let norm = bm25_norm[norms.fieldnorm_id(d) as usize];
                             acc[d as usize] += w * (tf / (tf + norm));
@@ -136,6 +147,9 @@ impl CorpusIndex {
                         let idf = 1.0 + ((n_alive + 1.0) / (t.doc_freq as f64 + 1.0)).ln();
                         let w = (t.qtf as f64 * idf * idf) as f32;
                         while d != TERMINATED {
+                            if d >= max_doc {
+                                return Err(past_end(d));
+                            }
                             acc[d as usize] += w * (postings.term_freq() as f32).sqrt();
                             d = postings.advance();
                         }

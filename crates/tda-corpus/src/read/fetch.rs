@@ -3,7 +3,7 @@
 
 use super::jsonl::parse_jsonl_line;
 use super::options::{DefaultId, ReadOptions, TextMode};
-use super::parquet::{open_parquet, parquet_row};
+use super::parquet::{guarded, open_parquet, parquet_row};
 use super::reader::open_corpus;
 use super::record::{Raw, SkipReason};
 use super::spec::CorpusFile;
@@ -128,7 +128,7 @@ pub fn fetch_documents(sources: &[SourceRef], opts: &ReadOptions) -> Result<Vec<
             format: Format::Parquet,
             size,
         };
-        let (reader, total) = open_parquet(&file, opts, Some(RowSelection::from(selectors)))?;
+        let (mut reader, total) = open_parquet(&file, opts, Some(RowSelection::from(selectors)))?;
         if let Some(&max) = distinct.last() {
             if max >= total {
                 return Err(CorpusError::BadRecord {
@@ -141,7 +141,7 @@ pub fn fetch_documents(sources: &[SourceRef], opts: &ReadOptions) -> Result<Vec<
         }
         let mut it = distinct.iter();
         let mut docs = std::collections::HashMap::new();
-        for batch in reader {
+        while let Some(batch) = guarded(path, || Ok(reader.next()))? {
             let batch = batch.map_err(|e| CorpusError::parquet(path, e))?;
             for i in 0..batch.num_rows() {
                 let Some(&row) = it.next() else { break };

@@ -15,7 +15,9 @@ use parquet::arrow::arrow_reader::{
     ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection,
 };
 use parquet::arrow::ProjectionMask;
+use parquet::file::metadata::ParquetMetaData;
 use std::fs::File;
+use std::path::Path;
 
 pub(super) struct ParquetState {
     pub(super) file: CorpusFile,
@@ -33,9 +35,38 @@ pub(super) fn open_parquet(
     opts: &ReadOptions,
     selection: Option<RowSelection>,
 ) -> Result<(ParquetRecordBatchReader, u64)> {
+    guarded(&file.path, || open_unguarded(file, opts, selection))
+}
+
+/// Runs a step of the parquet / arrow decoders, turning a panic into an error naming the file:
+/// on some corrupt pages those crates assert (division by zero, a dictionary page missing,
+/// a validity bitmap too short) instead of returning an error.
+pub(super) fn guarded<T>(path: &Path, step: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(CorpusError::Parquet {
+            path: path.to_path_buf(),
+            msg: format!(
+                "corrupt data (the decoder failed: {})",
+                crate::error::one_line(&what)
+            ),
+        })
+    })
+}
+
+fn open_unguarded(
+    file: &CorpusFile,
+    opts: &ReadOptions,
+    selection: Option<RowSelection>,
+) -> Result<(ParquetRecordBatchReader, u64)> {
     let f = File::open(&file.path).map_err(|e| CorpusError::io(&file.path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(f)
         .map_err(|e| CorpusError::parquet(&file.path, e))?;
+    check_chunks(file, builder.metadata())?;
     let schema = builder.schema().clone();
     let available = || {
         schema
@@ -87,6 +118,31 @@ pub(super) fn open_parquet(
     Ok((reader, total_rows))
 }
 
+/// Refuses column chunks whose byte range is negative or runs past the end of the file: the
+/// parquet crate asserts on the former (`ColumnChunkMetaData::byte_range`) instead of erroring.
+fn check_chunks(file: &CorpusFile, meta: &ParquetMetaData) -> Result<()> {
+    let size = std::fs::metadata(&file.path)
+        .map_err(|e| CorpusError::io(&file.path, e))?
+        .len();
+    for (r, group) in meta.row_groups().iter().enumerate() {
+        for (c, col) in group.columns().iter().enumerate() {
+            let start = col
+                .dictionary_page_offset()
+                .unwrap_or_else(|| col.data_page_offset());
+            let len = col.compressed_size();
+            if start < 0 || len < 0 || start as i128 + len as i128 > size as i128 {
+                return Err(CorpusError::Parquet {
+                    path: file.path.clone(),
+                    msg: format!(
+                        "row group {r}, column {c}: bytes {start}..+{len} are outside the file ({size} bytes)"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Text value of row `i` of a string/binary array: `Ok(None)` for null, `Err(())` for non-UTF-8.
 fn text_value(arr: &dyn Array, i: usize) -> std::result::Result<Option<&str>, ()> {
     if arr.is_null(i) {
@@ -135,7 +191,11 @@ impl ParquetState {
                 }
                 self.batch = None;
             }
-            match self.reader.next()? {
+            let next = match guarded(&self.file.path, || Ok(self.reader.next())) {
+                Ok(next) => next?,
+                Err(e) => return Some(Err(e)),
+            };
+            match next {
                 Ok(b) => {
                     self.batch = Some(b);
                     self.batch_pos = 0;

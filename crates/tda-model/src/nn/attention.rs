@@ -39,7 +39,7 @@ impl<B: Backend> KvCache<B> {
 /// True when query position `q` may attend to key position `k` (absolute positions): causal, and
 /// with a window `w` only the `w` most recent positions `q − w < k ≤ q` (as `transformers` masks).
 fn visible(q: usize, k: usize, window: Option<usize>) -> bool {
-    k <= q && window.is_none_or(|w| k + w > q)
+    k <= q && window.is_none_or(|w| q - k < w)
 }
 
 /// Additive mask `[1, 1, tq, tk]`: query `i` (absolute position `offset + i`) sees key `j` iff
