@@ -13,8 +13,11 @@
 //! `target/fuzz-crashes/<target>-running`.
 //!
 //! CI: `TDA_FUZZ_SECS=30 TDA_FUZZ_SEED=time cargo test --release -p tda-tests --test fuzz --
-//! --nocapture --test-threads 1` (the seed is printed per target).
+//! --nocapture --test-threads 1` (about 5 minutes; the seed is printed per target; keep
+//! `target/fuzz-crashes/` as an artifact). See `tests/fuzz/README.md`.
 
+#[path = "fuzz/dicts.rs"]
+mod dicts;
 #[path = "fuzz/harness.rs"]
 mod harness;
 #[path = "fuzz/mutate.rs"]

@@ -11,6 +11,7 @@ use tda_model::device::Cpu;
 use tda_model::ModelConfig;
 use tda_tests::fixture;
 
+use crate::dicts;
 use crate::harness::{files_under, fuzz_dir, hash, Target};
 
 /// Text scored or rendered with whatever was loaded.
@@ -57,24 +58,7 @@ pub fn safetensors() -> Target {
     Target {
         name: "safetensors",
         seeds: s,
-        dict: &[
-            "F32",
-            "F16",
-            "BF16",
-            "F64",
-            "I64",
-            "I32",
-            "U8",
-            "BOOL",
-            "F8_E4M3",
-            "F8_E5M2",
-            "C64",
-            "F4",
-            "dtype",
-            "shape",
-            "data_offsets",
-            "__metadata__",
-        ],
+        dict: dicts::SAFETENSORS,
         run: Arc::new(|slot, bytes| {
             let (_d, p) = write_tmp(slot, bytes);
             tda_model::hf::read_safetensors(&p).map(drop).map_err(err)
@@ -88,37 +72,7 @@ pub fn config() -> Target {
     Target {
         name: "config",
         seeds: seeds("config"),
-        dict: &[
-            "gpt2",
-            "llama",
-            "qwen2",
-            "mistral",
-            "gelu_new",
-            "gelu_pytorch_tanh",
-            "silu",
-            "relu",
-            "default",
-            "linear",
-            "dynamic",
-            "yarn",
-            "llama3",
-            "rope_type",
-            "type",
-            "rope_theta",
-            "rope_scaling",
-            "rope_parameters",
-            "sliding_window",
-            "use_sliding_window",
-            "head_dim",
-            "num_key_value_heads",
-            "tie_word_embeddings",
-            "attention_bias",
-            "mlp_bias",
-            "n_inner",
-            "bos_token_id",
-            "eos_token_id",
-            "model_type",
-        ],
+        dict: dicts::CONFIG,
         run: Arc::new(|slot, bytes| {
             let (_d, p) = write_tmp(slot, bytes);
             let cfg = ModelConfig::from_file(&p).map_err(err)?;
@@ -143,40 +97,7 @@ pub fn tokenizer() -> Target {
     Target {
         name: "tokenizer",
         seeds: seeds("tokenizer"),
-        dict: &[
-            "BPE",
-            "WordPiece",
-            "WordLevel",
-            "Unigram",
-            "ByteLevel",
-            "Whitespace",
-            "WhitespaceSplit",
-            "Metaspace",
-            "Sequence",
-            "Split",
-            "NFC",
-            "NFKC",
-            "Lowercase",
-            "Strip",
-            "Replace",
-            "Prepend",
-            "TemplateProcessing",
-            "RobertaProcessing",
-            "BertProcessing",
-            "ByteFallback",
-            "Fuse",
-            "Digits",
-            "Punctuation",
-            "<|endoftext|>",
-            "Ġ",
-            "Ċ",
-            "Isolated",
-            "MergedWithPrevious",
-            "Removed",
-            "Contiguous",
-            "$A",
-            "$B",
-        ],
+        dict: dicts::TOKENIZER,
         run: Arc::new(move |slot, bytes| {
             let (_d, p) = write_tmp(slot, bytes);
             let m = model.lock().unwrap_or_else(|e| e.into_inner());
@@ -233,17 +154,7 @@ pub fn model_folder() -> Target {
     Target {
         name: "model-folder",
         seeds: s,
-        dict: &[
-            "gpt2",
-            "llama",
-            "qwen2",
-            "mistral",
-            "F32",
-            "F16",
-            "BF16",
-            "weight_map",
-            "lm_head.weight",
-        ],
+        dict: dicts::MODEL_FOLDER,
         run: Arc::new(|slot, bytes| {
             let (family, file) = slot.split_once('/').unwrap();
             let d = tmp();
@@ -262,75 +173,12 @@ pub fn model_folder() -> Target {
     }
 }
 
-/// Jinja snippets for chat templates: syntax, recursion, huge loops and strings, bad arithmetic.
-const JINJA: &[&str] = &[
-    "{{ messages }}",
-    "{{ messages[0]['content'] }}",
-    "{{ messages[99] }}",
-    "{{ raise_exception('no') }}",
-    "{% for m in messages %}",
-    "{% endfor %}",
-    "{% if add_generation_prompt %}",
-    "{% endif %}",
-    "{% else %}",
-    "{% set x = messages[1:] %}",
-    "{{ bos_token + eos_token }}",
-    "{{ x.y.z }}",
-    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
-    "{% for i in range(100000) %}{{ 'xxxxxxxx' * 10000000 }}{% endfor %}",
-    "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
-    "{% include 'chat' %}",
-    "{% extends 'chat' %}",
-    "{% import 'chat' as m %}",
-    "{{ 1 / 0 }}",
-    "{{ 1 // 0 }}",
-    "{{ 1 % 0 }}",
-    "{{ -9223372036854775808 // -1 }}",
-    "{{ 9223372036854775807 + 1 }}",
-    "{{ 2 ** 1000 }}",
-    "{{ 10 ** 10 ** 10 }}",
-    "{{ messages|tojson }}",
-    "{{ messages|map(attribute='role')|join(',') }}",
-    "{{ '%1000000000s'|format(1) }}",
-    "{{ 'a'|center(1000000000) }}",
-    "{{ 'a'|indent(1000000000) }}",
-    "{{ 'abc'[::-1] }}",
-    "{{ 'abc'[1:-99999999999] }}",
-    "{{ range(-9223372036854775808, 9223372036854775807) }}",
-    "{{ [1,2]|batch(0) }}",
-    "{{ 'x'|wordwrap(0) }}",
-    "{{ 'x'.replace('', 'yy') }}",
-    "{{ 'x'|truncate(-1) }}",
-    "{% filter upper %}",
-    "{% endfilter %}",
-    "{% raw %}",
-    "{% endraw %}",
-    "{{ loop.cycle() }}",
-    "{{ messages|sort(attribute='x') }}",
-    "{{ 1e308 * 10 }}",
-    "{{ messages * 100000 }}",
-    "{% set ns = namespace(a=[]) %}",
-    "{{ content.strip() }}",
-    "{{ message['content'].split('') }}",
-    "{%- ",
-    " -%}",
-    "{{",
-    "}}",
-    "{%",
-    "%}",
-    "{#",
-    "#}",
-    "'",
-    "\"",
-    "\\",
-];
-
 /// `ChatTemplate::from_folder` (`tokenizer_config.json`) and `render_user`, as `tda cite` does.
 pub fn chat_template() -> Target {
     Target {
         name: "chat-template",
         seeds: seeds("chat-template"),
-        dict: JINJA,
+        dict: dicts::JINJA,
         run: Arc::new(|slot, bytes| {
             let (d, _) = write_tmp(slot, bytes);
             if let Some(t) = tda_context::ChatTemplate::from_folder(d.path()).map_err(err)? {
@@ -370,9 +218,7 @@ pub fn corpus() -> Target {
     Target {
         name: "corpus",
         seeds: seeds("corpus"),
-        dict: &[
-            "text", "id", "title", "null", "\u{0}", "\r\n", "\u{feff}", "PAR1",
-        ],
+        dict: dicts::CORPUS,
         run: Arc::new(|slot, bytes| {
             let (_d, p) = write_tmp(slot, bytes);
             let opts = read_options(hash(bytes));
@@ -429,29 +275,7 @@ pub fn factors() -> Target {
     Target {
         name: "factors",
         seeds: s,
-        dict: &[
-            "ekfac",
-            "kfac",
-            "diagonal",
-            "identity",
-            "none",
-            "0",
-            "1",
-            "8",
-            "1000000000000",
-            "tda-curvature-factors",
-            "format_version",
-            "fingerprint",
-            "max_block",
-            "layers",
-            "d_in",
-            "d_out",
-            "has_bias",
-            "tokens",
-            "covariance_sequences",
-            "F32",
-            "F16",
-        ],
+        dict: dicts::FACTORS,
         run: Arc::new(move |slot, bytes| {
             let (d, p) = write_tmp(slot, bytes);
             let _ = tda_curvature::storage::load(&p, None);
@@ -509,39 +333,7 @@ pub fn index() -> Target {
     Target {
         name: "index",
         seeds: s,
-        dict: &[
-            "jsonl",
-            "parquet",
-            "text",
-            "line",
-            "file",
-            "file_row",
-            "ordinal",
-            "@DIR@/corpus.jsonl",
-            "/nonexistent",
-            "format_version",
-            "payload",
-            "segments",
-            "schema",
-            "opstamp",
-            "index_settings",
-            "docstore_compression",
-            "lz4",
-            "zstd",
-            "u64",
-            "fast",
-            "indexed",
-            "fieldnorms",
-            "tokenizer",
-            "raw",
-            "tda_body",
-            "record",
-            "freq",
-            "position",
-            "max_doc",
-            "deletes",
-            "segment_id",
-        ],
+        dict: dicts::INDEX,
         run: Arc::new(move |slot, bytes| {
             let variant = slot.split('/').next().unwrap();
             let d = tmp();
@@ -579,7 +371,7 @@ pub fn queries() -> Target {
     Target {
         name: "queries",
         seeds: seeds("queries"),
-        dict: &["id", "prompt", "completion", "original", "replacement"],
+        dict: dicts::QUERIES,
         run: Arc::new(move |slot, bytes| {
             let (_d, p) = write_tmp(slot, bytes);
             if slot.starts_with("relabel") {

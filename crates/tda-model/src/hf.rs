@@ -192,6 +192,7 @@ pub fn load_tokenizer(path: &Path, config: &ModelConfig) -> Result<Tokenizer> {
     let json: Value = serde_json::from_str(&text)
         .map_err(|e| ModelError::invalid(path, format!("not valid JSON: {e}")))?;
     check_bpe_merges(&json["model"]).map_err(|m| ModelError::invalid(path, m))?;
+    check_templates(&json["post_processor"]).map_err(|m| ModelError::invalid(path, m))?;
     let tok: Tokenizer = text
         .parse()
         .map_err(|e| ModelError::invalid(path, format!("not a valid tokenizer: {e}")))?;
@@ -286,6 +287,31 @@ fn check_bpe_merges(model: &Value) -> std::result::Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `tokenizers` looks a template's special tokens up by their key in `special_tokens` but checks
+/// them by the `id` inside the entry, and panics when the two differ: every special token a
+/// `TemplateProcessing` (also inside a `Sequence`) names must be a key of its `special_tokens`.
+fn check_templates(v: &Value) -> std::result::Result<(), String> {
+    match v {
+        Value::Object(o) if o.get("type").is_some_and(|t| t == "TemplateProcessing") => {
+            let known = o.get("special_tokens").and_then(Value::as_object);
+            for side in ["single", "pair"] {
+                let pieces = o.get(side).and_then(Value::as_array).into_iter().flatten();
+                for id in pieces.filter_map(|p| p.get("SpecialToken")?.get("id")?.as_str()) {
+                    if !known.is_some_and(|k| k.contains_key(id)) {
+                        return Err(format!(
+                            "post_processor: the {side} template uses special token {id:?}, which is not a key of special_tokens"
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Value::Object(o) => o.values().try_for_each(check_templates),
+        Value::Array(a) => a.iter().try_for_each(check_templates),
+        _ => Ok(()),
+    }
 }
 
 /// Token ids written outside the vocabulary: `ids` lists and `sep` / `cls` pairs of

@@ -16,6 +16,7 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::ParquetMetaData;
+use parquet::file::reader::{ChunkReader, Length};
 use std::fs::File;
 use std::path::Path;
 
@@ -64,7 +65,7 @@ fn open_unguarded(
     selection: Option<RowSelection>,
 ) -> Result<(ParquetRecordBatchReader, u64)> {
     let f = File::open(&file.path).map_err(|e| CorpusError::io(&file.path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(f)
+    let builder = ParquetRecordBatchReaderBuilder::try_new(StrictFile(f))
         .map_err(|e| CorpusError::parquet(&file.path, e))?;
     check_chunks(file, builder.metadata())?;
     let schema = builder.schema().clone();
@@ -116,6 +117,53 @@ fn open_unguarded(
         .build()
         .map_err(|e| CorpusError::parquet(&file.path, e))?;
     Ok((reader, total_rows))
+}
+
+/// A parquet source read like `File`, except that reading again after the end of the file is an
+/// error. The parquet crate's thrift decoder skips fields with `io::copy`, which stops quietly at
+/// the end, so a page header listing 2³¹ doubles would spin for minutes on reads of nothing.
+struct StrictFile(File);
+
+impl Length for StrictFile {
+    fn len(&self) -> u64 {
+        Length::len(&self.0)
+    }
+}
+
+impl ChunkReader for StrictFile {
+    type T = StrictRead<<File as ChunkReader>::T>;
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(StrictRead {
+            inner: self.0.get_read(start)?,
+            ended: false,
+        })
+    }
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        self.0.get_bytes(start, length)
+    }
+}
+
+/// A reader that fails once asked for more after it has reported the end.
+struct StrictRead<R> {
+    inner: R,
+    ended: bool,
+}
+
+impl<R: std::io::Read> std::io::Read for StrictRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.ended {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "read past the end of the file",
+            ));
+        }
+        let n = self.inner.read(buf)?;
+        self.ended = n == 0;
+        Ok(n)
+    }
 }
 
 /// Refuses column chunks whose byte range is negative or runs past the end of the file: the
