@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{copy_dir, fails, fixture, ok, p, repo, scratch, world};
+use common::{copy_dir, fails, fixture, leak, ok, p, repo, scratch, world};
 use tda_model::hf::{read_safetensors, write_safetensors};
 
 fn write(path: &Path, bytes: impl AsRef<[u8]>) -> &'static str {
@@ -16,13 +16,9 @@ fn write(path: &Path, bytes: impl AsRef<[u8]>) -> &'static str {
 fn fit(corpus: &str, out: &Path, extra: &[&str]) -> Vec<&'static str> {
     let w = world();
     let mut v: Vec<&'static str> = vec!["fit", "--model", p(&w.model), "--corpus"];
-    v.push(Box::leak(corpus.to_string().into_boxed_str()));
+    v.push(leak(corpus));
     v.extend(["--out", p(out)]);
-    v.extend(
-        extra
-            .iter()
-            .map(|s| &*Box::leak(s.to_string().into_boxed_str())),
-    );
+    v.extend(extra.iter().map(|s| leak(s)));
     v
 }
 
@@ -30,11 +26,7 @@ fn trace(extra: &[&str]) -> Vec<&'static str> {
     let w = world();
     let mut v: Vec<&'static str> =
         vec!["trace", "--model", p(&w.model), "--factors", p(&w.factors)];
-    v.extend(
-        extra
-            .iter()
-            .map(|s| &*Box::leak(s.to_string().into_boxed_str())),
-    );
+    v.extend(extra.iter().map(|s| leak(s)));
     v
 }
 
@@ -589,10 +581,7 @@ fn refused_flags() {
     );
     let relabel = |flag: &[&str]| {
         let mut v = trace(&["--prompt", "a", "--completion", " b", "--relabel", rows]);
-        v.extend(
-            flag.iter()
-                .map(|s| &*Box::leak(s.to_string().into_boxed_str())),
-        );
+        v.extend(flag.iter().map(|s| leak(s)));
         v
     };
     // 49–53: --relabel prints one score per row: the ranking and corpus flags are refused.

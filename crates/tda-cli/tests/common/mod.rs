@@ -170,7 +170,12 @@ pub fn world() -> &'static World {
 
 /// A path as a `&str` argument (leaked: test processes are short).
 pub fn p(path: &Path) -> &'static str {
-    Box::leak(path.display().to_string().into_boxed_str())
+    leak(&path.display().to_string())
+}
+
+/// A string as a `'static` argument (leaked: test processes are short).
+pub fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_string().into_boxed_str())
 }
 
 /// A fresh folder under the test target folder, kept for inspection after a failure.
