@@ -424,3 +424,222 @@ fn same_command_twice_gives_identical_scores_across_thread_counts() {
         );
     }
 }
+
+/// Scores by `(query, doc_id, window)` of a `--top-k all` trace.
+fn scores_by_doc(out: &serde_json::Value) -> Vec<std::collections::HashMap<String, f64>> {
+    out["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            q["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r["doc_id"].as_str().unwrap().to_string(),
+                        r["score"].as_f64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-30)
+}
+
+#[test]
+fn documents_sum_their_windows_and_target_sets_average_their_queries() {
+    let dir = scratch();
+    let targets = dir.join("targets.txt");
+    std::fs::write(
+        &targets,
+        "Mira Tolven was born in Kestrel Bay\n\n the city by the river\n",
+    )
+    .unwrap();
+    // Several windows per document: --max-len 8.
+    let base = [
+        "--queries",
+        p(&targets),
+        "--top-k",
+        "all",
+        "--max-len",
+        "8",
+        "--query-rank",
+        "full",
+    ];
+    let windows = json(&ok(trace_args(
+        &[&base[..], &["--granularity", "window"]].concat(),
+    )));
+    let docs = json(&ok(trace_args(&base)));
+    assert_eq!(docs["granularity"], "document");
+    assert_eq!(docs["queries"][0]["id"], "t1");
+    assert_eq!(docs["queries"][1]["completion"], " the city by the river");
+    let mut multi = 0;
+    for (q, dq) in docs["queries"].as_array().unwrap().iter().enumerate() {
+        for r in dq["results"].as_array().unwrap() {
+            let id = r["doc_id"].as_str().unwrap();
+            let ws: Vec<f64> = windows["queries"][q]["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["doc_id"] == id)
+                .map(|w| w["score"].as_f64().unwrap())
+                .collect();
+            assert_eq!(r["windows"].as_u64().unwrap() as usize, ws.len(), "{id}");
+            multi += usize::from(ws.len() > 1);
+            let sum: f64 = ws.iter().sum();
+            assert!(
+                close(r["score"].as_f64().unwrap(), sum, 1e-9),
+                "{id}: {r} vs {sum}"
+            );
+            let best = ws.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            assert_eq!(r["best_window_score"].as_f64().unwrap(), best, "{id}");
+        }
+    }
+    assert!(multi > 0, "no document had several windows");
+    // The target set's score is the mean of the per-query scores, at the cost of one query.
+    let per = scores_by_doc(&docs);
+    let agg = json(&ok(trace_args(
+        &[&base[..], &["--aggregate", "mean", "--per-query"]].concat(),
+    )));
+    assert_eq!(agg["aggregate"], "mean");
+    assert_eq!(agg["queries"][0]["id"], "target");
+    let got = scores_by_doc(&agg);
+    assert_eq!(got.len(), 3);
+    // f32 queries and contractions: relative to the largest score.
+    let scale = got[0].values().fold(0.0f64, |m, s| m.max(s.abs()));
+    for (id, s) in &got[0] {
+        let want = (per[0][id] + per[1][id]) / 2.0;
+        assert!((s - want).abs() <= 1e-5 * scale, "{id}: target {s} vs mean {want}");
+        assert!(close(got[1][id], per[0][id], 1e-9) && close(got[2][id], per[1][id], 1e-9));
+    }
+    let only = json(&ok(trace_args(
+        &[&base[..], &["--aggregate", "sum"]].concat(),
+    )));
+    assert_eq!(only["queries"].as_array().unwrap().len(), 1);
+    assert_eq!(only["report"]["queries"], 1);
+}
+
+#[test]
+fn multi_stage_trace_folds_the_fine_tuning_hessian_into_the_query() {
+    let w = world();
+    let dir = scratch();
+    let cfg = dir.join("ft.toml");
+    std::fs::write(
+        &cfg,
+        "[train]\nseq_len = 32\nbatch_size = 4\nsteps = 3\nlr = 1e-3\nweight_decay = 0.0\n",
+    )
+    .unwrap();
+    let ft_corpus = dir.join("ft.jsonl");
+    std::fs::write(
+        &ft_corpus,
+        (0..12)
+            .map(|i| {
+                format!("{{\"text\": \"Q: Where was person {i} born? A: in the city {i}.\"}}\n")
+            })
+            .collect::<String>(),
+    )
+    .unwrap();
+    let ft = dir.join("ft");
+    ok([
+        "train",
+        "--config",
+        p(&cfg),
+        "--init",
+        p(&w.model),
+        "--corpus",
+        p(&ft_corpus),
+        "--out",
+        p(&ft),
+        "--proximal",
+        "0.01",
+    ]);
+    let record = json(&std::fs::read_to_string(ft.join("tda_training.json")).unwrap());
+    assert_eq!(record["train"]["proximal"], 0.01);
+    let ft_factors = dir.join("ft-factors");
+    ok([
+        "fit",
+        "--model",
+        p(&ft),
+        "--corpus",
+        p(&ft_corpus),
+        "--out",
+        p(&ft_factors),
+    ]);
+    let q = [
+        "--prompt",
+        "Mira Tolven was born in",
+        "--completion",
+        " Kestrel Bay",
+        "--top-k",
+        "all",
+    ];
+    let ms = |extra: &[&'static str]| {
+        let mut v = vec![
+            "trace",
+            "--model",
+            p(&ft),
+            "--pretrain-model",
+            p(&w.model),
+            "--corpus",
+            p(&w.corpus),
+            "--json",
+        ];
+        v.extend_from_slice(&q);
+        v.extend_from_slice(extra);
+        json(&ok(v))
+    };
+    let both = ms(&[
+        "--factors",
+        p(&ft_factors),
+        "--pretrain-factors",
+        p(&w.factors),
+    ]);
+    assert_eq!(both["stages"]["hessians"], "both");
+    let alpha = both["stages"]["fine_tune_damping"].as_str().unwrap();
+    assert!(alpha.starts_with("proximal 0.01 × T̄"), "{alpha}");
+    let s_both = scores_by_doc(&both);
+    assert_eq!(s_both[0].len(), 40);
+    // Ablations run, differ from the full score, and need only their own factors.
+    let none = ms(&["--hessians", "none"]);
+    assert_eq!(none["strategy"], "identity");
+    let ft_only = ms(&["--hessians", "fine-tune", "--factors", p(&ft_factors)]);
+    let pt_only = ms(&[
+        "--hessians",
+        "pretrain",
+        "--pretrain-factors",
+        p(&w.factors),
+    ]);
+    for other in [&none, &ft_only, &pt_only] {
+        let s = scores_by_doc(other);
+        assert!(s[0].iter().any(|(id, v)| !close(*v, s_both[0][id], 1e-3)));
+    }
+    // With the pretrained model on both sides, the pretraining-only variant is single-stage tracing.
+    let same = json(&ok([
+        &[
+            "trace",
+            "--model",
+            p(&w.model),
+            "--pretrain-model",
+            p(&w.model),
+            "--corpus",
+            p(&w.corpus),
+            "--json",
+            "--hessians",
+            "pretrain",
+            "--pretrain-factors",
+            p(&w.factors),
+        ][..],
+        &q[..],
+    ]
+    .concat()));
+    let single = json(&ok(trace_args(&q)));
+    let (a, b) = (scores_by_doc(&same), scores_by_doc(&single));
+    for (id, s) in &b[0] {
+        assert!(close(a[0][id], *s, 1e-9), "{id}: {} vs {s}", a[0][id]);
+    }
+}

@@ -144,6 +144,8 @@ impl Default for WindowOptions {
 /// One candidate: a token window of a document.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Candidate {
+    /// 0-based ordinal of the document in this pass (tells apart documents that share an id).
+    pub doc: u64,
     pub doc_id: String,
     /// Window number within the document.
     pub window: usize,
@@ -201,8 +203,10 @@ pub fn for_each_batch(
         ..Default::default()
     };
     let cap = opts.max_windows.unwrap_or(usize::MAX);
+    let mut doc_no = 0u64;
     let read = source.for_each_doc(|doc| {
         bytes += doc.text.len() as u64 + 1;
+        doc_no += 1;
         let ws = windows(&doc, &encode, len, len)?;
         if ws.iter().all(|w| w.token_ids.len() < 2) {
             stats.too_short += 1;
@@ -218,6 +222,7 @@ pub fn for_each_batch(
             stats.windows += 1;
             stats.tokens += w.token_ids.len() as u64;
             pending.push(Candidate {
+                doc: doc_no - 1,
                 text: w.text(&doc).to_string(),
                 doc_id: w.doc_id,
                 window: w.index,

@@ -49,10 +49,13 @@ pub use measure::Measurement;
 pub use modules::ModuleSelection;
 pub use output::{write_parquet, ResultRow, TraceOutput, TraceReport};
 pub use prefilter::{candidate_source, prefilter, Prefilter};
-pub use query::{read_rows, Query, RelabelRow};
+pub use query::{read_queries, read_rows, Aggregate, Query, RelabelRow};
 pub use relabel::relabel;
 pub use self_influence::self_influence;
-pub use trace::{trace, TraceOptions};
+pub use trace::{
+    check_same_family, trace, trace_multistage, FineTuneDamping, FineTuned, Granularity, Hessians,
+    StagesInfo, TraceOptions,
+};
 
 /// Factor file name inside a factors folder.
 pub const FACTORS_FILE: &str = "factors.safetensors";

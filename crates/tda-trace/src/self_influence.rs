@@ -44,6 +44,7 @@ pub fn self_influence<AD: AutodiffBackend>(
                     cand: Arc::new(c.clone()),
                     per_token: None,
                     per_layer: None,
+                    doc: None,
                 },
             );
         }

@@ -221,6 +221,8 @@ fn full_opts() -> TraceOptions {
         per_token: true,
         per_layer: true,
         windows: win(),
+        // These tests check window-level scores against a dense reference.
+        granularity: tda_trace::Granularity::Window,
         ..Default::default()
     }
 }

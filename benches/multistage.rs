@@ -1,0 +1,354 @@
+//! Multi-stage influence on planted facts (pretraining → fine-tuning), against single-stage
+//! tracing at either checkpoint and BM25.
+//!
+//! A tiny GPT-2 is pretrained on generated biographies (each fact stated in exactly one
+//! document), then fine-tuned with a proximal term on a question/answer format covering the
+//! facts of the first half of the people only. The queries ask, in the QA format, the birthplace
+//! of people of the second half: facts that only the pretraining data states. For each method the
+//! rank of the stating biography among all biographies gives MRR and recall@10:
+//! - multi-stage, both Hessians (`−∇f(θ_ft)ᵀ α(G_ft+αI)⁻¹ (G_pt+λI)⁻¹ ∇L(z, θ_pt)`) and its
+//!   ablations (fine-tuning Hessian only, pretraining Hessian only, none);
+//! - single-stage at θ_ft (query, candidates and factors all at the fine-tuned model, factors
+//!   fitted on the pretraining corpus) and single-stage at θ_pt (the query asked of θ_pt);
+//! - BM25 on the query text.
+//!
+//! It also reports the cost ratio multi-stage ÷ single-stage trace time (same candidates, same
+//! queries, one pass each). Run: `cargo bench -p tda-benches --bench multistage`
+//! (`TDA_MS_SEEDS=3` averages over that many seeds; default 2).
+
+use std::time::Instant;
+
+use tda_corpus::{CorpusIndex, IndexOptions, Progress, Ranking};
+use tda_eval::biographies;
+use tda_eval::metrics::{mrr, rank_of, recall_at_k};
+use tda_model::device::CpuAutodiff;
+use tda_model::{ModelConfig, TokenBatch, Transformer};
+use tda_trace::{
+    fit, trace, trace_multistage, DocSource, FineTuneDamping, FineTuned, FitOptions, Hessians,
+    Query, TraceOptions, TraceOutput, WindowOptions,
+};
+use tda_train::{pack, train_bpe, TrainParams, Trainer};
+
+type AD = CpuAutodiff;
+
+const PEOPLE: usize = 64;
+const PROXIMAL: f64 = 0.01;
+
+fn params(steps: usize, lr: f64, proximal: f64, seed: u64) -> TrainParams {
+    TrainParams {
+        seq_len: 64,
+        batch_size: 16,
+        steps,
+        lr,
+        warmup_steps: steps / 10,
+        min_lr_ratio: 0.1,
+        weight_decay: 0.0,
+        grad_clip: 1.0,
+        seed,
+        checkpoint_every: 0,
+        proximal,
+    }
+}
+
+fn train_on(model: Transformer<AD>, seqs: &[Vec<u32>], p: &TrainParams) -> (Transformer<AD>, f64) {
+    let mut trainer = Trainer::new(model, p).unwrap();
+    let mut loss = 0.0;
+    for s in 0..p.steps {
+        let b: Vec<Vec<u32>> = (0..p.batch_size)
+            .map(|i| seqs[(s * p.batch_size + i) % seqs.len()].clone())
+            .collect();
+        loss = trainer.step(&TokenBatch::new(&b, 0).unwrap()).unwrap().0;
+    }
+    (trainer.into_model(), loss)
+}
+
+fn docs_source(items: &[(String, String)]) -> DocSource {
+    DocSource::docs(
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, (id, text))| tda_corpus::Document {
+                title: None,
+                id: id.clone(),
+                text: text.clone(),
+                source: tda_corpus::SourceRef {
+                    path: "mem".into(),
+                    format: tda_corpus::Format::Jsonl,
+                    row: i as u64,
+                    byte_offset: 0,
+                    byte_len: 0,
+                },
+            })
+            .collect(),
+    )
+}
+
+fn ranks(out: &TraceOutput) -> Vec<Option<usize>> {
+    out.queries
+        .iter()
+        .map(|q| {
+            let ranked: Vec<&str> = q.results.iter().map(|r| r.doc_id.as_str()).collect();
+            rank_of(&ranked, &[q.id.as_str()])
+        })
+        .collect()
+}
+
+struct Row {
+    method: &'static str,
+    mrr: Vec<f64>,
+    r10: Vec<f64>,
+}
+
+fn main() {
+    let seeds: u64 = std::env::var("TDA_MS_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let mut rows: Vec<Row> = [
+        "multi-stage (both Hessians)",
+        "multi-stage, fine-tuning Hessian only",
+        "multi-stage, pretraining Hessian only",
+        "multi-stage, no Hessian (grad dot across checkpoints)",
+        "single-stage at θ_ft",
+        "single-stage at θ_pt",
+        "BM25",
+    ]
+    .into_iter()
+    .map(|method| Row {
+        method,
+        mrr: vec![],
+        r10: vec![],
+    })
+    .collect();
+    let mut cost_ratio = vec![];
+    for seed in 0..seeds {
+        let docs = biographies(PEOPLE, 100 + seed);
+        let qa = |d: &tda_eval::SyntheticDoc| {
+            (
+                format!("Q: Where was {} born? A:", d.person.name),
+                format!(" {}.", d.person.city),
+            )
+        };
+        let ft_texts: Vec<String> = docs[..PEOPLE / 2]
+            .iter()
+            .flat_map(|d| {
+                let (q, a) = qa(d);
+                let first = d.person.name.split(' ').next().unwrap_or("");
+                [
+                    format!("{q}{a}"),
+                    format!("Q: What does {first} work as? A: a {}.", d.person.job),
+                ]
+            })
+            .collect();
+        let tok = train_bpe(
+            docs.iter()
+                .map(|d| d.text.clone())
+                .chain(ft_texts.iter().cloned()),
+            512,
+        )
+        .unwrap();
+        let eot = tok.token_to_id(tda_train::END_OF_TEXT).unwrap();
+        let cfg = ModelConfig {
+            arch: tda_model::Arch::Gpt2,
+            vocab_size: 512,
+            hidden: 64,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 4,
+            head_dim: 16,
+            intermediate: 256,
+            max_positions: 128,
+            norm_eps: 1e-5,
+            rope_theta: 0.0,
+            tie_embeddings: true,
+            qkv_bias: true,
+            o_bias: true,
+            mlp_bias: true,
+            bos_token_id: Some(eot),
+            eos_token_id: Some(eot),
+            sliding_window: None,
+        };
+        let encode = |t: &str| tok.encode(t, false).unwrap().get_ids().to_vec();
+        let pt_seqs = pack(
+            &docs.iter().map(|d| encode(&d.text)).collect::<Vec<_>>(),
+            eot,
+            64,
+        );
+        let ft_seqs = pack(
+            &ft_texts.iter().map(|t| encode(t)).collect::<Vec<_>>(),
+            eot,
+            64,
+        );
+        let t0 = Instant::now();
+        let (pt, pt_loss) = train_on(
+            Transformer::<AD>::init(&cfg, seed, &Default::default()),
+            &pt_seqs,
+            &params(400, 3e-3, 0.0, seed),
+        );
+        let (ft, ft_loss) = train_on(pt.clone(), &ft_seqs, &params(150, 1e-3, PROXIMAL, seed));
+        eprintln!(
+            "seed {seed}: pretrained (loss {pt_loss:.3}) and fine-tuned (loss {ft_loss:.3}, proximal {PROXIMAL}) in {:.0}s",
+            t0.elapsed().as_secs_f64()
+        );
+        let windows = WindowOptions {
+            max_len: 64,
+            batch_size: 8,
+            max_windows: None,
+        };
+        let fo = FitOptions {
+            windows,
+            ..Default::default()
+        };
+        let pt_source = docs_source(
+            &docs
+                .iter()
+                .map(|d| (d.id.clone(), d.text.clone()))
+                .collect::<Vec<_>>(),
+        );
+        let ft_source = docs_source(
+            &ft_texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("ft-{i}"), t.clone()))
+                .collect::<Vec<_>>(),
+        );
+        let (pt_f, _) = fit::fit(&pt, &tok, &pt_source, &fo, "pt", &mut |_| {}).unwrap();
+        let (ft_f, _) = fit::fit(&ft, &tok, &ft_source, &fo, "ft", &mut |_| {}).unwrap();
+        let (ft_on_pt_f, _) = fit::fit(&ft, &tok, &pt_source, &fo, "ft", &mut |_| {}).unwrap();
+        let queries: Vec<Query> = docs[PEOPLE / 2..]
+            .iter()
+            .map(|d| {
+                let (prompt, completion) = qa(d);
+                Query {
+                    id: d.id.clone(),
+                    prompt,
+                    completion,
+                }
+            })
+            .collect();
+        let opts = TraceOptions {
+            top_k: None,
+            windows,
+            ..Default::default()
+        };
+        let multi = |h: Hessians| {
+            let fine_tuned = FineTuned {
+                model: &ft,
+                factors: h
+                    .uses_fine_tune()
+                    .then_some((&ft_f, FineTuneDamping::Proximal(PROXIMAL))),
+                hessians: h,
+            };
+            let pt_factors = h.uses_pretrain().then_some(&pt_f);
+            let t = Instant::now();
+            let out = trace_multistage(
+                &pt,
+                pt_factors,
+                &fine_tuned,
+                &tok,
+                &queries,
+                &pt_source,
+                &opts,
+                &mut |_, _| {},
+            )
+            .unwrap();
+            (out, t.elapsed().as_secs_f64())
+        };
+        let (both, t_multi) = multi(Hessians::Both);
+        let t = Instant::now();
+        let single_ft = trace(
+            &ft,
+            &tok,
+            &ft_on_pt_f,
+            &queries,
+            &pt_source,
+            &opts,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let t_single = t.elapsed().as_secs_f64();
+        let single_pt = trace(
+            &pt,
+            &tok,
+            &pt_f,
+            &queries,
+            &pt_source,
+            &opts,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        cost_ratio.push(t_multi / t_single);
+        let mut all = vec![
+            ranks(&both),
+            ranks(&multi(Hessians::FineTune).0),
+            ranks(&multi(Hessians::Pretrain).0),
+            ranks(&multi(Hessians::None).0),
+            ranks(&single_ft),
+            ranks(&single_pt),
+        ];
+        // BM25 over the same biographies.
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = dir.path().join("bios.jsonl");
+        tda_eval::biographies::write_jsonl(&docs, &corpus).unwrap();
+        let (idx, _) = CorpusIndex::build(
+            &corpus,
+            &dir.path().join("index"),
+            &IndexOptions::default(),
+            Progress::Hidden,
+        )
+        .unwrap();
+        all.push(
+            queries
+                .iter()
+                .map(|q| {
+                    let hits = idx
+                        .search(
+                            &format!("{} {}", q.prompt, q.completion),
+                            PEOPLE,
+                            Ranking::Bm25,
+                        )
+                        .unwrap();
+                    let ranked: Vec<&str> = hits.iter().map(|h| h.doc_id.as_str()).collect();
+                    rank_of(&ranked, &[q.id.as_str()])
+                })
+                .collect(),
+        );
+        for (row, r) in rows.iter_mut().zip(&all) {
+            row.mrr.push(mrr(r));
+            row.r10.push(recall_at_k(r, 10));
+        }
+        if let Some(st) = &both.stages {
+            eprintln!(
+                "seed {seed}: α {} (mean {:.3e} in factor units)",
+                st.fine_tune_damping.as_deref().unwrap_or("-"),
+                st.alpha_mean.unwrap_or(f64::NAN)
+            );
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "multi-stage fact tracing: {PEOPLE} biographies, {} QA queries about facts only pretraining states, {seeds} seed(s) (chance MRR ≈ {:.3})",
+        PEOPLE / 2,
+        (1..=PEOPLE).map(|r| 1.0 / r as f64).sum::<f64>() / PEOPLE as f64
+    );
+    println!("| method | MRR | recall@10 | MRR per seed |");
+    println!("|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.3} | {:.3} | {} |",
+            r.method,
+            mean(&r.mrr),
+            mean(&r.r10),
+            r.mrr
+                .iter()
+                .map(|x| format!("{x:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    println!(
+        "cost: multi-stage trace ÷ single-stage trace (same {} candidates and queries) = {:.2}",
+        PEOPLE,
+        mean(&cost_ratio)
+    );
+}
