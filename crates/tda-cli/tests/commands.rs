@@ -257,10 +257,81 @@ fn self_influence_ranks_every_window() {
         "--json",
     ]));
     let rows = out.as_array().unwrap();
-    assert!(rows.len() >= 40);
+    assert_eq!(rows.len(), 40, "one row per document");
     let scores: Vec<f64> = rows.iter().map(|r| r["score"].as_f64().unwrap()).collect();
     assert!(scores.iter().all(|&s| s >= 0.0));
     assert!(scores.windows(2).all(|x| x[0] >= x[1]));
+    // The filter list: the top 10 % of the documents as jsonl, the same rows as the ranking.
+    let dir = scratch();
+    let flagged = dir.join("flagged.jsonl");
+    let r = run([
+        "self-influence",
+        "--model",
+        p(&w.model),
+        "--factors",
+        p(&w.factors),
+        "--corpus",
+        p(&w.corpus),
+        "--top-pct",
+        "10",
+        "--out",
+        p(&flagged),
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("kept the top 10 %: 4 of 40"),
+        "{}",
+        r.stderr
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&flagged)
+        .unwrap()
+        .lines()
+        .map(json)
+        .collect();
+    assert_eq!(lines.len(), 4);
+    for (l, r) in lines.iter().zip(rows) {
+        assert_eq!(l["doc_id"], r["doc_id"]);
+        assert_eq!(l["score"], r["score"]);
+    }
+    // Windows: more rows than documents when documents are longer than a window.
+    let win = json(&ok([
+        "self-influence",
+        "--model",
+        p(&w.model),
+        "--factors",
+        p(&w.factors),
+        "--corpus",
+        p(&w.corpus),
+        "--top-k",
+        "all",
+        "--granularity",
+        "window",
+        "--max-len",
+        "8",
+        "--json",
+    ]));
+    let win = win.as_array().unwrap();
+    assert!(win.len() > 40);
+    let best = win
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    let docs8 = json(&ok([
+        "self-influence",
+        "--model",
+        p(&w.model),
+        "--factors",
+        p(&w.factors),
+        "--corpus",
+        p(&w.corpus),
+        "--top-k",
+        "1",
+        "--max-len",
+        "8",
+        "--json",
+    ]));
+    assert_eq!(docs8[0]["score"].as_f64().unwrap(), best);
+    assert!(docs8[0]["windows"].as_u64().unwrap() > 1);
 }
 
 #[test]
@@ -514,7 +585,10 @@ fn documents_sum_their_windows_and_target_sets_average_their_queries() {
     let scale = got[0].values().fold(0.0f64, |m, s| m.max(s.abs()));
     for (id, s) in &got[0] {
         let want = (per[0][id] + per[1][id]) / 2.0;
-        assert!((s - want).abs() <= 1e-5 * scale, "{id}: target {s} vs mean {want}");
+        assert!(
+            (s - want).abs() <= 1e-5 * scale,
+            "{id}: target {s} vs mean {want}"
+        );
         assert!(close(got[1][id], per[0][id], 1e-9) && close(got[2][id], per[1][id], 1e-9));
     }
     let only = json(&ok(trace_args(

@@ -39,6 +39,9 @@ pub(crate) struct DocSummary {
 pub(crate) struct DocSums {
     doc: Option<u64>,
     opponents: bool,
+    /// `false`: a document scores its best window's score instead of the sum (self-influence,
+    /// which is quadratic in the gradient, so windows do not add up).
+    sum: bool,
     open: Vec<Option<Open>>,
 }
 
@@ -54,7 +57,16 @@ impl DocSums {
         Self {
             doc: None,
             opponents,
+            sum: true,
             open: (0..queries).map(|_| None).collect(),
+        }
+    }
+
+    /// Documents score their best window (largest score), not the sum.
+    pub fn best_window(queries: usize) -> Self {
+        Self {
+            sum: false,
+            ..Self::new(queries, false)
         }
     }
 
@@ -98,7 +110,7 @@ impl DocSums {
                 let (best_score, best) = o.best;
                 keeper.push(
                     q,
-                    o.sum,
+                    if self.sum { o.sum } else { best_score },
                     Kept {
                         per_layer: o.layers,
                         doc: Some(DocSummary {

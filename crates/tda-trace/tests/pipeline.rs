@@ -569,6 +569,7 @@ fn relabel_and_self_influence() {
         Damping::default(),
         Some(3),
         &win(),
+        tda_trace::Granularity::Window,
         &mut |_, _| {},
     )
     .unwrap();
