@@ -768,7 +768,7 @@ fn multi_stage_target_sets_and_filter_lists() {
         v.extend(extra.iter().map(|s| leak(s)));
         v
     };
-    // 68: --pretrain-factors without --pretrain-model.
+    // 71: --pretrain-factors without --pretrain-model.
     fails(
         trace(&["--corpus", corpus, "--pretrain-factors", p(&w.factors)])
             .into_iter()
@@ -776,7 +776,7 @@ fn multi_stage_target_sets_and_filter_lists() {
         &["--pretrain-model"],
         &[],
     );
-    // 69–72: each --hessians variant takes exactly the factors it uses.
+    // 72–75: each --hessians variant takes exactly the factors it uses.
     fails(
         ms(&[
             "--hessians",
@@ -800,7 +800,7 @@ fn multi_stage_target_sets_and_filter_lists() {
         &["--ft-damping is not used"],
         &[],
     );
-    // 73: the two models must share the architecture and the tokenizer.
+    // 76: the two models must share the architecture and the tokenizer.
     let mut other = vec![
         "trace",
         "--model",
@@ -816,7 +816,7 @@ fn multi_stage_target_sets_and_filter_lists() {
     ];
     other.extend(Q);
     fails(other, &["different architectures", "llama"], &[]);
-    // 74: α from a training record that is not there; 87: a zero α.
+    // 77: α from a training record that is not there; 78: a zero α.
     fails(
         ms(&[
             "--factors",
@@ -841,7 +841,7 @@ fn multi_stage_target_sets_and_filter_lists() {
         &["ft-damping", "positive"],
         &[],
     );
-    // 76–78: target sets and granularity.
+    // 79–81: target sets and granularity.
     fails(
         trace(&["--corpus", corpus, "--per-query"])
             .into_iter()
@@ -863,14 +863,14 @@ fn multi_stage_target_sets_and_filter_lists() {
         &["sentence", "document or window"],
         &[],
     );
-    // 79: a text file of targets with no target.
+    // 82: a text file of targets with no target.
     let empty = write(&r.join("targets.txt"), "\n  \n");
     fails(
         trace(&["--corpus", corpus, "--queries", empty]),
         &["targets.txt", "no targets"],
         &[],
     );
-    // 80–82: self-influence filter lists.
+    // 83–85: self-influence filter lists.
     let si = |extra: &[&str]| {
         let mut v: Vec<&'static str> = vec![
             "self-influence",
