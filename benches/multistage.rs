@@ -14,74 +14,27 @@
 //!
 //! It also reports the cost ratio multi-stage ÷ single-stage trace time (same candidates, same
 //! queries, one pass each). Run: `cargo bench -p tda-benches --bench multistage`
-//! (`TDA_MS_SEEDS=3` averages over that many seeds; default 2).
+//! (`TDA_MS_SEEDS=3` averages over that many seeds; default 2). Two more rows vary α.
 
 use std::time::Instant;
 
+use tda_benches::{docs_source, planted_params as params, tiny_gpt2, train_in_order as train_on};
 use tda_corpus::{CorpusIndex, IndexOptions, Progress, Ranking};
+use tda_curvature::Damping;
 use tda_eval::biographies;
 use tda_eval::metrics::{mrr, rank_of, recall_at_k};
 use tda_model::device::CpuAutodiff;
-use tda_model::{ModelConfig, TokenBatch, Transformer};
+use tda_model::Transformer;
 use tda_trace::{
-    fit, trace, trace_multistage, DocSource, FineTuneDamping, FineTuned, FitOptions, Hessians,
-    Query, TraceOptions, TraceOutput, WindowOptions,
+    fit, trace, trace_multistage, FineTuneDamping, FineTuned, FitOptions, Hessians, Query,
+    TraceOptions, TraceOutput, WindowOptions,
 };
-use tda_train::{pack, train_bpe, TrainParams, Trainer};
+use tda_train::{pack, train_bpe};
 
 type AD = CpuAutodiff;
 
 const PEOPLE: usize = 64;
 const PROXIMAL: f64 = 0.01;
-
-fn params(steps: usize, lr: f64, proximal: f64, seed: u64) -> TrainParams {
-    TrainParams {
-        seq_len: 64,
-        batch_size: 16,
-        steps,
-        lr,
-        warmup_steps: steps / 10,
-        min_lr_ratio: 0.1,
-        weight_decay: 0.0,
-        grad_clip: 1.0,
-        seed,
-        checkpoint_every: 0,
-        proximal,
-    }
-}
-
-fn train_on(model: Transformer<AD>, seqs: &[Vec<u32>], p: &TrainParams) -> (Transformer<AD>, f64) {
-    let mut trainer = Trainer::new(model, p).unwrap();
-    let mut loss = 0.0;
-    for s in 0..p.steps {
-        let b: Vec<Vec<u32>> = (0..p.batch_size)
-            .map(|i| seqs[(s * p.batch_size + i) % seqs.len()].clone())
-            .collect();
-        loss = trainer.step(&TokenBatch::new(&b, 0).unwrap()).unwrap().0;
-    }
-    (trainer.into_model(), loss)
-}
-
-fn docs_source(items: &[(String, String)]) -> DocSource {
-    DocSource::docs(
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, (id, text))| tda_corpus::Document {
-                title: None,
-                id: id.clone(),
-                text: text.clone(),
-                source: tda_corpus::SourceRef {
-                    path: "mem".into(),
-                    format: tda_corpus::Format::Jsonl,
-                    row: i as u64,
-                    byte_offset: 0,
-                    byte_len: 0,
-                },
-            })
-            .collect(),
-    )
-}
 
 fn ranks(out: &TraceOutput) -> Vec<Option<usize>> {
     out.queries
@@ -109,6 +62,8 @@ fn main() {
         "multi-stage, fine-tuning Hessian only",
         "multi-stage, pretraining Hessian only",
         "multi-stage, no Hessian (grad dot across checkpoints)",
+        "multi-stage, α = 10 × proximal",
+        "multi-stage, α = heuristic (0.1 × mean Λ_ft)",
         "single-stage at θ_ft",
         "single-stage at θ_pt",
         "BM25",
@@ -148,26 +103,7 @@ fn main() {
         )
         .unwrap();
         let eot = tok.token_to_id(tda_train::END_OF_TEXT).unwrap();
-        let cfg = ModelConfig {
-            arch: tda_model::Arch::Gpt2,
-            vocab_size: 512,
-            hidden: 64,
-            n_layers: 2,
-            n_heads: 4,
-            n_kv_heads: 4,
-            head_dim: 16,
-            intermediate: 256,
-            max_positions: 128,
-            norm_eps: 1e-5,
-            rope_theta: 0.0,
-            tie_embeddings: true,
-            qkv_bias: true,
-            o_bias: true,
-            mlp_bias: true,
-            bos_token_id: Some(eot),
-            eos_token_id: Some(eot),
-            sliding_window: None,
-        };
+        let cfg = tiny_gpt2(512, eot);
         let encode = |t: &str| tok.encode(t, false).unwrap().get_ids().to_vec();
         let pt_seqs = pack(
             &docs.iter().map(|d| encode(&d.text)).collect::<Vec<_>>(),
@@ -231,12 +167,10 @@ fn main() {
             windows,
             ..Default::default()
         };
-        let multi = |h: Hessians| {
+        let multi_with = |h: Hessians, alpha: FineTuneDamping| {
             let fine_tuned = FineTuned {
                 model: &ft,
-                factors: h
-                    .uses_fine_tune()
-                    .then_some((&ft_f, FineTuneDamping::Proximal(PROXIMAL))),
+                factors: h.uses_fine_tune().then_some((&ft_f, alpha)),
                 hessians: h,
             };
             let pt_factors = h.uses_pretrain().then_some(&pt_f);
@@ -254,6 +188,7 @@ fn main() {
             .unwrap();
             (out, t.elapsed().as_secs_f64())
         };
+        let multi = |h: Hessians| multi_with(h, FineTuneDamping::Proximal(PROXIMAL));
         let (both, t_multi) = multi(Hessians::Both);
         let t = Instant::now();
         let single_ft = trace(
@@ -283,6 +218,8 @@ fn main() {
             ranks(&multi(Hessians::FineTune).0),
             ranks(&multi(Hessians::Pretrain).0),
             ranks(&multi(Hessians::None).0),
+            ranks(&multi_with(Hessians::Both, FineTuneDamping::Proximal(10.0 * PROXIMAL)).0),
+            ranks(&multi_with(Hessians::Both, FineTuneDamping::Damping(Damping::default())).0),
             ranks(&single_ft),
             ranks(&single_pt),
         ];

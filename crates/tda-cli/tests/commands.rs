@@ -678,6 +678,55 @@ fn multi_stage_trace_folds_the_fine_tuning_hessian_into_the_query() {
     assert!(alpha.starts_with("proximal 0.01 × T̄"), "{alpha}");
     let s_both = scores_by_doc(&both);
     assert_eq!(s_both[0].len(), 40);
+    // The prefilter, per-token and per-layer scores work in multi-stage tracing too.
+    let pre = ms(&[
+        "--factors",
+        p(&ft_factors),
+        "--pretrain-factors",
+        p(&w.factors),
+        "--index",
+        p(&w.index),
+        "--candidates",
+        "5",
+        "--per-token",
+        "--per-layer",
+    ]);
+    let rows = pre["queries"][0]["results"].as_array().unwrap();
+    assert!(!rows.is_empty() && rows.len() <= 5);
+    for r in rows {
+        let id = r["doc_id"].as_str().unwrap();
+        let score = r["score"].as_f64().unwrap();
+        assert!(
+            close(score, s_both[0][id], 1e-9),
+            "{id}: prefiltered {score} vs {}",
+            s_both[0][id]
+        );
+        let layers: f64 = r["per_layer"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["score"].as_f64().unwrap())
+            .sum();
+        let tokens: f64 = r["per_token"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["score"].as_f64().unwrap())
+            .sum();
+        assert!(
+            (layers - score).abs() <= 1e-6 * score.abs().max(1.0),
+            "{id}: layers {layers} vs {score}"
+        );
+        // Per-token scores are the best window's: they sum to its score.
+        let best = r["best_window_score"].as_f64().unwrap();
+        assert!(
+            (tokens - best).abs() <= 1e-4 * best.abs().max(1.0),
+            "{id}: tokens {tokens} vs {best}"
+        );
+        if r["windows"] == 1 {
+            assert_eq!(best, score);
+        }
+    }
     // Ablations run, differ from the full score, and need only their own factors.
     let none = ms(&["--hessians", "none"]);
     assert_eq!(none["strategy"], "identity");
