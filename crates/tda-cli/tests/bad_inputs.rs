@@ -901,4 +901,55 @@ fn multi_stage_target_sets_and_filter_lists() {
         &["flagged.parquet", "jsonl"],
         &[&pq],
     );
+    // 86–89: completion-only pairs.
+    let pairs = write(
+        &r.join("pairs.jsonl"),
+        "{\"prompt\": \"a\", \"completion\": \" b\"}\n{\"prompt\": \"a\"}\n",
+    );
+    fails(
+        trace(&["--corpus", pairs, "--completion-only"])
+            .into_iter()
+            .chain(Q),
+        &["pairs.jsonl line 2", "completion"],
+        &[],
+    );
+    fails(
+        trace(&[
+            "--corpus",
+            pairs,
+            "--completion-only",
+            "--text-column",
+            "body",
+        ])
+        .into_iter()
+        .chain(Q),
+        &["--completion-only", "--text-column"],
+        &[],
+    );
+    fails(
+        trace(&[
+            "--corpus",
+            corpus,
+            "--completion-only",
+            "--index",
+            p(&w.index),
+        ])
+        .into_iter()
+        .chain(Q),
+        &["--completion-only", "--index"],
+        &[],
+    );
+    let long = write(
+        &r.join("long.jsonl"),
+        format!(
+            "{{\"id\": \"big\", \"prompt\": \"{}\", \"completion\": \" b\"}}\n",
+            "word ".repeat(200)
+        ),
+    );
+    let f = r.join("f2");
+    fails(
+        fit(long, &f, &["--completion-only"]),
+        &["long.jsonl", "pair big", "--max-len"],
+        &[&f],
+    );
 }

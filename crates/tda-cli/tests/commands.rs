@@ -5,6 +5,7 @@
 mod common;
 
 use common::{fixture, ok, p, repo, run, run_env, scratch, world};
+use std::path::Path;
 use tda_model::hf::read_safetensors;
 
 fn json(s: &str) -> serde_json::Value {
@@ -765,4 +766,78 @@ fn multi_stage_trace_folds_the_fine_tuning_hessian_into_the_query() {
     for (id, s) in &b[0] {
         assert!(close(a[0][id], *s, 1e-9), "{id}: {} vs {s}", a[0][id]);
     }
+}
+
+#[test]
+fn completion_only_pairs_take_the_loss_on_the_completion() {
+    let w = world();
+    let dir = scratch();
+    let (prompt, completion) = ("Mira Tolven was born in", " Kestrel Bay");
+    let docs = dir.join("docs.jsonl");
+    std::fs::write(
+        &docs,
+        format!(
+            "{{\"id\": \"whole\", \"text\": \"{prompt}{completion}\"}}\n{{\"id\": \"prompt\", \"text\": \"{prompt}\"}}\n"
+        ),
+    )
+    .unwrap();
+    let pairs = dir.join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        format!(
+            "{{\"id\": \"pair\", \"prompt\": \"{prompt}\", \"completion\": \"{completion}\"}}\n"
+        ),
+    )
+    .unwrap();
+    let q = [
+        "--prompt",
+        "The city",
+        "--completion",
+        " by the river",
+        "--top-k",
+        "all",
+    ];
+    let trace_on = |corpus: &Path, extra: &[&'static str]| {
+        let mut v = vec![
+            "trace",
+            "--model",
+            p(&w.model),
+            "--factors",
+            p(&w.factors),
+            "--corpus",
+            p(corpus),
+            "--json",
+        ];
+        v.extend_from_slice(&q);
+        v.extend_from_slice(extra);
+        scores_by_doc(&json(&ok(v))).remove(0)
+    };
+    let d = trace_on(&docs, &[]);
+    let pr = trace_on(&pairs, &["--completion-only"]);
+    // The loss of "prompt + completion" is the prompt's token losses plus the completion's:
+    // gradients, hence scores, add up (the tokenization of this prompt and completion is the same
+    // joined or apart).
+    let (whole, part, pair) = (d["whole"], d["prompt"], pr["pair"]);
+    assert!(
+        (part + pair - whole).abs() <= 1e-4 * whole.abs().max(part.abs()),
+        "prompt {part} + completion-only pair {pair} ≠ whole {whole}"
+    );
+    assert!(
+        (pair - whole).abs() > 1e-3 * whole.abs(),
+        "the mask changed nothing"
+    );
+    // Factors of completion-only data fit too.
+    let f = dir.join("f");
+    let r = run([
+        "fit",
+        "--model",
+        p(&w.model),
+        "--corpus",
+        p(&pairs),
+        "--completion-only",
+        "--out",
+        p(&f),
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stderr.contains("1 documents"), "{}", r.stderr);
 }

@@ -257,6 +257,7 @@ mod tests {
         Kept {
             cand: Arc::new(Candidate {
                 doc,
+                loss_from: 1,
                 doc_id: id.into(),
                 window: w,
                 span: (0, 1),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use burn::tensor::backend::AutodiffBackend;
 use tda_curvature::{Damping, Factors};
-use tda_model::{frozen, TokenBatch, Tokenizer, Transformer};
+use tda_model::{frozen, Tokenizer, Transformer};
 
 use crate::candidates::{for_each_batch, DocSource, PassStats, WindowOptions};
 use crate::error::Result;
@@ -38,8 +38,7 @@ pub fn self_influence<AD: AutodiffBackend>(
     let mut docs = (granularity == Granularity::Document).then(|| DocSums::best_window(1));
     let mut done = 0;
     let pass = for_each_batch(source, tokenizer, &model.config, windows, |cands, bytes| {
-        let seqs: Vec<Vec<u32>> = cands.iter().map(|c| c.ids.clone()).collect();
-        let batch = TokenBatch::new(&seqs, pad)?;
+        let batch = crate::candidates::candidate_batch(cands, pad)?;
         let taps = host_taps(&fz, &specs, &batch, Scalar::Loss(Labels::Data))?;
         let si = tda_curvature::self_influence(factors, damping, &taps.layer_batches())?;
         for (c, s) in cands.iter().zip(si) {

@@ -23,7 +23,7 @@ use tda_curvature::{
     transfer_through_fine_tuning, Damping, Factors, Normalization, NormalizeOptions, QueryBatch,
     Rank,
 };
-use tda_model::{frozen, TokenBatch, Tokenizer, Transformer};
+use tda_model::{frozen, Tokenizer, Transformer};
 
 use crate::candidates::{for_each_batch, DocSource, WindowOptions};
 use crate::error::{Result, TraceError};
@@ -382,8 +382,7 @@ fn run<AD: AutodiffBackend>(
         &model.config,
         &opts.windows,
         |cands, bytes| {
-            let seqs: Vec<Vec<u32>> = cands.iter().map(|c| c.ids.clone()).collect();
-            let batch = TokenBatch::new(&seqs, pad)?;
+            let batch = crate::candidates::candidate_batch(cands, pad)?;
             let taps = host_taps(&fz, &specs, &batch, Scalar::Loss(Labels::Data))?;
             report.model_s += taps.t_model;
             report.copy_s += taps.t_copy;
@@ -423,7 +422,7 @@ fn run<AD: AutodiffBackend>(
             }
             report.topk_s += t2.elapsed().as_secs_f64();
             report.candidates += cands.len();
-            report.candidate_tokens += seqs.iter().map(Vec::len).sum::<usize>();
+            report.candidate_tokens += cands.iter().map(|c| c.ids.len()).sum::<usize>();
             progress(report.candidates, bytes);
             Ok(())
         },

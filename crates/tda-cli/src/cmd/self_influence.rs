@@ -7,7 +7,7 @@ use clap::Args;
 use tda_curvature::Damping;
 use tda_model::device::DeviceKind;
 use tda_trace::fit::load_checked;
-use tda_trace::{model_fingerprint, DocSource, Granularity};
+use tda_trace::{model_fingerprint, Granularity};
 
 use super::trace::{parse_damping, parse_top_k, TopKArg};
 use crate::output::{bar, print_json};
@@ -48,6 +48,8 @@ pub struct SelfInfluenceArgs {
     #[command(flatten)]
     pub read: super::CorpusArgs,
     #[command(flatten)]
+    pub pairs: super::PairArgs,
+    #[command(flatten)]
     pub windows: super::WindowArgs,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
@@ -76,7 +78,7 @@ pub fn run(a: &SelfInfluenceArgs) -> anyhow::Result<()> {
         let m = tda_model::load_folder::<AD>(&a.model, &device)?;
         let fp = model_fingerprint(&a.model)?;
         let factors = load_checked(&a.factors, &fp, &m.model.linear_layers())?;
-        let source = DocSource::corpus_with(&a.corpus, a.read.read_options());
+        let source = a.pairs.source(&a.corpus, &a.read)?;
         let pb = bar(
             source.total_bytes().unwrap_or(0),
             "self-influence [{bar:30}] {bytes}/{total_bytes} {elapsed}",

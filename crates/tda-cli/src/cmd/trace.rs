@@ -85,7 +85,7 @@ fn parse_norm(s: &str) -> Result<Normalization, String> {
 }
 
 /// What `--relabel` does not use: the corpus, the ranking and its breakdowns, the parquet output.
-const RELABEL_CONFLICTS: [&str; 23] = [
+const RELABEL_CONFLICTS: [&str; 24] = [
     "pretrain_model",
     "pretrain_factors",
     "hessians",
@@ -95,6 +95,7 @@ const RELABEL_CONFLICTS: [&str; 23] = [
     "corpus",
     "index",
     "candidates",
+    "completion_only",
     "top_k",
     "normalization",
     "per_token_count",
@@ -159,6 +160,8 @@ pub struct TraceArgs {
     pub corpus: Option<PathBuf>,
     #[command(flatten)]
     pub read: super::CorpusArgs,
+    #[command(flatten)]
+    pub pairs: super::PairArgs,
     /// One query: the prompt ...
     #[arg(long, requires = "completion", conflicts_with = "queries")]
     pub prompt: Option<String>,
@@ -326,6 +329,17 @@ fn candidates(
     queries: &[Query],
 ) -> anyhow::Result<(tda_trace::DocSource, indicatif::ProgressBar)> {
     let corpus = a.corpus.clone().context("--corpus is required")?;
+    if a.pairs.completion_only {
+        if a.index.is_some() {
+            anyhow::bail!("--completion-only scores every pair: the prefilter --index indexes documents (drop one)");
+        }
+        let source = a.pairs.source(&corpus, &a.read)?;
+        let pb = bar(
+            source.total_bytes().unwrap_or(0),
+            "scoring [{bar:30}] {bytes}/{total_bytes} {elapsed} {msg}",
+        );
+        return Ok((source, pb));
+    }
     let prefilter = a
         .index
         .as_ref()
