@@ -122,3 +122,27 @@ pub fn docs_source(items: &[(String, String)]) -> tda_trace::DocSource {
             .collect(),
     )
 }
+
+/// Trains on prompt/completion pairs `(ids, loss_from)`, one pair per sequence (right-padded with
+/// `pad`), the loss on the completion only, cycling in order; returns the model and the last loss.
+pub fn train_pairs_in_order<B: burn::tensor::backend::AutodiffBackend>(
+    model: tda_model::Transformer<B>,
+    pairs: &[(Vec<u32>, usize)],
+    pad: u32,
+    p: &tda_train::TrainParams,
+) -> (tda_model::Transformer<B>, f64) {
+    let mut trainer = tda_train::Trainer::new(model, p).expect("valid settings");
+    let mut loss = 0.0;
+    for s in 0..p.steps {
+        let picked: Vec<&(Vec<u32>, usize)> = (0..p.batch_size)
+            .map(|i| &pairs[(s * p.batch_size + i) % pairs.len()])
+            .collect();
+        let seqs: Vec<Vec<u32>> = picked.iter().map(|x| x.0.clone()).collect();
+        let from: Vec<usize> = picked.iter().map(|x| x.1).collect();
+        let batch = TokenBatch::new(&seqs, pad)
+            .and_then(|b| b.with_loss_from(&from))
+            .expect("batch");
+        loss = trainer.step(&batch).expect("step").0;
+    }
+    (trainer.into_model(), loss)
+}

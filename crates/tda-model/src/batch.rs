@@ -89,6 +89,15 @@ impl TokenBatch {
         Tensor::from_data(TensorData::new(m, [self.batch, t1]), device)
     }
 
+    /// Number of loss targets: tokens at positions `≥ loss_from` of each sequence.
+    pub fn n_targets(&self) -> usize {
+        self.lengths
+            .iter()
+            .zip(&self.loss_from)
+            .map(|(&n, &f)| n.saturating_sub(f))
+            .sum()
+    }
+
     /// The ids as an int tensor `[batch, seq_len]`.
     pub fn to_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2, Int> {
         let ids: Vec<i32> = self.ids.iter().map(|&x| x as i32).collect();

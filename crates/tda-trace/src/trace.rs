@@ -69,6 +69,8 @@ pub struct TraceOptions {
     pub per_token: bool,
     pub per_layer: bool,
     pub windows: WindowOptions,
+    /// Documents (default) or windows. With a normalisation, a document sums its windows'
+    /// normalised scores.
     pub granularity: Granularity,
     /// Score the queries as one target set (one query's cost); `None` = each query on its own.
     pub aggregate: Option<Aggregate>,

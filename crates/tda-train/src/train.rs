@@ -163,12 +163,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn step(&mut self, batch: &TokenBatch) -> Result<(f64, f64), TrainError> {
         let model = self.model.take().expect("model present between steps");
         let device = model.embed.device();
-        let n_targets = batch
-            .lengths
-            .iter()
-            .map(|n| n.saturating_sub(1))
-            .sum::<usize>()
-            .max(1) as f64;
+        let n_targets = batch.n_targets().max(1) as f64;
         let logits = model.forward(batch.to_tensor::<B>(&device));
         let loss = summed_nll(logits, batch) / n_targets;
         let loss_value = loss.clone().into_scalar().elem::<f64>();
