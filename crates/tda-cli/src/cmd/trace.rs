@@ -62,7 +62,7 @@ fn parse_ft_damping(s: &str) -> Result<FtDampingArg, String> {
         return Ok(FtDampingArg::Proximal);
     }
     match parse_damping(s) {
-        Ok(Damping::Absolute(v)) if v == 0.0 => Err(format!(
+        Ok(Damping::Absolute(0.0)) => Err(format!(
             "ft-damping {s:?}: α must be positive (it is also the fine-tuning proximity)"
         )),
         Ok(d) => Ok(FtDampingArg::Damping(d)),
