@@ -28,20 +28,23 @@ use crate::factors::Factors;
 use crate::precondition::{apply_inverse, QueryGradient, QueryLayerGrad};
 
 impl Factors {
-    /// Mean real tokens per window of the covariance pass (`T̄`; 1 when unknown).
-    pub fn tokens_per_sequence(&self) -> f64 {
-        if self.covariance_sequences > 0 && self.tokens > 0 {
-            self.tokens as f64 / self.covariance_sequences as f64
-        } else {
-            1.0
+    /// Mean loss targets per window of the covariance pass (`T̄`): the recorded
+    /// [`Factors::loss_targets`], else `tokens − 1` per window; 1 when unknown.
+    pub fn targets_per_sequence(&self) -> f64 {
+        if self.covariance_sequences == 0 || self.tokens == 0 {
+            return 1.0;
         }
+        let targets = self
+            .loss_targets
+            .unwrap_or(self.tokens.saturating_sub(self.covariance_sequences));
+        (targets as f64 / self.covariance_sequences as f64).max(1.0)
     }
 }
 
 /// The proximal coefficient `α` of a mean-token-loss training objective, in the units of the
 /// fine-tuning factors' `G` (summed window loss): `α · T̄`.
 pub fn proximal_in_fit_units(alpha: f64, ft: &Factors) -> f64 {
-    alpha * ft.tokens_per_sequence()
+    alpha * ft.targets_per_sequence()
 }
 
 impl QueryLayerGrad {

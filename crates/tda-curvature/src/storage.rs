@@ -10,7 +10,7 @@
 //!
 //! Metadata (`__metadata__`, strings): `format = tda-curvature-factors`, `format_version = 1`,
 //! `fingerprint`, `strategy`, `max_block` (`none` or width), `tokens`, `covariance_sequences`,
-//! `lambda_sequences`, `layers` (JSON list of `{name, d_in, d_out, has_bias}`). Damping is never stored.
+//! `lambda_sequences`, `loss_targets` (optional), `layers` (JSON list of `{name, d_in, d_out, has_bias}`). Damping is never stored.
 
 use crate::error::{CurvatureError, Result};
 use crate::factors::{kron_lambda, Eigenbasis, Factors, LayerFactors, Strategy};
@@ -143,6 +143,9 @@ pub fn save(factors: &Factors, path: &Path) -> Result<()> {
         "lambda_sequences".to_string(),
         factors.lambda_sequences.to_string(),
     );
+    if let Some(n) = factors.loss_targets {
+        meta.insert("loss_targets".to_string(), n.to_string());
+    }
     meta.insert(
         "layers".to_string(),
         serde_json::to_string(&factors.specs()).expect("specs serialise"),
@@ -298,6 +301,13 @@ pub fn load(path: &Path, fingerprint: Option<&str>) -> Result<Factors> {
         num("covariance_sequences")?,
         num("lambda_sequences")?,
     );
+    let loss_targets = match meta.get("loss_targets") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<u64>()
+                .map_err(|_| fmt("bad loss_targets".into()))?,
+        ),
+    };
     let specs = parse_specs(path, &meta)?;
 
     let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
@@ -389,6 +399,7 @@ pub fn load(path: &Path, fingerprint: Option<&str>) -> Result<Factors> {
         tokens,
         covariance_sequences: cov_seq,
         lambda_sequences: lam_seq,
+        loss_targets,
         layers,
     })
 }

@@ -115,10 +115,12 @@ pub fn fit<AD: AutodiffBackend>(
         ..Default::default()
     };
     let mut pass_no = 0u64;
+    let mut covariance_targets = None;
     while let Some(pass) = fitter.pass() {
         let t_pass = Instant::now();
         let mut index = 0u64;
         let mut tokens = 0usize;
+        let mut targets = 0u64;
         let read = for_each_batch(
             source,
             tokenizer,
@@ -140,6 +142,10 @@ pub fn fit<AD: AutodiffBackend>(
                 fitter.add(&taps.layer_batches())?;
                 report.accumulate_s += t0.elapsed().as_secs_f64();
                 index += cands.len() as u64;
+                targets += cands
+                    .iter()
+                    .map(|c| c.ids.len().saturating_sub(c.loss_from) as u64)
+                    .sum::<u64>();
                 tokens += cands.iter().map(|c| c.ids.len()).sum::<usize>();
                 progress(&FitProgress {
                     pass,
@@ -167,6 +173,7 @@ pub fn fit<AD: AutodiffBackend>(
         let end_s = t_end.elapsed().as_secs_f64();
         match pass {
             Pass::Covariance => {
+                covariance_targets = Some(targets);
                 report.covariance_pass_s = pass_s;
                 report.eigen_s = end_s;
             }
@@ -185,7 +192,8 @@ pub fn fit<AD: AutodiffBackend>(
         }
         report.eigen_sizes.sort_unstable();
     }
-    let factors = fitter.finish(fingerprint)?;
+    let mut factors = fitter.finish(fingerprint)?;
+    factors.loss_targets = covariance_targets;
     report.tokens = factors.tokens;
     report.total_s = t_all.elapsed().as_secs_f64();
     Ok((factors, report))

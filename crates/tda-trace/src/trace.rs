@@ -289,7 +289,7 @@ pub fn trace_multistage<AD: AutodiffBackend>(
         hessians: h,
         fine_tune_damping: transfer.map(|(f, d)| match d {
             FineTuneDamping::Proximal(a) => {
-                format!("proximal {a} × T̄ {:.1}", f.tokens_per_sequence())
+                format!("proximal {a} × T̄ {:.1}", f.targets_per_sequence())
             }
             FineTuneDamping::Damping(d) => format!("{d:?}"),
         }),

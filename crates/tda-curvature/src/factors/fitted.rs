@@ -185,6 +185,9 @@ pub struct Factors {
     pub covariance_sequences: u64,
     /// Sequences seen by the Λ pass (0 if none was run).
     pub lambda_sequences: u64,
+    /// Loss targets (tokens whose next-token loss counts) of the covariance pass, when the caller
+    /// knows them (set by `tda-trace`'s fit; `None` in factors saved before it was recorded).
+    pub loss_targets: Option<u64>,
     pub layers: Vec<LayerFactors>,
 }
 
@@ -223,6 +226,7 @@ impl Factors {
             tokens: 0,
             covariance_sequences: 0,
             lambda_sequences: 0,
+            loss_targets: None,
             layers: specs
                 .into_iter()
                 .map(|spec| LayerFactors {

@@ -301,6 +301,7 @@ impl FactorFitter {
             tokens: self.tokens,
             covariance_sequences: self.cov_sequences,
             lambda_sequences: self.lambda_sequences,
+            loss_targets: None,
             layers,
         })
     }
