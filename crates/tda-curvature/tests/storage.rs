@@ -69,7 +69,11 @@ fn round_trip_all_strategies() {
         FitConfig::new(Strategy::Ekfac),
         FitConfig::new(Strategy::Ekfac).with_max_block(4),
     ] {
-        let f = fitted(cfg);
+        let mut f = fitted(cfg);
+        // Recorded loss targets round-trip too (absent = None, as in older files).
+        if cfg.max_block.is_some() {
+            f.loss_targets = Some(41);
+        }
         let path = dir.join(format!("{}-{:?}.safetensors", cfg.strategy, cfg.max_block));
         save(&f, &path).unwrap();
         let g = load_for(&path, "gpt2-small@abc123", &specs()).unwrap();
