@@ -68,7 +68,7 @@ pub struct SelectArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub top_n: Option<u64>,
     /// Keep the best P percent of the scored documents (0 < P ≤ 100).
-    #[arg(long, value_parser = parse_pct)]
+    #[arg(long, value_parser = parse_pct, allow_negative_numbers = true)]
     pub top_pct: Option<f64>,
     /// Keep documents in rank order while their token count (model tokenizer) stays ≤ K.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]

@@ -37,8 +37,7 @@ pub use score::{
 use std::str::FromStr;
 
 /// How pool documents are scored against the targets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     Ekfac,
     GradCosine,
@@ -54,6 +53,13 @@ impl Method {
             Self::RepSim => "repsim",
             Self::Bm25 => "bm25",
         }
+    }
+}
+
+/// Serialised as its command-line name (`ekfac`, `grad-cosine`, `repsim`, `bm25`).
+impl serde::Serialize for Method {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 
