@@ -180,6 +180,9 @@ fn mean_unit(mut vs: Vec<Vec<f32>>, dim: usize) -> Vec<f64> {
     m
 }
 
+/// One vector per window of a batch (`[batch][dim]`).
+type WindowVectors<'a> = dyn FnMut(&[Candidate]) -> Result<Vec<Vec<f64>>> + 'a;
+
 /// Streams the windows of `docs` and calls `on_doc(pool_index, window_vectors_summed)` once per
 /// document with the sum of `per_window(batch)` over its windows (windows of one document are
 /// consecutive in the stream).
@@ -188,7 +191,7 @@ fn per_document_sums(
     tokenizer: &Tokenizer,
     cfg: &tda_model::ModelConfig,
     windows: &WindowOptions,
-    per_window: &mut dyn FnMut(&[Candidate]) -> Result<Vec<Vec<f64>>>,
+    per_window: &mut WindowVectors<'_>,
     on_doc: &mut dyn FnMut(usize, &[f64]),
     progress: &mut dyn FnMut(usize, u64),
 ) -> Result<PassStats> {
