@@ -369,7 +369,12 @@ fn main() {
                 .push(sub.iter().filter(|&&i| pool[i].1).count() as f64 / sub.len() as f64);
         }
         eprintln!(
-            "seed {seed}: base {base_steps} steps {t_base:.0}s, scoring (fit + 4 methods) {t_score:.1}s, fine-tunes {:.0}s",
+            "seed {seed}: base {base_steps} steps {t_base:.0}s, scoring (fit + 4 methods) {t_score:.1}s ({}), fine-tunes {:.0}s",
+            scored
+                .iter()
+                .map(|s| format!("{} {:.1}s", s.method, s.seconds))
+                .collect::<Vec<_>>()
+                .join(", "),
             t_ft.elapsed().as_secs_f64()
         );
     }

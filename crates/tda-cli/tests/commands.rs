@@ -432,6 +432,17 @@ fn same_command_twice_gives_identical_scores_across_thread_counts() {
 #[test]
 fn select_every_method_keeps_records() {
     use std::collections::HashMap;
+    let help = ok(["select", "--help"]);
+    for needle in [
+        "MEAN over targets",
+        "SUM of its windows",
+        "--projection-dim",
+        "8192",
+        "Examples:",
+        "one target per non-empty line",
+    ] {
+        assert!(help.contains(needle), "select --help lacks {needle:?}");
+    }
     let w = world();
     let d = scratch();
     let lines: Vec<String> = std::fs::read_to_string(&w.corpus)

@@ -53,6 +53,7 @@ Examples:
   tda select --model M --method bm25 --pool pool.txt --targets targets.txt --top-n 1000 --out selected.jsonl --json"
 )]
 pub struct SelectArgs {
+    /// HF model folder (its tokenizer also counts the tokens of --token-budget).
     #[arg(long)]
     pub model: PathBuf,
     /// The candidate pool: one .jsonl, .txt or .parquet file.
