@@ -43,7 +43,7 @@
 //! grad-cosine ≈ 6 s, repsim ≈ 2 s, bm25 ≈ 0.2 s.
 //!
 //! `cargo bench -p tda-benches --bench select` (`TDA_SELECT_SEEDS=n`, default 3;
-//! `TDA_SELECT_BASE_STEPS`, default 300).
+//! `TDA_SELECT_BASE_STEPS`, default 300; `TDA_SELECT_PROJECTION_DIM`, default 8192).
 
 use std::time::Instant;
 
@@ -237,6 +237,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
+    let projection_dim: usize = std::env::var("TDA_SELECT_PROJECTION_DIM")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8192);
     let t_all = Instant::now();
     let names = [
         "base (no fine-tuning)",
@@ -342,6 +346,7 @@ fn main() {
                 &targets,
                 &p.docs,
                 &GradCosineOptions {
+                    projection_dim,
                     windows,
                     ..Default::default()
                 },
