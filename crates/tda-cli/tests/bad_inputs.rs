@@ -749,6 +749,211 @@ fn refused_flags() {
     );
 }
 
+#[test]
+fn multi_stage_target_sets_and_filter_lists() {
+    let w = world();
+    let r = scratch();
+    let corpus = p(&w.corpus);
+    let ms = |extra: &[&str]| {
+        let mut v: Vec<&'static str> = vec![
+            "trace",
+            "--model",
+            p(&w.model),
+            "--pretrain-model",
+            p(&w.model),
+            "--corpus",
+            corpus,
+        ];
+        v.extend(Q);
+        v.extend(extra.iter().map(|s| leak(s)));
+        v
+    };
+    // 71: --pretrain-factors without --pretrain-model.
+    fails(
+        trace(&["--corpus", corpus, "--pretrain-factors", p(&w.factors)])
+            .into_iter()
+            .chain(Q),
+        &["--pretrain-model"],
+        &[],
+    );
+    // 72–75: each --hessians variant takes exactly the factors it uses.
+    fails(
+        ms(&[
+            "--hessians",
+            "pretrain",
+            "--factors",
+            p(&w.factors),
+            "--pretrain-factors",
+            p(&w.factors),
+        ]),
+        &["--factors is not used", "pretrain"],
+        &[],
+    );
+    fails(
+        ms(&["--factors", p(&w.factors)]),
+        &["needs --pretrain-factors"],
+        &[],
+    );
+    fails(ms(&["--hessians", "fine-tune"]), &["needs --factors"], &[]);
+    fails(
+        ms(&["--hessians", "none", "--ft-damping", "heuristic"]),
+        &["--ft-damping is not used"],
+        &[],
+    );
+    // 76: the two models must share the architecture and the tokenizer.
+    let mut other = vec![
+        "trace",
+        "--model",
+        p(&w.model),
+        "--factors",
+        p(&w.factors),
+        "--pretrain-model",
+        p(&fixture("llama")),
+        "--pretrain-factors",
+        p(&w.factors),
+        "--corpus",
+        corpus,
+    ];
+    other.extend(Q);
+    fails(other, &["different architectures", "llama"], &[]);
+    // 77: α from a training record that is not there; 78: a zero α.
+    fails(
+        ms(&[
+            "--factors",
+            p(&w.factors),
+            "--pretrain-factors",
+            p(&w.factors),
+            "--ft-damping",
+            "proximal",
+        ]),
+        &["--ft-damping proximal", "no tda_training.json"],
+        &[],
+    );
+    fails(
+        ms(&[
+            "--factors",
+            p(&w.factors),
+            "--pretrain-factors",
+            p(&w.factors),
+            "--ft-damping",
+            "0",
+        ]),
+        &["ft-damping", "positive"],
+        &[],
+    );
+    // 79–81: target sets and granularity.
+    fails(
+        trace(&["--corpus", corpus, "--per-query"])
+            .into_iter()
+            .chain(Q),
+        &["--aggregate"],
+        &[],
+    );
+    fails(
+        trace(&["--corpus", corpus, "--aggregate", "median"])
+            .into_iter()
+            .chain(Q),
+        &["median", "mean or sum"],
+        &[],
+    );
+    fails(
+        trace(&["--corpus", corpus, "--granularity", "sentence"])
+            .into_iter()
+            .chain(Q),
+        &["sentence", "document or window"],
+        &[],
+    );
+    // 82: a text file of targets with no target.
+    let empty = write(&r.join("targets.txt"), "\n  \n");
+    fails(
+        trace(&["--corpus", corpus, "--queries", empty]),
+        &["targets.txt", "no targets"],
+        &[],
+    );
+    // 83–85: self-influence filter lists.
+    let si = |extra: &[&str]| {
+        let mut v: Vec<&'static str> = vec![
+            "self-influence",
+            "--model",
+            p(&w.model),
+            "--factors",
+            p(&w.factors),
+            "--corpus",
+            corpus,
+        ];
+        v.extend(extra.iter().map(|s| leak(s)));
+        v
+    };
+    let flagged = r.join("flagged.jsonl");
+    fails(
+        si(&["--top-pct", "0", "--out", p(&flagged)]),
+        &["top-pct"],
+        &[&flagged],
+    );
+    fails(
+        si(&["--top-pct", "5", "--top-k", "3", "--out", p(&flagged)]),
+        &["--top-pct", "--top-k"],
+        &[&flagged],
+    );
+    let pq = r.join("flagged.parquet");
+    fails(
+        si(&["--top-pct", "5", "--out", p(&pq)]),
+        &["flagged.parquet", "jsonl"],
+        &[&pq],
+    );
+    // 86–89: completion-only pairs.
+    let pairs = write(
+        &r.join("pairs.jsonl"),
+        "{\"prompt\": \"a\", \"completion\": \" b\"}\n{\"prompt\": \"a\"}\n",
+    );
+    fails(
+        trace(&["--corpus", pairs, "--completion-only"])
+            .into_iter()
+            .chain(Q),
+        &["pairs.jsonl line 2", "completion"],
+        &[],
+    );
+    fails(
+        trace(&[
+            "--corpus",
+            pairs,
+            "--completion-only",
+            "--text-column",
+            "body",
+        ])
+        .into_iter()
+        .chain(Q),
+        &["--completion-only", "--text-column"],
+        &[],
+    );
+    fails(
+        trace(&[
+            "--corpus",
+            corpus,
+            "--completion-only",
+            "--index",
+            p(&w.index),
+        ])
+        .into_iter()
+        .chain(Q),
+        &["--completion-only", "--index"],
+        &[],
+    );
+    let long = write(
+        &r.join("long.jsonl"),
+        format!(
+            "{{\"id\": \"big\", \"prompt\": \"{}\", \"completion\": \" b\"}}\n",
+            "word ".repeat(200)
+        ),
+    );
+    let f = r.join("f2");
+    fails(
+        fit(long, &f, &["--completion-only"]),
+        &["long.jsonl", "pair big", "--max-len"],
+        &[&f],
+    );
+}
+
 /// `tda select`: flags a method would ignore, missing factors, bad budgets, empty targets and
 /// output names are refused before any work, naming the flag or file; nothing is written.
 #[test]

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{fixture, ok, p, repo, run, run_env, scratch, world};
+use std::path::Path;
 use tda_model::hf::read_safetensors;
 
 fn json(s: &str) -> serde_json::Value {
@@ -257,10 +258,81 @@ fn self_influence_ranks_every_window() {
         "--json",
     ]));
     let rows = out.as_array().unwrap();
-    assert!(rows.len() >= 40);
+    assert_eq!(rows.len(), 40, "one row per document");
     let scores: Vec<f64> = rows.iter().map(|r| r["score"].as_f64().unwrap()).collect();
     assert!(scores.iter().all(|&s| s >= 0.0));
     assert!(scores.windows(2).all(|x| x[0] >= x[1]));
+    // The filter list: the top 10 % of the documents as jsonl, the same rows as the ranking.
+    let dir = scratch();
+    let flagged = dir.join("flagged.jsonl");
+    let r = run([
+        "self-influence",
+        "--model",
+        p(&w.model),
+        "--factors",
+        p(&w.factors),
+        "--corpus",
+        p(&w.corpus),
+        "--top-pct",
+        "10",
+        "--out",
+        p(&flagged),
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("kept the top 10 %: 4 of 40"),
+        "{}",
+        r.stderr
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&flagged)
+        .unwrap()
+        .lines()
+        .map(json)
+        .collect();
+    assert_eq!(lines.len(), 4);
+    for (l, r) in lines.iter().zip(rows) {
+        assert_eq!(l["doc_id"], r["doc_id"]);
+        assert_eq!(l["score"], r["score"]);
+    }
+    // Windows: more rows than documents when documents are longer than a window.
+    let win = json(&ok([
+        "self-influence",
+        "--model",
+        p(&w.model),
+        "--factors",
+        p(&w.factors),
+        "--corpus",
+        p(&w.corpus),
+        "--top-k",
+        "all",
+        "--granularity",
+        "window",
+        "--max-len",
+        "8",
+        "--json",
+    ]));
+    let win = win.as_array().unwrap();
+    assert!(win.len() > 40);
+    let best = win
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    let docs8 = json(&ok([
+        "self-influence",
+        "--model",
+        p(&w.model),
+        "--factors",
+        p(&w.factors),
+        "--corpus",
+        p(&w.corpus),
+        "--top-k",
+        "1",
+        "--max-len",
+        "8",
+        "--json",
+    ]));
+    assert_eq!(docs8[0]["score"].as_f64().unwrap(), best);
+    assert!(docs8[0]["windows"].as_u64().unwrap() > 1);
 }
 
 #[test]
@@ -423,6 +495,351 @@ fn same_command_twice_gives_identical_scores_across_thread_counts() {
             "{a:?} vs {b:?}"
         );
     }
+}
+
+/// Scores by `(query, doc_id, window)` of a `--top-k all` trace.
+fn scores_by_doc(out: &serde_json::Value) -> Vec<std::collections::HashMap<String, f64>> {
+    out["queries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            q["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r["doc_id"].as_str().unwrap().to_string(),
+                        r["score"].as_f64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-30)
+}
+
+#[test]
+fn documents_sum_their_windows_and_target_sets_average_their_queries() {
+    let dir = scratch();
+    let targets = dir.join("targets.txt");
+    std::fs::write(
+        &targets,
+        "Mira Tolven was born in Kestrel Bay\n\n the city by the river\n",
+    )
+    .unwrap();
+    // Several windows per document: --max-len 8.
+    let base = [
+        "--queries",
+        p(&targets),
+        "--top-k",
+        "all",
+        "--max-len",
+        "8",
+        "--query-rank",
+        "full",
+    ];
+    let windows = json(&ok(trace_args(
+        &[&base[..], &["--granularity", "window"]].concat(),
+    )));
+    let docs = json(&ok(trace_args(&base)));
+    assert_eq!(docs["granularity"], "document");
+    assert_eq!(docs["queries"][0]["id"], "t1");
+    assert_eq!(docs["queries"][1]["completion"], " the city by the river");
+    let mut multi = 0;
+    for (q, dq) in docs["queries"].as_array().unwrap().iter().enumerate() {
+        for r in dq["results"].as_array().unwrap() {
+            let id = r["doc_id"].as_str().unwrap();
+            let ws: Vec<f64> = windows["queries"][q]["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["doc_id"] == id)
+                .map(|w| w["score"].as_f64().unwrap())
+                .collect();
+            assert_eq!(r["windows"].as_u64().unwrap() as usize, ws.len(), "{id}");
+            multi += usize::from(ws.len() > 1);
+            let sum: f64 = ws.iter().sum();
+            assert!(
+                close(r["score"].as_f64().unwrap(), sum, 1e-9),
+                "{id}: {r} vs {sum}"
+            );
+            let best = ws.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            assert_eq!(r["best_window_score"].as_f64().unwrap(), best, "{id}");
+        }
+    }
+    assert!(multi > 0, "no document had several windows");
+    // The target set's score is the mean of the per-query scores, at the cost of one query.
+    let per = scores_by_doc(&docs);
+    let agg = json(&ok(trace_args(
+        &[&base[..], &["--aggregate", "mean", "--per-query"]].concat(),
+    )));
+    assert_eq!(agg["aggregate"], "mean");
+    assert_eq!(agg["queries"][0]["id"], "target");
+    let got = scores_by_doc(&agg);
+    assert_eq!(got.len(), 3);
+    // f32 queries and contractions: relative to the largest score.
+    let scale = got[0].values().fold(0.0f64, |m, s| m.max(s.abs()));
+    for (id, s) in &got[0] {
+        let want = (per[0][id] + per[1][id]) / 2.0;
+        assert!(
+            (s - want).abs() <= 1e-5 * scale,
+            "{id}: target {s} vs mean {want}"
+        );
+        assert!(close(got[1][id], per[0][id], 1e-9) && close(got[2][id], per[1][id], 1e-9));
+    }
+    let only = json(&ok(trace_args(
+        &[&base[..], &["--aggregate", "sum"]].concat(),
+    )));
+    assert_eq!(only["queries"].as_array().unwrap().len(), 1);
+    assert_eq!(only["report"]["queries"], 1);
+}
+
+#[test]
+fn multi_stage_trace_folds_the_fine_tuning_hessian_into_the_query() {
+    let w = world();
+    let dir = scratch();
+    let cfg = dir.join("ft.toml");
+    std::fs::write(
+        &cfg,
+        "[train]\nseq_len = 32\nbatch_size = 4\nsteps = 3\nlr = 1e-3\nweight_decay = 0.0\n",
+    )
+    .unwrap();
+    let ft_corpus = dir.join("ft.jsonl");
+    std::fs::write(
+        &ft_corpus,
+        (0..12)
+            .map(|i| {
+                format!("{{\"text\": \"Q: Where was person {i} born? A: in the city {i}.\"}}\n")
+            })
+            .collect::<String>(),
+    )
+    .unwrap();
+    let ft = dir.join("ft");
+    ok([
+        "train",
+        "--config",
+        p(&cfg),
+        "--init",
+        p(&w.model),
+        "--corpus",
+        p(&ft_corpus),
+        "--out",
+        p(&ft),
+        "--proximal",
+        "0.01",
+    ]);
+    let record = json(&std::fs::read_to_string(ft.join("tda_training.json")).unwrap());
+    assert_eq!(record["train"]["proximal"], 0.01);
+    let ft_factors = dir.join("ft-factors");
+    ok([
+        "fit",
+        "--model",
+        p(&ft),
+        "--corpus",
+        p(&ft_corpus),
+        "--out",
+        p(&ft_factors),
+    ]);
+    let q = [
+        "--prompt",
+        "Mira Tolven was born in",
+        "--completion",
+        " Kestrel Bay",
+        "--top-k",
+        "all",
+    ];
+    let ms = |extra: &[&'static str]| {
+        let mut v = vec![
+            "trace",
+            "--model",
+            p(&ft),
+            "--pretrain-model",
+            p(&w.model),
+            "--corpus",
+            p(&w.corpus),
+            "--json",
+        ];
+        v.extend_from_slice(&q);
+        v.extend_from_slice(extra);
+        json(&ok(v))
+    };
+    let both = ms(&[
+        "--factors",
+        p(&ft_factors),
+        "--pretrain-factors",
+        p(&w.factors),
+    ]);
+    assert_eq!(both["stages"]["hessians"], "both");
+    let alpha = both["stages"]["fine_tune_damping"].as_str().unwrap();
+    assert!(alpha.starts_with("proximal 0.01 × T̄"), "{alpha}");
+    let s_both = scores_by_doc(&both);
+    assert_eq!(s_both[0].len(), 40);
+    // The prefilter, per-token and per-layer scores work in multi-stage tracing too.
+    let pre = ms(&[
+        "--factors",
+        p(&ft_factors),
+        "--pretrain-factors",
+        p(&w.factors),
+        "--index",
+        p(&w.index),
+        "--candidates",
+        "5",
+        "--per-token",
+        "--per-layer",
+    ]);
+    let rows = pre["queries"][0]["results"].as_array().unwrap();
+    assert!(!rows.is_empty() && rows.len() <= 5);
+    for r in rows {
+        let id = r["doc_id"].as_str().unwrap();
+        let score = r["score"].as_f64().unwrap();
+        assert!(
+            close(score, s_both[0][id], 1e-9),
+            "{id}: prefiltered {score} vs {}",
+            s_both[0][id]
+        );
+        let layers: f64 = r["per_layer"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["score"].as_f64().unwrap())
+            .sum();
+        let tokens: f64 = r["per_token"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["score"].as_f64().unwrap())
+            .sum();
+        assert!(
+            (layers - score).abs() <= 1e-6 * score.abs().max(1.0),
+            "{id}: layers {layers} vs {score}"
+        );
+        // Per-token scores are the best window's: they sum to its score.
+        let best = r["best_window_score"].as_f64().unwrap();
+        assert!(
+            (tokens - best).abs() <= 1e-4 * best.abs().max(1.0),
+            "{id}: tokens {tokens} vs {best}"
+        );
+        if r["windows"] == 1 {
+            assert_eq!(best, score);
+        }
+    }
+    // Ablations run, differ from the full score, and need only their own factors.
+    let none = ms(&["--hessians", "none"]);
+    assert_eq!(none["strategy"], "identity");
+    let ft_only = ms(&["--hessians", "fine-tune", "--factors", p(&ft_factors)]);
+    let pt_only = ms(&[
+        "--hessians",
+        "pretrain",
+        "--pretrain-factors",
+        p(&w.factors),
+    ]);
+    for other in [&none, &ft_only, &pt_only] {
+        let s = scores_by_doc(other);
+        assert!(s[0].iter().any(|(id, v)| !close(*v, s_both[0][id], 1e-3)));
+    }
+    // With the pretrained model on both sides, the pretraining-only variant is single-stage tracing.
+    let same = json(&ok([
+        &[
+            "trace",
+            "--model",
+            p(&w.model),
+            "--pretrain-model",
+            p(&w.model),
+            "--corpus",
+            p(&w.corpus),
+            "--json",
+            "--hessians",
+            "pretrain",
+            "--pretrain-factors",
+            p(&w.factors),
+        ][..],
+        &q[..],
+    ]
+    .concat()));
+    let single = json(&ok(trace_args(&q)));
+    let (a, b) = (scores_by_doc(&same), scores_by_doc(&single));
+    for (id, s) in &b[0] {
+        assert!(close(a[0][id], *s, 1e-9), "{id}: {} vs {s}", a[0][id]);
+    }
+}
+
+#[test]
+fn completion_only_pairs_take_the_loss_on_the_completion() {
+    let w = world();
+    let dir = scratch();
+    let (prompt, completion) = ("Mira Tolven was born in", " Kestrel Bay");
+    let docs = dir.join("docs.jsonl");
+    std::fs::write(
+        &docs,
+        format!(
+            "{{\"id\": \"whole\", \"text\": \"{prompt}{completion}\"}}\n{{\"id\": \"prompt\", \"text\": \"{prompt}\"}}\n"
+        ),
+    )
+    .unwrap();
+    let pairs = dir.join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        format!(
+            "{{\"id\": \"pair\", \"prompt\": \"{prompt}\", \"completion\": \"{completion}\"}}\n"
+        ),
+    )
+    .unwrap();
+    let q = [
+        "--prompt",
+        "The city",
+        "--completion",
+        " by the river",
+        "--top-k",
+        "all",
+    ];
+    let trace_on = |corpus: &Path, extra: &[&'static str]| {
+        let mut v = vec![
+            "trace",
+            "--model",
+            p(&w.model),
+            "--factors",
+            p(&w.factors),
+            "--corpus",
+            p(corpus),
+            "--json",
+        ];
+        v.extend_from_slice(&q);
+        v.extend_from_slice(extra);
+        scores_by_doc(&json(&ok(v))).remove(0)
+    };
+    let d = trace_on(&docs, &[]);
+    let pr = trace_on(&pairs, &["--completion-only"]);
+    // The loss of "prompt + completion" is the prompt's token losses plus the completion's:
+    // gradients, hence scores, add up (the tokenization of this prompt and completion is the same
+    // joined or apart).
+    let (whole, part, pair) = (d["whole"], d["prompt"], pr["pair"]);
+    assert!(
+        (part + pair - whole).abs() <= 1e-4 * whole.abs().max(part.abs()),
+        "prompt {part} + completion-only pair {pair} ≠ whole {whole}"
+    );
+    assert!(
+        (pair - whole).abs() > 1e-3 * whole.abs(),
+        "the mask changed nothing"
+    );
+    // Factors of completion-only data fit too.
+    let f = dir.join("f");
+    let r = run([
+        "fit",
+        "--model",
+        p(&w.model),
+        "--corpus",
+        p(&pairs),
+        "--completion-only",
+        "--out",
+        p(&f),
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stderr.contains("1 documents"), "{}", r.stderr);
 }
 
 /// `tda select` with every method on a jsonl pool with a planted duplicate: the output lines are

@@ -21,11 +21,13 @@
 //! Pipeline: [`factors::FactorFitter`] (covariance pass, eigendecomposition, Λ pass) →
 //! [`factors::Factors`] (saved/loaded by [`storage`]) → [`precondition::query_gradients`] +
 //! [`precondition::precondition`] → [`score::QueryBatch`] → [`score::score_candidates`] →
-//! [`normalize`] → [`topk::TopK`].
+//! [`normalize`] → [`topk::TopK`]. Multi-stage (pretraining → fine-tuning) influence folds the
+//! fine-tuning preconditioner into the query first ([`multistage`]).
 
 pub mod error;
 pub mod factors;
 pub mod linalg;
+pub mod multistage;
 pub mod normalize;
 pub mod precondition;
 pub mod project;
@@ -36,6 +38,7 @@ pub mod topk;
 
 pub use error::{CurvatureError, Result};
 pub use factors::{Eigenbasis, FactorFitter, Factors, FitConfig, LayerFactors, Pass, Strategy};
+pub use multistage::{proximal_in_fit_units, transfer_through_fine_tuning};
 pub use normalize::{normalize, Normalization, NormalizeOptions};
 pub use precondition::{
     precondition, query_gradients, Damping, PreconditionedQuery, QueryGradient, QueryLayerGrad,

@@ -377,8 +377,23 @@ pub fn save_folder<B: Backend>(
     tokenizer: &Tokenizer,
     dir: &Path,
 ) -> Result<()> {
+    save_folder_with(model, tokenizer, dir, &[])
+}
+
+/// [`save_folder`] plus `extra` files `(name, bytes)` written into the same atomic folder (e.g.
+/// the training record of `tda train`).
+pub fn save_folder_with<B: Backend>(
+    model: &Transformer<B>,
+    tokenizer: &Tokenizer,
+    dir: &Path,
+    extra: &[(&str, &[u8])],
+) -> Result<()> {
     tda_io::write_dir(dir, |tmp| {
         write_folder_files(model, tokenizer, tmp)?;
+        for (name, bytes) in extra {
+            let p = tmp.join(name);
+            std::fs::write(&p, bytes).map_err(|e| ModelError::io(&p, e))?;
+        }
         if dir.is_dir() {
             tda_io::carry_over(dir, tmp)?;
         }

@@ -17,6 +17,12 @@ pub enum DocSource {
     Corpus { path: PathBuf, read: ReadOptions },
     /// Documents in memory (e.g. fetched from the prefilter index).
     Docs(Arc<Vec<Document>>),
+    /// Prompt/completion pairs (supervised fine-tuning data, read from a jsonl of
+    /// `{prompt, completion, id?}`): one window per pair, the loss on the completion tokens only.
+    Pairs {
+        path: PathBuf,
+        pairs: Arc<Vec<crate::query::Query>>,
+    },
 }
 
 impl DocSource {
@@ -34,6 +40,15 @@ impl DocSource {
     pub fn docs(docs: Vec<Document>) -> Self {
         Self::Docs(Arc::new(docs))
     }
+    /// The prompt/completion pairs of the jsonl file `path` (errors name the file and line).
+    pub fn pairs(path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        let pairs = crate::query::read_rows(&path, "prompt/completion pairs")?;
+        Ok(Self::Pairs {
+            path,
+            pairs: Arc::new(pairs),
+        })
+    }
 
     /// Bytes of the source (for progress), if known.
     pub fn total_bytes(&self) -> Option<u64> {
@@ -42,6 +57,12 @@ impl DocSource {
                 .ok()
                 .map(|s| s.total_bytes()),
             Self::Docs(d) => Some(d.iter().map(|d| d.text.len() as u64).sum()),
+            Self::Pairs { pairs, .. } => Some(
+                pairs
+                    .iter()
+                    .map(|q| (q.prompt.len() + q.completion.len()) as u64)
+                    .sum(),
+            ),
         }
     }
 
@@ -50,6 +71,7 @@ impl DocSource {
         match self {
             Self::Corpus { path, .. } => path.display().to_string(),
             Self::Docs(d) => format!("the {} documents fetched by the prefilter", d.len()),
+            Self::Pairs { path, .. } => format!("{} (prompt/completion pairs)", path.display()),
         }
     }
 
@@ -77,6 +99,7 @@ impl DocSource {
                 }
                 Ok(stats)
             }
+            Self::Pairs { .. } => unreachable!("pairs are windowed by for_each_batch"),
         }
     }
 }
@@ -144,6 +167,11 @@ impl Default for WindowOptions {
 /// One candidate: a token window of a document.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Candidate {
+    /// 0-based ordinal of the document in this pass (tells apart documents that share an id).
+    pub doc: u64,
+    /// First position whose token is a loss target: 1 for document windows (every token after
+    /// the first), the completion's first token for a prompt/completion pair.
+    pub loss_from: usize,
     pub doc_id: String,
     /// Window number within the document.
     pub window: usize,
@@ -193,6 +221,9 @@ pub fn for_each_batch(
             "window length {len}: need at least 2 tokens"
         )));
     }
+    if let DocSource::Pairs { pairs, .. } = source {
+        return pair_batches(source, pairs, tokenizer, cfg, opts, len, on_batch);
+    }
     let encode = |text: &str| encode_for_scoring(tokenizer, cfg, text).map_err(|e| e.to_string());
     let mut pending: Vec<Candidate> = Vec::with_capacity(opts.batch_size);
     let mut bytes = 0u64;
@@ -201,8 +232,10 @@ pub fn for_each_batch(
         ..Default::default()
     };
     let cap = opts.max_windows.unwrap_or(usize::MAX);
+    let mut doc_no = 0u64;
     let read = source.for_each_doc(|doc| {
         bytes += doc.text.len() as u64 + 1;
+        doc_no += 1;
         let ws = windows(&doc, &encode, len, len)?;
         if ws.iter().all(|w| w.token_ids.len() < 2) {
             stats.too_short += 1;
@@ -218,6 +251,8 @@ pub fn for_each_batch(
             stats.windows += 1;
             stats.tokens += w.token_ids.len() as u64;
             pending.push(Candidate {
+                doc: doc_no - 1,
+                loss_from: 1,
                 text: w.text(&doc).to_string(),
                 doc_id: w.doc_id,
                 window: w.index,
@@ -239,7 +274,7 @@ pub fn for_each_batch(
     if stats.windows == 0 {
         let why = match (source, read.docs) {
             (DocSource::Corpus { read: ro, .. }, 0) => read.why_no_documents(ro),
-            (DocSource::Docs(_), 0) => "no documents".to_string(),
+            (_, 0) => "no documents".to_string(),
             (_, n) => format!(
                 "{n} documents, none with at least 2 tokens (BOS included) to make a window"
             ),
@@ -250,4 +285,74 @@ pub fn for_each_batch(
         )));
     }
     Ok(stats)
+}
+
+/// The windows of prompt/completion pairs: one per pair (BOS + prompt + completion, as a query is
+/// encoded), the loss from the completion's first token. A pair longer than the window is an error
+/// (never truncated silently).
+fn pair_batches(
+    source: &DocSource,
+    pairs: &[crate::query::Query],
+    tokenizer: &Tokenizer,
+    cfg: &ModelConfig,
+    opts: &WindowOptions,
+    len: usize,
+    mut on_batch: impl FnMut(&[Candidate], u64) -> Result<()>,
+) -> Result<PassStats> {
+    let mut stats = PassStats {
+        source: source.describe(),
+        ..Default::default()
+    };
+    let cap = opts.max_windows.unwrap_or(usize::MAX);
+    let mut pending = Vec::with_capacity(opts.batch_size);
+    let mut bytes = 0u64;
+    for (i, q) in pairs.iter().enumerate() {
+        if stats.windows >= cap {
+            stats.capped = true;
+            break;
+        }
+        let id = if q.id.is_empty() {
+            format!("pair-{}", i + 1)
+        } else {
+            q.id.clone()
+        };
+        let (ids, n_prompt) = crate::query::encode_query(tokenizer, cfg, &q.prompt, &q.completion)
+            .map_err(|e| TraceError::Usage(format!("{}: pair {id}: {e}", source.describe())))?;
+        if ids.len() > len {
+            return Err(TraceError::Usage(format!(
+                "{}: pair {id} has {} tokens, more than the window of {len} (raise --max-len up to the model's context)",
+                source.describe(),
+                ids.len()
+            )));
+        }
+        stats.documents += 1;
+        stats.windows += 1;
+        stats.tokens += ids.len() as u64;
+        bytes += (q.prompt.len() + q.completion.len()) as u64;
+        let text = format!("{}{}", q.prompt, q.completion);
+        pending.push(Candidate {
+            doc: i as u64,
+            loss_from: n_prompt.max(1),
+            doc_id: id,
+            window: 0,
+            span: (0, text.len()),
+            text,
+            ids,
+        });
+        if pending.len() == opts.batch_size {
+            on_batch(&pending, bytes)?;
+            pending.clear();
+        }
+    }
+    if !pending.is_empty() {
+        on_batch(&pending, bytes)?;
+    }
+    Ok(stats)
+}
+
+/// The model batch of `cands` (right-padded with `pad`), each with its loss start.
+pub fn candidate_batch(cands: &[Candidate], pad: u32) -> Result<tda_model::TokenBatch> {
+    let seqs: Vec<Vec<u32>> = cands.iter().map(|c| c.ids.clone()).collect();
+    let starts: Vec<usize> = cands.iter().map(|c| c.loss_from).collect();
+    Ok(tda_model::TokenBatch::new(&seqs, pad)?.with_loss_from(&starts)?)
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 use tda_curvature::{storage, FactorFitter, Factors, FitConfig, Pass, Strategy};
-use tda_model::{frozen, TokenBatch, Tokenizer, Transformer};
+use tda_model::{frozen, Tokenizer, Transformer};
 
 use crate::candidates::{for_each_batch, DocSource, PassStats, WindowOptions};
 use crate::error::{Result, TraceError};
@@ -125,8 +125,7 @@ pub fn fit<AD: AutodiffBackend>(
             &model.config,
             &opts.windows,
             |cands, bytes| {
-                let seqs: Vec<Vec<u32>> = cands.iter().map(|c| c.ids.clone()).collect();
-                let batch = TokenBatch::new(&seqs, pad)?;
+                let batch = crate::candidates::candidate_batch(cands, pad)?;
                 let labels = match opts.fisher {
                     Fisher::Empirical => Labels::Data,
                     Fisher::True { seed } => Labels::Sampled {
@@ -141,7 +140,7 @@ pub fn fit<AD: AutodiffBackend>(
                 fitter.add(&taps.layer_batches())?;
                 report.accumulate_s += t0.elapsed().as_secs_f64();
                 index += cands.len() as u64;
-                tokens += seqs.iter().map(Vec::len).sum::<usize>();
+                tokens += cands.iter().map(|c| c.ids.len()).sum::<usize>();
                 progress(&FitProgress {
                     pass,
                     bytes_done: bytes,

@@ -14,19 +14,115 @@ use crate::error::{Result, TraceError};
 use crate::output::{LayerScore, ResultRow, TokenScore};
 
 /// One kept candidate and its optional breakdowns.
+///
+/// A window (`doc: None`) or a whole document: then `cand` is its best window (its per-token
+/// scores are that window's), `per_layer` sums over all its windows, and `doc` says how many
+/// windows it has and the best window's own score.
+#[derive(Clone)]
 pub(crate) struct Kept {
     pub cand: Arc<Candidate>,
     pub per_token: Option<Vec<f64>>,
     pub per_layer: Option<Vec<f64>>,
+    pub doc: Option<DocSummary>,
 }
 
-impl Clone for Kept {
-    fn clone(&self) -> Self {
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct DocSummary {
+    pub windows: usize,
+    pub best_window_score: f64,
+}
+
+/// Per-document sums over consecutive windows of the same document (one pass delivers a
+/// document's windows one after another; `Candidate::doc` tells documents apart even when two
+/// share an id). The document score is the sum of its window scores; the best window is the one
+/// with the largest score (smallest with `opponents`).
+pub(crate) struct DocSums {
+    doc: Option<u64>,
+    opponents: bool,
+    /// `false`: a document scores its best window's score instead of the sum (self-influence,
+    /// which is quadratic in the gradient, so windows do not add up).
+    sum: bool,
+    open: Vec<Option<Open>>,
+}
+
+struct Open {
+    sum: f64,
+    layers: Option<Vec<f64>>,
+    windows: usize,
+    best: (f64, Kept),
+}
+
+impl DocSums {
+    pub fn new(queries: usize, opponents: bool) -> Self {
         Self {
-            cand: self.cand.clone(),
-            per_token: self.per_token.clone(),
-            per_layer: self.per_layer.clone(),
+            doc: None,
+            opponents,
+            sum: true,
+            open: (0..queries).map(|_| None).collect(),
         }
+    }
+
+    /// Documents score their best window (largest score), not the sum.
+    pub fn best_window(queries: usize) -> Self {
+        Self {
+            sum: false,
+            ..Self::new(queries, false)
+        }
+    }
+
+    /// Adds window `k` with score `s` for query `q`; documents completed before it go to `keeper`.
+    pub fn push(&mut self, keeper: &mut Keeper, q: usize, s: f64, k: Kept) {
+        if self.doc != Some(k.cand.doc) {
+            self.flush(keeper);
+            self.doc = Some(k.cand.doc);
+        }
+        match &mut self.open[q] {
+            None => {
+                self.open[q] = Some(Open {
+                    sum: s,
+                    layers: k.per_layer.clone(),
+                    windows: 1,
+                    best: (s, k),
+                })
+            }
+            Some(o) => {
+                o.sum += s;
+                o.windows += 1;
+                if let (Some(acc), Some(l)) = (&mut o.layers, &k.per_layer) {
+                    acc.iter_mut().zip(l).for_each(|(a, b)| *a += b);
+                }
+                let better = if self.opponents {
+                    s < o.best.0
+                } else {
+                    s > o.best.0
+                };
+                if better || !o.best.0.is_finite() {
+                    o.best = (s, k);
+                }
+            }
+        }
+    }
+
+    /// Hands every open document to `keeper` (call once more after the pass).
+    pub fn flush(&mut self, keeper: &mut Keeper) {
+        for (q, slot) in self.open.iter_mut().enumerate() {
+            if let Some(o) = slot.take() {
+                let (best_score, best) = o.best;
+                keeper.push(
+                    q,
+                    if self.sum { o.sum } else { best_score },
+                    Kept {
+                        per_layer: o.layers,
+                        doc: Some(DocSummary {
+                            windows: o.windows,
+                            best_window_score: best_score,
+                        }),
+                        ..best
+                    },
+                );
+            }
+        }
+        self.doc = None;
     }
 }
 
@@ -127,6 +223,8 @@ pub(crate) fn to_row(
         span: k.cand.span,
         text: k.cand.text.clone(),
         score,
+        windows: k.doc.map(|d| d.windows),
+        best_window_score: k.doc.map(|d| d.best_window_score),
         per_token: k.per_token.as_ref().map(|v| {
             token_strings(tokenizer, &k.cand.ids)
                 .into_iter()
@@ -152,17 +250,51 @@ mod tests {
     use super::*;
 
     fn kept(id: &str) -> Kept {
+        window(id, 0, 0)
+    }
+
+    fn window(id: &str, doc: u64, w: usize) -> Kept {
         Kept {
             cand: Arc::new(Candidate {
+                doc,
+                loss_from: 1,
                 doc_id: id.into(),
-                window: 0,
+                window: w,
                 span: (0, 1),
                 text: "x".into(),
                 ids: vec![1, 2],
             }),
             per_token: None,
-            per_layer: None,
+            per_layer: Some(vec![1.0, 2.0]),
+            doc: None,
         }
+    }
+
+    #[test]
+    fn a_document_scores_the_sum_of_its_windows_and_shows_the_best() {
+        // Two documents with the same id stay apart (doc ordinals 0 and 1).
+        let mut keep = Keeper::new(2, None, false);
+        let mut sums = DocSums::new(2, false);
+        for (doc, w, s) in [(0, 0, 1.0), (0, 1, 3.0), (0, 2, -0.5), (1, 0, 2.0)] {
+            sums.push(&mut keep, 0, s, window("a", doc, w));
+            sums.push(&mut keep, 1, -s, window("a", doc, w));
+        }
+        sums.flush(&mut keep);
+        let rows = keep.finish().unwrap();
+        let (s0, k0) = &rows[0][0];
+        assert_eq!(*s0, 3.5);
+        let d = k0.doc.unwrap();
+        assert_eq!(
+            (d.windows, d.best_window_score, k0.cand.window),
+            (3, 3.0, 1)
+        );
+        assert_eq!(k0.per_layer.as_deref(), Some(&[3.0, 6.0][..]));
+        assert_eq!(rows[0][1].0, 2.0);
+        assert_eq!(rows[0][1].1.doc.unwrap().windows, 1);
+        // Query 1: sums −3.5 and −2; best window = largest score (−0.5 of window 2).
+        assert_eq!(rows[1][0].0, -2.0);
+        assert_eq!(rows[1][1].0, -3.5);
+        assert_eq!(rows[1][1].1.cand.window, 2);
     }
 
     #[test]

@@ -15,13 +15,18 @@
 //! - [`prefilter`]: queries → BM25 / TF-IDF hits in a corpus index → candidate documents.
 //! - [`query`]: queries → measurement taps → preconditioned rank-r queries (all batched).
 //! - [`trace`]: **one** pass over the candidate windows, all queries scored together → streaming
-//!   top-K with per-token / per-layer scores. [`self_influence`] and [`relabel`] reuse the steps.
+//!   top-K of documents (sum over their windows) or windows, with per-token / per-layer scores;
+//!   target sets aggregated into one query; multi-stage (pretraining → fine-tuning) scores with the
+//!   fine-tuning preconditioner folded into the query. [`self_influence`] and [`relabel`] reuse
+//!   the steps.
 //! - [`output`]: result structs and the parquet writer.
 //!
 //! Invariants a caller can rely on:
 //! - **Sign**: a positive score means that up-weighting the candidate in training raises the
 //!   measurement `f` (for `logprob`: makes the completion more likely).
-//! - Per-token scores of a window sum to its score; per-layer scores sum to it too.
+//! - Per-token scores of a window sum to its score; per-layer scores sum to it too. A document's
+//!   score is the sum of its windows' scores; a target set's (`Aggregate::Mean`) the mean of its
+//!   queries' scores.
 //! - Scores do not depend on the batch size or on how many queries share a pass.
 //! - Factors are used only with the model they were fitted on (fingerprint and layer shapes are
 //!   checked by [`fit::load_checked`]); every artifact is written atomically through `tda-io`.
@@ -50,10 +55,13 @@ pub use measure::Measurement;
 pub use modules::ModuleSelection;
 pub use output::{write_parquet, ResultRow, TraceOutput, TraceReport};
 pub use prefilter::{candidate_source, prefilter, Prefilter};
-pub use query::{read_rows, Query, RelabelRow};
+pub use query::{read_queries, read_rows, Aggregate, Query, RelabelRow};
 pub use relabel::relabel;
 pub use self_influence::self_influence;
-pub use trace::{trace, TraceOptions};
+pub use trace::{
+    check_same_family, trace, trace_multistage, FineTuneDamping, FineTuned, Granularity, Hessians,
+    StagesInfo, TraceOptions,
+};
 
 /// Factor file name inside a factors folder.
 pub const FACTORS_FILE: &str = "factors.safetensors";

@@ -39,7 +39,15 @@ pub struct ResultRow {
     /// Byte span of the window in the document's text.
     pub span: (usize, usize),
     pub text: String,
+    /// The influence of the candidate: a window's score, or for a document the sum of its
+    /// windows' scores (`window`, `span`, `text` and `per_token` are then its best window's).
     pub score: f64,
+    /// Documents (`--granularity document`): the number of windows summed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<usize>,
+    /// Documents: the best window's own score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_window_score: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_token: Option<Vec<TokenScore>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,6 +72,14 @@ pub struct TraceOutput {
     pub rank: String,
     pub normalization: String,
     pub per_token_count: bool,
+    /// One row per document (default) or per window.
+    pub granularity: crate::trace::Granularity,
+    /// The queries were scored as one target set (the first result is the target's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<crate::query::Aggregate>,
+    /// Multi-stage tracing: which preconditioners and which fine-tuning damping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<crate::trace::StagesInfo>,
     pub queries: Vec<QueryResult>,
     pub report: TraceReport,
 }
@@ -90,7 +106,8 @@ pub struct TraceReport {
 }
 
 /// Writes the results as parquet: columns `query_id, prompt, completion, value, rank, doc_id,
-/// window, span_start, span_end, text, score, per_token_scores (list<f64>), per_token_tokens
+/// window, span_start, span_end, text, score, windows, best_window_score (null for windows),
+/// per_token_scores (list<f64>), per_token_tokens
 /// (list<utf8>), layers (list<utf8>), per_layer_scores (list<f64>)`. Atomic (temp + rename).
 pub fn write_parquet(out: &TraceOutput, path: &Path) -> Result<()> {
     let perr = |msg: String| TraceError::Parquet {
@@ -161,6 +178,8 @@ pub fn write_parquet(out: &TraceOutput, path: &Path) -> Result<()> {
         Field::new("span_end", DataType::UInt64, false),
         Field::new("text", DataType::Utf8, false),
         Field::new("score", DataType::Float64, false),
+        Field::new("windows", DataType::UInt64, true),
+        Field::new("best_window_score", DataType::Float64, true),
         list("per_token_scores", DataType::Float64),
         list("per_token_tokens", DataType::Utf8),
         list("layers", DataType::Utf8),
@@ -181,6 +200,16 @@ pub fn write_parquet(out: &TraceOutput, path: &Path) -> Result<()> {
         s(&|(_, r)| r.text.clone()),
         Arc::new(Float64Array::from(
             rows.iter().map(|(_, r)| r.score).collect::<Vec<_>>(),
+        )),
+        Arc::new(UInt64Array::from(
+            rows.iter()
+                .map(|(_, r)| r.windows.map(|w| w as u64))
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(Float64Array::from(
+            rows.iter()
+                .map(|(_, r)| r.best_window_score)
+                .collect::<Vec<_>>(),
         )),
         Arc::new(tok_scores.finish()),
         Arc::new(tok_strings.finish()),

@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
-use tda_curvature::{precondition, query_gradients, Damping, Factors, QueryBatch, Rank};
+use tda_curvature::{
+    precondition, query_gradients, Damping, Factors, LayerSpec, QueryBatch, QueryGradient,
+    QueryLayerGrad, Rank,
+};
 use tda_model::{TokenBatch, Tokenizer, Transformer};
 
 use crate::error::{Result, TraceError};
@@ -106,11 +109,32 @@ pub fn prepare_queries<AD: AutodiffBackend>(
     rank: Rank,
     batch_size: usize,
 ) -> Result<PreparedQueries> {
+    let t0 = Instant::now();
+    let specs = factors.specs();
+    let (grads, values) =
+        measure_queries(frozen, tokenizer, &specs, queries, measurement, batch_size)?;
+    let pq = precondition(factors, damping, &grads, rank)?;
+    let batch = QueryBatch::new(&specs, &pq)?;
+    Ok(PreparedQueries {
+        batch,
+        values,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Gradients of the measurement `f` of each query (taps of the completion tokens, batched) on
+/// the layers `specs`, and the value of `f` per query.
+pub fn measure_queries<AD: AutodiffBackend>(
+    frozen: &Transformer<AD>,
+    tokenizer: &Tokenizer,
+    specs: &[LayerSpec],
+    queries: &[Query],
+    measurement: Measurement,
+    batch_size: usize,
+) -> Result<(Vec<QueryGradient>, Vec<f32>)> {
     if queries.is_empty() {
         return Err(TraceError::Usage("no queries".into()));
     }
-    let t0 = Instant::now();
-    let specs = factors.specs();
     let pad = frozen.config.eos_token_id.unwrap_or(0);
     let mut grads = Vec::with_capacity(queries.len());
     let mut values = Vec::with_capacity(queries.len());
@@ -136,15 +160,98 @@ pub fn prepare_queries<AD: AutodiffBackend>(
             kind: measurement,
             weights,
         };
-        let taps = host_taps(frozen, &specs, &batch, Scalar::Measure(&target))?;
-        grads.extend(query_gradients(&specs, &taps.layer_batches())?);
+        let taps = host_taps(frozen, specs, &batch, Scalar::Measure(&target))?;
+        grads.extend(query_gradients(specs, &taps.layer_batches())?);
         values.extend_from_slice(&taps.values);
     }
-    let pq = precondition(factors, damping, &grads, rank)?;
-    let batch = QueryBatch::new(&specs, &pq)?;
-    Ok(PreparedQueries {
-        batch,
-        values,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    Ok((grads, values))
+}
+
+/// How the queries of a target set become one target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregate {
+    /// `∇f_target = (1/Q) Σ_q ∇f_q`: scores are the mean of the per-query scores.
+    Mean,
+    /// `∇f_target = Σ_q ∇f_q`: scores are the sum of the per-query scores.
+    Sum,
+}
+
+impl std::str::FromStr for Aggregate {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "mean" => Ok(Self::Mean),
+            "sum" => Ok(Self::Sum),
+            _ => Err(format!("aggregate {s:?}: mean or sum")),
+        }
+    }
+}
+
+/// One query gradient for the whole set: the factored rows of every query stacked per layer
+/// (`Σ_q g_qᵀ a_q` is the gradient of `Σ_q f_q`), scaled by `1/Q` for the mean. Exact: the
+/// preconditioner and the score are linear in the query gradient, so the target's score is the
+/// mean (sum) of the per-query scores before any rank-r compression.
+pub fn aggregate_gradients(grads: &[QueryGradient], how: Aggregate) -> QueryGradient {
+    let w = match how {
+        Aggregate::Mean => 1.0 / grads.len().max(1) as f64,
+        Aggregate::Sum => 1.0,
+    };
+    let n_l = grads.first().map_or(0, |g| g.layers.len());
+    let layers = (0..n_l)
+        .map(|l| {
+            let mut out = QueryLayerGrad {
+                n: 0,
+                g: vec![],
+                a: vec![],
+            };
+            for q in grads {
+                let x = &q.layers[l];
+                out.n += x.n;
+                out.g.extend(x.g.iter().map(|v| v * w));
+                out.a.extend_from_slice(&x.a);
+            }
+            out
+        })
+        .collect();
+    QueryGradient { layers }
+}
+
+/// Reads queries: jsonl of `{prompt, completion, id?}` (extension `.jsonl` or `.json`), or a
+/// plain-text file of targets, one per non-blank line: the completion of a query with an empty
+/// prompt (ids `t1`, `t2`, … by line).
+pub fn read_queries(path: &std::path::Path) -> Result<Vec<Query>> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if ext == "jsonl" || ext == "json" {
+        return read_rows(path, "queries");
+    }
+    let bytes = std::fs::read(path).map_err(|e| crate::error::io(path, e))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        TraceError::Usage(format!(
+            "{}: not UTF-8 text (byte {})",
+            path.display(),
+            e.valid_up_to()
+        ))
+    })?;
+    let rows: Vec<Query> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| Query {
+            id: format!("t{}", i + 1),
+            prompt: String::new(),
+            completion: l.trim_end_matches('\r').to_string(),
+        })
+        .collect();
+    if rows.is_empty() {
+        return Err(TraceError::Usage(format!(
+            "{}: no targets (expected one target text per line, or a .jsonl of queries)",
+            path.display()
+        )));
+    }
+    Ok(rows)
 }

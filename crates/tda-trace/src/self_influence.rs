@@ -5,16 +5,20 @@ use std::sync::Arc;
 
 use burn::tensor::backend::AutodiffBackend;
 use tda_curvature::{Damping, Factors};
-use tda_model::{frozen, TokenBatch, Tokenizer, Transformer};
+use tda_model::{frozen, Tokenizer, Transformer};
 
 use crate::candidates::{for_each_batch, DocSource, PassStats, WindowOptions};
 use crate::error::Result;
 use crate::host::{host_taps, Labels, Scalar};
-use crate::keep::{to_row, Keeper, Kept};
+use crate::keep::{to_row, DocSums, Keeper, Kept};
 use crate::output::ResultRow;
+use crate::trace::Granularity;
 
 /// Self-influence `∇L(z)ᵀ (G + λI)⁻¹ ∇L(z)` of every candidate window; returns the `top_k`
 /// largest (outliers / hard examples first), or all when `top_k` is `None`, and what the pass read.
+/// With [`Granularity::Document`] a document is ranked by its most self-influential window (the
+/// self-influence of a whole document is not the sum over its windows: it has cross terms), and
+/// its row says how many windows it has.
 #[allow(clippy::too_many_arguments)]
 pub fn self_influence<AD: AutodiffBackend>(
     model: &Transformer<AD>,
@@ -24,33 +28,38 @@ pub fn self_influence<AD: AutodiffBackend>(
     damping: Damping,
     top_k: Option<usize>,
     windows: &WindowOptions,
+    granularity: Granularity,
     progress: &mut dyn FnMut(usize, u64),
 ) -> Result<(Vec<ResultRow>, PassStats)> {
     let fz = frozen(model);
     let specs = factors.specs();
     let pad = model.config.eos_token_id.unwrap_or(0);
     let mut keeper = Keeper::new(1, top_k, false);
+    let mut docs = (granularity == Granularity::Document).then(|| DocSums::best_window(1));
     let mut done = 0;
     let pass = for_each_batch(source, tokenizer, &model.config, windows, |cands, bytes| {
-        let seqs: Vec<Vec<u32>> = cands.iter().map(|c| c.ids.clone()).collect();
-        let batch = TokenBatch::new(&seqs, pad)?;
+        let batch = crate::candidates::candidate_batch(cands, pad)?;
         let taps = host_taps(&fz, &specs, &batch, Scalar::Loss(Labels::Data))?;
         let si = tda_curvature::self_influence(factors, damping, &taps.layer_batches())?;
         for (c, s) in cands.iter().zip(si) {
-            keeper.push(
-                0,
-                s,
-                Kept {
-                    cand: Arc::new(c.clone()),
-                    per_token: None,
-                    per_layer: None,
-                },
-            );
+            let k = Kept {
+                cand: Arc::new(c.clone()),
+                per_token: None,
+                per_layer: None,
+                doc: None,
+            };
+            match &mut docs {
+                Some(d) => d.push(&mut keeper, 0, s, k),
+                None => keeper.push(0, s, k),
+            }
         }
         done += cands.len();
         progress(done, bytes);
         Ok(())
     })?;
+    if let Some(d) = &mut docs {
+        d.flush(&mut keeper);
+    }
     let rows = keeper
         .finish()?
         .pop()

@@ -1,30 +1,59 @@
 //! `tda trace`: queries → measurement taps → preconditioned low-rank queries → one pass over the
-//! candidate windows with all queries at once → streaming top-K.
+//! candidate windows with all queries at once → streaming top-K of documents (or windows).
 //!
 //! Score of candidate `z` for query `q`: `−∇f_q(θ)ᵀ (G + λI)⁻¹ ∇L(z, θ)` over the tracked layers,
 //! with `L` the summed next-token loss of the window and `f` the measurement; **positive = up-weighting
 //! `z` in training raises `f`** (for `logprob`, makes the completion more likely). The per-token
 //! score of position `t` is `g_tᵀ P_q a_t` (the taps at position `t`: its input activations and
 //! the gradient of the loss w.r.t. its layer outputs); they sum to the window's score. Per-layer
-//! scores sum to the total.
+//! scores sum to the total. A document's score is the sum of its windows' scores (the influence
+//! of up-weighting the whole document).
+//!
+//! Multi-stage ([`trace_multistage`]): the query gradient is taken at the fine-tuned `θ_ft`, goes
+//! through `α(G_ft + αI)⁻¹` (`tda_curvature::multistage`) and then through the pretraining
+//! preconditioner; the candidate pass runs at `θ_pt` exactly as in single-stage tracing.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
+use serde::Serialize;
 use tda_curvature::{
-    candidate_stats, normalize, score_candidates, Damping, Factors, Normalization,
-    NormalizeOptions, Rank,
+    candidate_stats, normalize, precondition, proximal_in_fit_units, score_candidates,
+    transfer_through_fine_tuning, Damping, Factors, Normalization, NormalizeOptions, QueryBatch,
+    Rank,
 };
-use tda_model::{frozen, TokenBatch, Tokenizer, Transformer};
+use tda_model::{frozen, Tokenizer, Transformer};
 
 use crate::candidates::{for_each_batch, DocSource, WindowOptions};
-use crate::error::Result;
+use crate::error::{Result, TraceError};
 use crate::host::{host_taps, Labels, Scalar};
-use crate::keep::{to_row, Keeper, Kept};
+use crate::keep::{to_row, DocSums, Keeper, Kept};
 use crate::measure::Measurement;
 use crate::output::{QueryResult, TraceOutput, TraceReport};
-use crate::query::{prepare_queries, Query};
+use crate::query::{aggregate_gradients, measure_queries, Aggregate, Query};
+
+/// What a result row is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// One row per document: the sum of its windows' scores, with its best window.
+    #[default]
+    Document,
+    /// One row per window.
+    Window,
+}
+
+impl std::str::FromStr for Granularity {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "document" => Ok(Self::Document),
+            "window" => Ok(Self::Window),
+            _ => Err(format!("granularity {s:?}: document or window")),
+        }
+    }
+}
 
 /// Options of [`trace`].
 #[derive(Clone, Debug)]
@@ -40,6 +69,13 @@ pub struct TraceOptions {
     pub per_token: bool,
     pub per_layer: bool,
     pub windows: WindowOptions,
+    /// Documents (default) or windows. With a normalisation, a document sums its windows'
+    /// normalised scores.
+    pub granularity: Granularity,
+    /// Score the queries as one target set (one query's cost); `None` = each query on its own.
+    pub aggregate: Option<Aggregate>,
+    /// With `aggregate`: also keep each query's own ranking (after the target's).
+    pub per_query: bool,
 }
 
 impl Default for TraceOptions {
@@ -54,11 +90,117 @@ impl Default for TraceOptions {
             per_token: false,
             per_layer: false,
             windows: WindowOptions::default(),
+            granularity: Granularity::Document,
+            aggregate: None,
+            per_query: false,
         }
     }
 }
 
-/// Scores every candidate window of `source` against all `queries` in one pass.
+/// Which preconditioners a multi-stage score applies (ablations of Bao et al. 2025).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hessians {
+    /// `α(G_ft + αI)⁻¹` then `(G_pt + λI)⁻¹` (the multi-stage influence).
+    #[default]
+    Both,
+    /// Only `α(G_ft + αI)⁻¹` (the reference code's benchmark variant).
+    FineTune,
+    /// Only `(G_pt + λI)⁻¹`, query gradient still at `θ_ft`.
+    Pretrain,
+    /// Neither: the gradient dot product across checkpoints.
+    None,
+}
+
+impl Hessians {
+    pub fn uses_fine_tune(self) -> bool {
+        matches!(self, Self::Both | Self::FineTune)
+    }
+    pub fn uses_pretrain(self) -> bool {
+        matches!(self, Self::Both | Self::Pretrain)
+    }
+}
+
+impl std::str::FromStr for Hessians {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "both" => Ok(Self::Both),
+            "fine-tune" => Ok(Self::FineTune),
+            "pretrain" => Ok(Self::Pretrain),
+            "none" => Ok(Self::None),
+            _ => Err(format!("hessians {s:?}: both, fine-tune, pretrain or none")),
+        }
+    }
+}
+
+/// The fine-tuning damping `α` (the proximity of `θ_ft` to `θ_pt`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FineTuneDamping {
+    /// The `--proximal` coefficient of the fine-tuning run (mean-token-loss units; converted to
+    /// the factors' units as `α · T̄`).
+    Proximal(f64),
+    /// A damping in the factors' units, as `--damping` (`heuristic` = 0.1 × mean Λ_ft per layer).
+    Damping(Damping),
+}
+
+impl FineTuneDamping {
+    /// `α_l` per layer of `ft`, in `G_ft` units.
+    pub fn per_layer(&self, ft: &Factors) -> Vec<f64> {
+        match *self {
+            Self::Proximal(a) => vec![proximal_in_fit_units(a, ft); ft.layers.len()],
+            Self::Damping(d) => ft.layers.iter().map(|l| d.value(l)).collect(),
+        }
+    }
+}
+
+/// The fine-tuning side of a multi-stage trace.
+pub struct FineTuned<'a, AD: AutodiffBackend> {
+    /// `θ_ft`: the query gradients are taken here.
+    pub model: &'a Transformer<AD>,
+    /// `G_ft` (fitted at `θ_ft` on the fine-tuning data) and `α`; required by
+    /// [`Hessians::Both`] and [`Hessians::FineTune`], unused otherwise.
+    pub factors: Option<(&'a Factors, FineTuneDamping)>,
+    pub hessians: Hessians,
+}
+
+/// The fine-tuned and the pretrained model must share the architecture (equal configs) and the
+/// tokenizer (equal vocabularies); the error names both folders.
+pub fn check_same_family(
+    ft: (&std::path::Path, &tda_model::ModelConfig, &Tokenizer),
+    pt: (&std::path::Path, &tda_model::ModelConfig, &Tokenizer),
+) -> Result<()> {
+    let names = format!(
+        "--model {} and --pretrain-model {}",
+        ft.0.display(),
+        pt.0.display()
+    );
+    if ft.1 != pt.1 {
+        return Err(TraceError::Usage(format!(
+            "{names} have different architectures (their config.json differ: {:?} {} layers × {} vs {:?} {} layers × {})",
+            ft.1.arch, ft.1.n_layers, ft.1.hidden, pt.1.arch, pt.1.n_layers, pt.1.hidden
+        )));
+    }
+    if ft.2.get_vocab(true) != pt.2.get_vocab(true) {
+        return Err(TraceError::Usage(format!(
+            "{names} have different tokenizers (their vocabularies differ)"
+        )));
+    }
+    Ok(())
+}
+
+/// What a multi-stage trace applied (in [`TraceOutput::stages`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct StagesInfo {
+    pub hessians: Hessians,
+    /// How `α` was chosen, e.g. `proximal 0.01 × T̄ 63.0`.
+    pub fine_tune_damping: Option<String>,
+    /// Mean of `α_l` over layers (factor units).
+    pub alpha_mean: Option<f64>,
+}
+
+/// Scores every candidate of `source` against all `queries` in one pass (single stage: query and
+/// candidates at the same `θ`, preconditioner `factors`).
 pub fn trace<AD: AutodiffBackend>(
     model: &Transformer<AD>,
     tokenizer: &Tokenizer,
@@ -68,26 +210,172 @@ pub fn trace<AD: AutodiffBackend>(
     opts: &TraceOptions,
     progress: &mut dyn FnMut(usize, u64),
 ) -> Result<TraceOutput> {
+    run(
+        model,
+        model,
+        tokenizer,
+        factors,
+        opts.damping,
+        None,
+        queries,
+        source,
+        opts,
+        progress,
+    )
+}
+
+/// Multi-stage scores of pretraining candidates (`pretrained` = `θ_pt`, `pt_factors` = `G_pt`,
+/// damped by `opts.damping`) for queries of the fine-tuned model: one candidate pass at `θ_pt`.
+#[allow(clippy::too_many_arguments)]
+pub fn trace_multistage<AD: AutodiffBackend>(
+    pretrained: &Transformer<AD>,
+    pt_factors: Option<&Factors>,
+    fine_tuned: &FineTuned<'_, AD>,
+    tokenizer: &Tokenizer,
+    queries: &[Query],
+    source: &DocSource,
+    opts: &TraceOptions,
+    progress: &mut dyn FnMut(usize, u64),
+) -> Result<TraceOutput> {
+    let h = fine_tuned.hessians;
+    let identity;
+    let (pre, damping) = match (h.uses_pretrain(), pt_factors) {
+        (true, Some(f)) => (f, opts.damping),
+        (true, None) => {
+            return Err(TraceError::Usage(
+                "multi-stage with the pretraining Hessian needs the pretraining factors".into(),
+            ))
+        }
+        (false, Some(f)) => {
+            identity = Factors::identity(f.specs(), &f.fingerprint);
+            (&identity, Damping::Absolute(0.0))
+        }
+        (false, None) => {
+            // No factors at all (`--hessians none`): the default tracked layers of the model.
+            let specs = match fine_tuned.factors {
+                Some((f, _)) => f.specs(),
+                None => crate::ModuleSelection::All.specs(&pretrained.linear_layers(), None)?,
+            };
+            identity = Factors::identity(specs, "identity");
+            (&identity, Damping::Absolute(0.0))
+        }
+    };
+    let transfer = match (h.uses_fine_tune(), fine_tuned.factors) {
+        (true, Some((f, d))) => {
+            f.check_specs(&pre.specs())?;
+            Some((f, d))
+        }
+        (true, None) => {
+            return Err(TraceError::Usage(
+                "multi-stage with the fine-tuning Hessian needs the fine-tuning factors".into(),
+            ))
+        }
+        (false, _) => None,
+    };
+    let mut out = run(
+        pretrained,
+        fine_tuned.model,
+        tokenizer,
+        pre,
+        damping,
+        transfer,
+        queries,
+        source,
+        opts,
+        progress,
+    )?;
+    let alphas = transfer.map(|(f, d)| d.per_layer(f));
+    out.stages = Some(StagesInfo {
+        hessians: h,
+        fine_tune_damping: transfer.map(|(f, d)| match d {
+            FineTuneDamping::Proximal(a) => {
+                format!("proximal {a} × T̄ {:.1}", f.tokens_per_sequence())
+            }
+            FineTuneDamping::Damping(d) => format!("{d:?}"),
+        }),
+        alpha_mean: alphas.map(|a| a.iter().sum::<f64>() / a.len().max(1) as f64),
+    });
+    if !h.uses_pretrain() {
+        out.strategy = "identity".into();
+        out.damping = "none".into();
+    }
+    Ok(out)
+}
+
+/// The pass: queries measured at `query_model` (optionally aggregated, optionally through the
+/// fine-tuning transfer), preconditioned with `factors` + `damping`, candidates at `model`.
+#[allow(clippy::too_many_arguments)]
+fn run<AD: AutodiffBackend>(
+    model: &Transformer<AD>,
+    query_model: &Transformer<AD>,
+    tokenizer: &Tokenizer,
+    factors: &Factors,
+    damping: Damping,
+    transfer: Option<(&Factors, FineTuneDamping)>,
+    queries: &[Query],
+    source: &DocSource,
+    opts: &TraceOptions,
+    progress: &mut dyn FnMut(usize, u64),
+) -> Result<TraceOutput> {
     let t_all = Instant::now();
     let fz = frozen(model);
     let specs = factors.specs();
-    let prepared = prepare_queries(
-        &fz,
+    let t_q = Instant::now();
+    let qfz = frozen(query_model);
+    let (mut grads, mut values) = measure_queries(
+        &qfz,
         tokenizer,
-        factors,
+        &specs,
         queries,
         opts.measurement,
-        opts.damping,
-        opts.rank,
         opts.windows.batch_size,
     )?;
+    drop(qfz);
+    let mut out_queries: Vec<Query> = queries.to_vec();
+    if let Some(how) = opts.aggregate {
+        let target = aggregate_gradients(&grads, how);
+        let v = values.iter().map(|&x| x as f64).sum::<f64>();
+        let v = match how {
+            Aggregate::Mean => v / values.len() as f64,
+            Aggregate::Sum => v,
+        } as f32;
+        let label = Query {
+            id: "target".into(),
+            prompt: String::new(),
+            completion: format!(
+                "{} of {} queries",
+                match how {
+                    Aggregate::Mean => "mean",
+                    Aggregate::Sum => "sum",
+                },
+                queries.len()
+            ),
+        };
+        if opts.per_query {
+            grads.insert(0, target);
+            values.insert(0, v);
+            out_queries.insert(0, label);
+        } else {
+            grads = vec![target];
+            values = vec![v];
+            out_queries = vec![label];
+        }
+    }
+    if let Some((ft, d)) = transfer {
+        grads = transfer_through_fine_tuning(ft, &d.per_layer(ft), &grads)?;
+    }
+    let pq = precondition(factors, damping, &grads, opts.rank)?;
+    let prepared_batch = QueryBatch::new(&specs, &pq)?;
+    let queries = &out_queries[..];
     let nq = queries.len();
     let mut report = TraceReport {
         queries: nq,
-        queries_s: prepared.seconds,
+        queries_s: t_q.elapsed().as_secs_f64(),
         ..Default::default()
     };
     let mut keeper = Keeper::new(nq, opts.top_k, opts.opponents);
+    let mut docs =
+        (opts.granularity == Granularity::Document).then(|| DocSums::new(nq, opts.opponents));
     let pad = model.config.eos_token_id.unwrap_or(0);
     let t_cands = Instant::now();
     let pass = for_each_batch(
@@ -96,21 +384,20 @@ pub fn trace<AD: AutodiffBackend>(
         &model.config,
         &opts.windows,
         |cands, bytes| {
-            let seqs: Vec<Vec<u32>> = cands.iter().map(|c| c.ids.clone()).collect();
-            let batch = TokenBatch::new(&seqs, pad)?;
+            let batch = crate::candidates::candidate_batch(cands, pad)?;
             let taps = host_taps(&fz, &specs, &batch, Scalar::Loss(Labels::Data))?;
             report.model_s += taps.t_model;
             report.copy_s += taps.t_copy;
             let lbs = taps.layer_batches();
             let t0 = Instant::now();
-            let mut sc = score_candidates(&prepared.batch, &lbs)?;
+            let mut sc = score_candidates(&prepared_batch, &lbs)?;
             report.contraction_s += t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
             if opts.normalize != NormalizeOptions::default() {
-                let f = (opts.normalize.method == Normalization::RelatIF)
-                    .then_some((factors, opts.damping));
+                let f =
+                    (opts.normalize.method == Normalization::RelatIF).then_some((factors, damping));
                 let stats = candidate_stats(&specs, f, &lbs)?;
-                normalize(&mut sc, &prepared.batch, &stats, opts.normalize)?;
+                normalize(&mut sc, &prepared_batch, &stats, opts.normalize)?;
             }
             report.stats_s += t1.elapsed().as_secs_f64();
             let t2 = Instant::now();
@@ -123,33 +410,37 @@ pub fn trace<AD: AutodiffBackend>(
                     let per_layer = opts
                         .per_layer
                         .then(|| (0..specs.len()).map(|l| sc.layer(b, l, q)).collect());
-                    keeper.push(
-                        q,
-                        sc.total(b, q),
-                        Kept {
-                            cand: c.clone(),
-                            per_token,
-                            per_layer,
-                        },
-                    );
+                    let k = Kept {
+                        cand: c.clone(),
+                        per_token,
+                        per_layer,
+                        doc: None,
+                    };
+                    match &mut docs {
+                        Some(d) => d.push(&mut keeper, q, sc.total(b, q), k),
+                        None => keeper.push(q, sc.total(b, q), k),
+                    }
                 }
             }
             report.topk_s += t2.elapsed().as_secs_f64();
             report.candidates += cands.len();
-            report.candidate_tokens += seqs.iter().map(Vec::len).sum::<usize>();
+            report.candidate_tokens += cands.iter().map(|c| c.ids.len()).sum::<usize>();
             progress(report.candidates, bytes);
             Ok(())
         },
     )?;
+    if let Some(d) = &mut docs {
+        d.flush(&mut keeper);
+    }
     debug_assert_eq!(pass.windows, report.candidates);
     report.corpus = pass;
     let cand_s = t_cands.elapsed().as_secs_f64();
     report.candidate_tokens_per_s = report.candidate_tokens as f64 / cand_s.max(1e-9);
     let results = keeper.finish()?;
-    let out_queries = queries
+    let results_by_query = queries
         .iter()
         .zip(results)
-        .zip(&prepared.values)
+        .zip(&values)
         .enumerate()
         .map(|(qi, ((q, res), &f))| QueryResult {
             id: if q.id.is_empty() {
@@ -171,14 +462,17 @@ pub fn trace<AD: AutodiffBackend>(
     Ok(TraceOutput {
         measurement: opts.measurement,
         strategy: factors.strategy.to_string(),
-        damping: format!("{:?}", opts.damping),
+        damping: format!("{damping:?}"),
         rank: match opts.rank {
             Rank::Full => "full".into(),
             Rank::Truncated(r) => r.to_string(),
         },
         normalization: format!("{:?}", opts.normalize.method),
         per_token_count: opts.normalize.per_token_count,
-        queries: out_queries,
+        granularity: opts.granularity,
+        aggregate: opts.aggregate,
+        stages: None,
+        queries: results_by_query,
         report,
     })
 }

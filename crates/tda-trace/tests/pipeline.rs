@@ -221,6 +221,8 @@ fn full_opts() -> TraceOptions {
         per_token: true,
         per_layer: true,
         windows: win(),
+        // These tests check window-level scores against a dense reference.
+        granularity: tda_trace::Granularity::Window,
         ..Default::default()
     }
 }
@@ -567,6 +569,7 @@ fn relabel_and_self_influence() {
         Damping::default(),
         Some(3),
         &win(),
+        tda_trace::Granularity::Window,
         &mut |_, _| {},
     )
     .unwrap();

@@ -33,7 +33,7 @@ fn default_rope_theta() -> f64 {
 }
 
 /// Optimisation settings (AdamW, linear warm-up then cosine decay to `min_lr_ratio · lr`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
     /// Tokens per training sequence.

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 pub use config::{ModelShape, TrainConfig, TrainParams};
 pub use job::{read_texts, TrainJob};
 pub use tokenizer::{train_bpe, END_OF_TEXT};
-pub use train::{pack, train, StepInfo, TrainReport, Trainer};
+pub use train::{pack, train, StepInfo, TrainReport, Trainer, TrainingRecord, TRAINING_RECORD};
 
 /// An error of training. One line, naming the file where there is one.
 #[derive(Debug, thiserror::Error)]

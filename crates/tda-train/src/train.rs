@@ -163,12 +163,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn step(&mut self, batch: &TokenBatch) -> Result<(f64, f64), TrainError> {
         let model = self.model.take().expect("model present between steps");
         let device = model.embed.device();
-        let n_targets = batch
-            .lengths
-            .iter()
-            .map(|n| n.saturating_sub(1))
-            .sum::<usize>()
-            .max(1) as f64;
+        let n_targets = batch.n_targets().max(1) as f64;
         let logits = model.forward(batch.to_tensor::<B>(&device));
         let loss = summed_nll(logits, batch) / n_targets;
         let loss_value = loss.clone().into_scalar().elem::<f64>();
@@ -262,12 +257,69 @@ pub fn train<B: AutodiffBackend>(
             let dir = out_dir
                 .join("checkpoints")
                 .join(format!("step-{:06}", step + 1));
-            hf::save_folder(&trainer.model().valid(), tokenizer, &dir)?;
+            let rec = TrainingRecord::new(params, step + 1).to_bytes();
+            hf::save_folder_with(
+                &trainer.model().valid(),
+                tokenizer,
+                &dir,
+                &[(TRAINING_RECORD, &rec)],
+            )?;
             report.checkpoints.push(dir);
         }
     }
     report.seconds = t0.elapsed().as_secs_f64();
     report.tokens_per_s = report.tokens_seen as f64 / report.seconds.max(1e-9);
-    hf::save_folder(&trainer.model().valid(), tokenizer, out_dir)?;
+    let rec = TrainingRecord::new(params, params.steps).to_bytes();
+    hf::save_folder_with(
+        &trainer.model().valid(),
+        tokenizer,
+        out_dir,
+        &[(TRAINING_RECORD, &rec)],
+    )?;
     Ok((trainer.into_model(), report))
+}
+
+/// File of the training record inside a model folder written by `tda train`.
+pub const TRAINING_RECORD: &str = "tda_training.json";
+
+/// How a model folder was trained: the `[train]` settings (its `proximal` coefficient is the `α`
+/// of multi-stage influence) and the steps done. Written by [`train`] into every saved folder.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TrainingRecord {
+    pub producer: String,
+    pub steps_done: usize,
+    pub train: TrainParams,
+}
+
+impl TrainingRecord {
+    fn new(params: &TrainParams, steps_done: usize) -> Self {
+        Self {
+            producer: format!("tda {}", env!("CARGO_PKG_VERSION")),
+            steps_done,
+            train: params.clone(),
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("the record serialises")
+    }
+
+    /// The record of the folder `dir`: `None` when it has none (a folder not trained by `tda`),
+    /// an error when the file exists but cannot be read or parsed.
+    pub fn read(dir: &Path) -> Result<Option<Self>, TrainError> {
+        let p = dir.join(TRAINING_RECORD);
+        match std::fs::read(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(TrainError::File {
+                path: p,
+                msg: e.to_string(),
+            }),
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| TrainError::File {
+                    path: p.clone(),
+                    msg: format!("invalid training record: {e}"),
+                }),
+        }
+    }
 }

@@ -6,7 +6,7 @@ use clap::Args;
 use tda_curvature::Strategy;
 use tda_model::device::DeviceKind;
 use tda_trace::fit::{self, FitProgress};
-use tda_trace::{model_fingerprint, DocSource, Fisher, FitOptions, ModuleSelection};
+use tda_trace::{model_fingerprint, Fisher, FitOptions, ModuleSelection};
 
 use crate::output::{bar, print_json};
 use crate::with_backend;
@@ -18,7 +18,8 @@ use crate::with_backend;
 Examples:
   tda fit --model runs/demo/model --corpus runs/demo/corpus.jsonl --out runs/demo/factors
   tda fit --model M --corpus C.jsonl --out F --strategy kfac --modules mlp --fisher empirical
-  tda fit --model gpt2 --corpus C --out F --modules blocks --max-block 2048 --max-windows 20000"
+  tda fit --model gpt2 --corpus C --out F --modules blocks --max-block 2048 --max-windows 20000
+  tda fit --model FT --corpus sft.jsonl --completion-only --out FT_F   # {prompt, completion} pairs, loss on completions (multi-stage fine-tuning factors)"
 )]
 pub struct FitArgs {
     /// HF model folder.
@@ -47,6 +48,8 @@ pub struct FitArgs {
     pub max_block: Option<usize>,
     #[command(flatten)]
     pub read: super::CorpusArgs,
+    #[command(flatten)]
+    pub pairs: super::PairArgs,
     #[command(flatten)]
     pub windows: super::WindowArgs,
     #[arg(long, default_value = "cpu")]
@@ -84,7 +87,7 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
             max_block: a.max_block,
             windows: a.windows.options(),
         };
-        let source = DocSource::corpus_with(&a.corpus, a.read.read_options());
+        let source = a.pairs.source(&a.corpus, &a.read)?;
         let pb = bar(
             source.total_bytes().unwrap_or(0),
             "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {elapsed}",

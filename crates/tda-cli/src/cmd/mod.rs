@@ -59,6 +59,31 @@ impl CorpusArgs {
     }
 }
 
+/// Supervised fine-tuning data: a jsonl of `{prompt, completion, id?}` pairs instead of documents.
+#[derive(clap::Args, Clone, Debug)]
+#[command(next_help_heading = "Corpus")]
+pub struct PairArgs {
+    /// The corpus is a jsonl of {"prompt", "completion"} pairs: one window per pair (BOS + prompt
+    /// + completion), the loss on the completion tokens only (as a completion-only fine-tune).
+    #[arg(long, conflicts_with_all = ["text_column", "id_column", "text_mode", "max_doc_mib", "strict"])]
+    pub completion_only: bool,
+}
+
+impl PairArgs {
+    /// The candidate source of `corpus`: its documents read with `read`, or its pairs.
+    pub fn source(
+        &self,
+        corpus: &std::path::Path,
+        read: &CorpusArgs,
+    ) -> anyhow::Result<tda_trace::DocSource> {
+        Ok(if self.completion_only {
+            tda_trace::DocSource::pairs(corpus)?
+        } else {
+            tda_trace::DocSource::corpus_with(corpus, read.read_options())
+        })
+    }
+}
+
 /// How the corpus is cut into model-length windows (shared by fit, trace and self-influence).
 #[derive(clap::Args, Clone, Debug)]
 #[command(next_help_heading = "Windows")]

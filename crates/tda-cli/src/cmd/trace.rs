@@ -7,7 +7,10 @@ use clap::Args;
 use tda_curvature::{Damping, Normalization, NormalizeOptions, Rank};
 use tda_model::device::DeviceKind;
 use tda_trace::fit::load_checked;
-use tda_trace::{model_fingerprint, Measurement, Query, RelabelRow, TraceOptions};
+use tda_trace::{
+    model_fingerprint, Aggregate, FineTuneDamping, FineTuned, Granularity, Hessians, Measurement,
+    Query, RelabelRow, TraceOptions,
+};
 
 use crate::output::{bar, print_json};
 use crate::with_backend;
@@ -47,6 +50,28 @@ pub fn parse_top_k(s: &str) -> Result<TopKArg, String> {
         .map_err(|_| format!("top-k {s:?}: `all` or an integer"))
 }
 
+/// `--ft-damping`: the recorded proximal coefficient, or a damping as `--damping`.
+#[derive(Clone, Copy, Debug)]
+pub enum FtDampingArg {
+    Proximal,
+    Damping(Damping),
+}
+
+fn parse_ft_damping(s: &str) -> Result<FtDampingArg, String> {
+    if s == "proximal" {
+        return Ok(FtDampingArg::Proximal);
+    }
+    match parse_damping(s) {
+        Ok(Damping::Absolute(0.0)) => Err(format!(
+            "ft-damping {s:?}: α must be positive (it is also the fine-tuning proximity)"
+        )),
+        Ok(d) => Ok(FtDampingArg::Damping(d)),
+        Err(_) => Err(format!(
+            "ft-damping {s:?}: `proximal`, `heuristic` or a positive number"
+        )),
+    }
+}
+
 fn parse_norm(s: &str) -> Result<Normalization, String> {
     match s {
         "none" => Ok(Normalization::None),
@@ -60,10 +85,17 @@ fn parse_norm(s: &str) -> Result<Normalization, String> {
 }
 
 /// What `--relabel` does not use: the corpus, the ranking and its breakdowns, the parquet output.
-const RELABEL_CONFLICTS: [&str; 17] = [
+const RELABEL_CONFLICTS: [&str; 24] = [
+    "pretrain_model",
+    "pretrain_factors",
+    "hessians",
+    "ft_damping",
+    "granularity",
+    "aggregate",
     "corpus",
     "index",
     "candidates",
+    "completion_only",
     "top_k",
     "normalization",
     "per_token_count",
@@ -84,32 +116,60 @@ const RELABEL_CONFLICTS: [&str; 17] = [
 #[command(
     after_help = "Score: I(z → f) = −∇f(θ)ᵀ (G + λI)⁻¹ ∇L(z, θ) summed over the tracked layers, with G the EK-FAC Gauss-Newton fitted by `tda fit`, L the summed next-token loss of the candidate window and f the measurement. SIGN: a POSITIVE score means that up-weighting the candidate in training RAISES f (for --measurement logprob: makes the completion more likely; for loss: raises the loss). Results are the most positive candidates (proponents) unless --opponents.
 
-All queries are scored in one pass over the candidates (windows of --max-len tokens of every corpus document, or of the documents returned by the prefilter --index). Per-token scores (--per-token) sum to the window's score; per-layer scores (--per-layer) sum to it too.
+All queries are scored in one pass over the candidates (windows of --max-len tokens of every corpus document, or of the documents returned by the prefilter --index). Results are documents: a document's score is the SUM of its windows' scores (the influence of up-weighting the whole document), shown with its best window; --granularity window ranks windows instead. Per-token scores (--per-token, of the best window) sum to the window's score; per-layer scores (--per-layer) sum to the result's score.
+
+Target sets: --aggregate mean|sum scores all the queries as ONE target at the cost of one query (the target's scores are exactly the mean/sum of the per-query scores with --query-rank full; a rank-r query compresses the aggregate); --per-query adds each query's own ranking. --queries takes a .jsonl of {\"prompt\", \"completion\"} or a plain text file of targets, one per line (completion with an empty prompt).
+
+Multi-stage (pretraining → fine-tuning): --model is the fine-tuned model θ_ft and --factors its factors (fitted on the fine-tuning data); --pretrain-model θ_pt and --pretrain-factors the pretraining ones; the corpus holds pretraining candidates. Score = −∇f(θ_ft)ᵀ α(G_ft + αI)⁻¹ (G_pt + λI)⁻¹ ∇L(z, θ_pt), one candidate pass at θ_pt. α (--ft-damping): by default the `proximal` coefficient recorded by `tda train` in the fine-tuned folder (×T̄ tokens per window, to the factors' units), else `heuristic` (0.1 × mean Λ_ft per layer); λ is --damping. --hessians fine-tune|pretrain|none drops one or both preconditioners (ablations).
 
 Examples:
   tda trace --model runs/demo/model --factors runs/demo/factors --corpus runs/demo/corpus.jsonl --prompt \"Mira Tolven was born in\" --completion \" Kestrel Bay\"
   tda trace --model M --factors F --corpus C.jsonl --queries q.jsonl --top-k 20 --per-token --per-layer --json
   tda trace --model M --factors F --corpus C.jsonl --index indexes/C --candidates 10000 --queries q.jsonl --out scores.parquet
+  tda trace --model M --factors F --corpus C.jsonl --queries targets.txt --aggregate mean --top-k 50
+  tda trace --model FT --factors FT_F --pretrain-model PT --pretrain-factors PT_F --corpus pretrain.jsonl --queries qa.jsonl
   tda trace --model M --factors F --queries q.jsonl --relabel rows.jsonl --json   # rows: {\"prompt\",\"original\",\"replacement\"}"
 )]
 pub struct TraceArgs {
     #[arg(long)]
     pub model: PathBuf,
-    /// Folder written by `tda fit`.
+    /// Folder written by `tda fit` for --model (multi-stage: the fine-tuning factors).
     #[arg(long)]
-    pub factors: PathBuf,
+    pub factors: Option<PathBuf>,
+    /// Multi-stage: the pretrained model θ_pt (same architecture and tokenizer as --model); the
+    /// candidates are scored here.
+    #[arg(long, help_heading = "Multi-stage")]
+    pub pretrain_model: Option<PathBuf>,
+    /// Multi-stage: factors fitted at θ_pt on pretraining data.
+    #[arg(long, requires = "pretrain_model", help_heading = "Multi-stage")]
+    pub pretrain_factors: Option<PathBuf>,
+    /// Multi-stage preconditioners: both, fine-tune, pretrain or none.
+    #[arg(
+        long,
+        default_value = "both",
+        requires = "pretrain_model",
+        help_heading = "Multi-stage"
+    )]
+    pub hessians: Hessians,
+    /// Multi-stage α: `proximal` (from the fine-tuned folder's training record), `heuristic`, or
+    /// an absolute value in the factors' units. Default: proximal if recorded, else heuristic.
+    #[arg(long, requires = "pretrain_model", value_parser = parse_ft_damping, allow_hyphen_values = true, help_heading = "Multi-stage")]
+    pub ft_damping: Option<FtDampingArg>,
     /// Corpus (jsonl, txt, parquet); the candidates.
     #[arg(long, required_unless_present = "relabel")]
     pub corpus: Option<PathBuf>,
     #[command(flatten)]
     pub read: super::CorpusArgs,
+    #[command(flatten)]
+    pub pairs: super::PairArgs,
     /// One query: the prompt ...
     #[arg(long, requires = "completion", conflicts_with = "queries")]
     pub prompt: Option<String>,
     /// ... and the completion whose measurement is attributed.
     #[arg(long, requires = "prompt")]
     pub completion: Option<String>,
-    /// Queries as jsonl: {"prompt": ..., "completion": ..., "id": optional}.
+    /// Queries as jsonl ({"prompt": ..., "completion": ..., "id": optional}), or a text file of
+    /// targets, one per line.
     #[arg(long, required_unless_present = "prompt")]
     pub queries: Option<PathBuf>,
     /// Prefilter index (`tda index`): only the top --candidates documents per query are scored.
@@ -145,6 +205,15 @@ pub struct TraceArgs {
     /// Per-layer scores of each result.
     #[arg(long)]
     pub per_layer: bool,
+    /// document (sum over its windows, with the best window) or window.
+    #[arg(long, default_value = "document")]
+    pub granularity: Granularity,
+    /// Score all queries as one target set: mean or sum.
+    #[arg(long)]
+    pub aggregate: Option<Aggregate>,
+    /// With --aggregate: also rank for each query on its own.
+    #[arg(long, requires = "aggregate")]
+    pub per_query: bool,
     /// Relabeling influence of the rows of this jsonl instead of scoring the corpus (prints one
     /// score per row and query: no ranking, no corpus, no parquet).
     #[arg(long, conflicts_with_all = RELABEL_CONFLICTS)]
@@ -171,7 +240,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             prompt: p.clone(),
             completion: c.clone(),
         }],
-        (_, _, Some(f)) => tda_trace::read_rows(f, "queries")?,
+        (_, _, Some(f)) => tda_trace::read_queries(f)?,
         _ => anyhow::bail!("give --prompt and --completion, or --queries FILE.jsonl"),
     };
     if queries.is_empty() {
@@ -190,11 +259,21 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         per_token: a.per_token,
         per_layer: a.per_layer,
         windows: a.windows.options(),
+        granularity: a.granularity,
+        aggregate: a.aggregate,
+        per_query: a.per_query,
     };
+    if a.pretrain_model.is_some() {
+        return run_multistage(a, &queries, &opts);
+    }
+    let factors_dir = a
+        .factors
+        .as_ref()
+        .context("--factors is required (the folder written by `tda fit`)")?;
     with_backend!(a.device, |B, AD, device| {
         let m = tda_model::load_folder::<AD>(&a.model, &device)?;
         let fp = model_fingerprint(&a.model)?;
-        let factors = load_checked(&a.factors, &fp, &m.model.linear_layers())?;
+        let factors = load_checked(factors_dir, &fp, &m.model.linear_layers())?;
         if let Some(rows_path) = &a.relabel {
             let rows: Vec<RelabelRow> = tda_trace::read_rows(rows_path, "relabel rows")?;
             let s = tda_trace::relabel(&m.model, &m.tokenizer, &factors, &queries, &rows, &opts)?;
@@ -226,25 +305,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        let corpus = a.corpus.clone().context("--corpus is required")?;
-        let prefilter = a
-            .index
-            .as_ref()
-            .map(|dir| tda_trace::Prefilter::bm25(dir, a.candidates));
-        let read = a.read.read_options();
-        let (source, retrieved) =
-            tda_trace::candidate_source(&corpus, &read, prefilter.as_ref(), &queries)?;
-        if let (Some(p), Some(r)) = (&prefilter, &retrieved) {
-            eprintln!(
-                "prefilter: {} candidate documents from {}",
-                r.documents,
-                p.index.display()
-            );
-        }
-        let pb = bar(
-            source.total_bytes().unwrap_or(0),
-            "scoring [{bar:30}] {bytes}/{total_bytes} {elapsed} {msg}",
-        );
+        let (source, pb) = candidates(a, &queries)?;
         let out = tda_trace::trace(
             &m.model,
             &m.tokenizer,
@@ -258,13 +319,176 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             },
         )?;
         pb.finish_and_clear();
+        report(a, &out)
+    })
+}
+
+/// The candidate documents (the corpus, or the prefilter's) and a progress bar over them.
+fn candidates(
+    a: &TraceArgs,
+    queries: &[Query],
+) -> anyhow::Result<(tda_trace::DocSource, indicatif::ProgressBar)> {
+    let corpus = a.corpus.clone().context("--corpus is required")?;
+    if a.pairs.completion_only {
+        if a.index.is_some() {
+            anyhow::bail!("--completion-only scores every pair: the prefilter --index indexes documents (drop one)");
+        }
+        let source = a.pairs.source(&corpus, &a.read)?;
+        let pb = bar(
+            source.total_bytes().unwrap_or(0),
+            "scoring [{bar:30}] {bytes}/{total_bytes} {elapsed} {msg}",
+        );
+        return Ok((source, pb));
+    }
+    let prefilter = a
+        .index
+        .as_ref()
+        .map(|dir| tda_trace::Prefilter::bm25(dir, a.candidates));
+    let read = a.read.read_options();
+    let (source, retrieved) =
+        tda_trace::candidate_source(&corpus, &read, prefilter.as_ref(), queries)?;
+    if let (Some(p), Some(r)) = (&prefilter, &retrieved) {
+        eprintln!(
+            "prefilter: {} candidate documents from {}",
+            r.documents,
+            p.index.display()
+        );
+    }
+    let pb = bar(
+        source.total_bytes().unwrap_or(0),
+        "scoring [{bar:30}] {bytes}/{total_bytes} {elapsed} {msg}",
+    );
+    Ok((source, pb))
+}
+
+/// Multi-stage: queries at --model (θ_ft), candidates at --pretrain-model (θ_pt).
+fn run_multistage(a: &TraceArgs, queries: &[Query], opts: &TraceOptions) -> anyhow::Result<()> {
+    let pt_dir = a.pretrain_model.as_ref().expect("multi-stage");
+    let h = a.hessians;
+    if h.uses_fine_tune() && a.factors.is_none() {
+        anyhow::bail!(
+            "--hessians {} needs --factors (fitted on the fine-tuning data at --model)",
+            hess_name(h)
+        );
+    }
+    if !h.uses_fine_tune() && a.factors.is_some() {
+        anyhow::bail!(
+            "--factors is not used with --hessians {} (drop it)",
+            hess_name(h)
+        );
+    }
+    if !h.uses_fine_tune() && a.ft_damping.is_some() {
+        anyhow::bail!(
+            "--ft-damping is not used with --hessians {} (drop it)",
+            hess_name(h)
+        );
+    }
+    if h.uses_pretrain() && a.pretrain_factors.is_none() {
+        anyhow::bail!("--hessians {} needs --pretrain-factors (fitted on pretraining data at --pretrain-model)", hess_name(h));
+    }
+    if !h.uses_pretrain() && a.pretrain_factors.is_some() {
+        anyhow::bail!(
+            "--pretrain-factors is not used with --hessians {} (drop it)",
+            hess_name(h)
+        );
+    }
+    let ft_damping = if h.uses_fine_tune() {
+        let record = tda_train::TrainingRecord::read(&a.model)?;
+        let recorded = record
+            .as_ref()
+            .map(|r| r.train.proximal)
+            .filter(|&p| p > 0.0);
+        Some(match (a.ft_damping, recorded) {
+            (Some(FtDampingArg::Damping(d)), _) => FineTuneDamping::Damping(d),
+            (Some(FtDampingArg::Proximal), Some(p)) | (None, Some(p)) => FineTuneDamping::Proximal(p),
+            (Some(FtDampingArg::Proximal), None) => anyhow::bail!(
+                "--ft-damping proximal: {} records no proximal coefficient ({}); give --ft-damping heuristic or a number",
+                a.model.display(),
+                if record.is_some() { "it was fine-tuned with proximal = 0" } else { "no tda_training.json" }
+            ),
+            (None, None) => FineTuneDamping::Damping(Damping::default()),
+        })
+    } else {
+        None
+    };
+    if a.corpus.is_none() {
+        anyhow::bail!("--corpus is required (the pretraining candidates)");
+    }
+    with_backend!(a.device, |B, AD, device| {
+        let ft = tda_model::load_folder::<AD>(&a.model, &device)?;
+        let pt = tda_model::load_folder::<AD>(pt_dir, &device)?;
+        tda_trace::check_same_family(
+            (&a.model, &ft.model.config, &ft.tokenizer),
+            (pt_dir, &pt.model.config, &pt.tokenizer),
+        )?;
+        let layers = pt.model.linear_layers();
+        let ft_factors = match &a.factors {
+            Some(dir) => Some(load_checked(
+                dir,
+                &model_fingerprint(&a.model)?,
+                &ft.model.linear_layers(),
+            )?),
+            None => None,
+        };
+        let pt_factors = match &a.pretrain_factors {
+            Some(dir) => Some(load_checked(dir, &model_fingerprint(pt_dir)?, &layers)?),
+            None => None,
+        };
+        if let (Some(f), Some(p)) = (&ft_factors, &pt_factors) {
+            p.check_specs(&f.specs()).map_err(|e| {
+                anyhow::anyhow!("--factors and --pretrain-factors track different layers: {e}")
+            })?;
+        }
+        let fine_tuned = FineTuned {
+            model: &ft.model,
+            factors: ft_factors.as_ref().zip(ft_damping),
+            hessians: h,
+        };
+        let (source, pb) = candidates(a, queries)?;
+        let out = tda_trace::trace_multistage(
+            &pt.model,
+            pt_factors.as_ref(),
+            &fine_tuned,
+            &pt.tokenizer,
+            queries,
+            &source,
+            opts,
+            &mut |n, bytes| {
+                pb.set_position(bytes);
+                pb.set_message(format!("{n} windows"));
+            },
+        )?;
+        pb.finish_and_clear();
+        if let Some(st) = &out.stages {
+            eprintln!(
+                "multi-stage: hessians {}, α {}",
+                hess_name(st.hessians),
+                st.fine_tune_damping.as_deref().unwrap_or("unused")
+            );
+        }
+        report(a, &out)
+    })
+}
+
+fn hess_name(h: Hessians) -> &'static str {
+    match h {
+        Hessians::Both => "both",
+        Hessians::FineTune => "fine-tune",
+        Hessians::Pretrain => "pretrain",
+        Hessians::None => "none",
+    }
+}
+
+/// Writes --out, prints --json or the ranking, and the timing line.
+fn report(a: &TraceArgs, out: &tda_trace::TraceOutput) -> anyhow::Result<()> {
+    {
         eprintln!("corpus {}", out.report.corpus);
         if let Some(p) = &a.out {
-            tda_trace::write_parquet(&out, p)?;
+            tda_trace::write_parquet(out, p)?;
             eprintln!("wrote {}", p.display());
         }
         if a.json {
-            return print_json(&out);
+            return print_json(out);
         }
         for q in &out.queries {
             println!(
@@ -272,12 +496,20 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
                 q.id, q.prompt, q.completion, out.measurement, q.value
             );
             for r in &q.results {
+                let place = match r.windows {
+                    Some(n) if n > 1 => format!(
+                        "{} ({n} windows, best #{} {:+.3e})",
+                        r.doc_id,
+                        r.window,
+                        r.best_window_score.unwrap_or(f64::NAN)
+                    ),
+                    Some(_) => r.doc_id.clone(),
+                    None => format!("{}#{}", r.doc_id, r.window),
+                };
                 println!(
-                    "  {:>3}. {:+.4e}  {}#{}  {}",
+                    "  {:>3}. {:+.4e}  {place}  {}",
                     r.rank,
                     r.score,
-                    r.doc_id,
-                    r.window,
                     r.text.chars().take(100).collect::<String>()
                 );
                 if let Some(l) = &r.per_layer {
@@ -301,5 +533,5 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             out.report.candidate_tokens_per_s, out.report.model_s, out.report.copy_s, out.report.contraction_s
         );
         Ok(())
-    })
+    }
 }

@@ -23,8 +23,8 @@ use crate::error::{Result, TraceError};
 use crate::host::{host_taps, Labels, Scalar, Target};
 use crate::measure::Measurement;
 use crate::modules::ModuleSelection;
-use crate::query::{encode_query, Query};
-use crate::trace::{trace, TraceOptions};
+use crate::query::{encode_query, Aggregate, Query};
+use crate::trace::{trace, Granularity, TraceOptions};
 
 /// Scores of every pool document (in pool order) for one method.
 #[derive(Clone, Debug, Serialize)]
@@ -87,7 +87,9 @@ fn no_targets(targets: &[Query]) -> Result<()> {
 }
 
 /// EK-FAC influence (see [`crate::trace`]): per document the sum of its windows' scores, then the
-/// mean over targets. `opts.top_k`, `per_token`, `per_layer` are overridden (all windows, totals).
+/// mean over targets — computed as one pass with the targets aggregated into one query
+/// ([`Aggregate::Mean`]: `∇f = (1/m) Σ_j ∇f_j`, scores linear in `∇f`) at document granularity.
+/// `opts.top_k`, `per_token`, `per_layer`, `granularity`, `aggregate` are overridden.
 pub fn score_ekfac<AD: AutodiffBackend>(
     model: &Transformer<AD>,
     tokenizer: &Tokenizer,
@@ -104,6 +106,9 @@ pub fn score_ekfac<AD: AutodiffBackend>(
         per_token: false,
         per_layer: false,
         opponents: false,
+        granularity: Granularity::Document,
+        aggregate: Some(Aggregate::Mean),
+        per_query: false,
         ..opts.clone()
     };
     let out = trace(
@@ -115,6 +120,8 @@ pub fn score_ekfac<AD: AutodiffBackend>(
         &opts,
         progress,
     )?;
+    // One ranking (the aggregated target), one row per document; summing rows per document and
+    // averaging over rankings keeps the result right for window rows or per-query rankings too.
     let mut sums: Vec<Option<f64>> = vec![None; docs.len()];
     for q in &out.queries {
         for r in &q.results {
@@ -122,7 +129,7 @@ pub fn score_ekfac<AD: AutodiffBackend>(
             *sums[i].get_or_insert(0.0) += r.score;
         }
     }
-    let m = targets.len() as f64;
+    let m = out.queries.len().max(1) as f64;
     let scores = sums.into_iter().map(|s| s.map(|s| s / m)).collect();
     let mut s = Scores::new(Method::Ekfac, scores, targets.len(), t0);
     s.pass = Some(out.report.corpus);
