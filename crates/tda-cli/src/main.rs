@@ -41,6 +41,8 @@ enum Command {
     SelfInfluence(cmd::self_influence::SelfInfluenceArgs),
     /// Build (or extend) the tantivy TF-IDF/BM25 index of a corpus.
     Index(cmd::index::IndexArgs),
+    /// Score a candidate pool against target examples and keep the best for fine-tuning.
+    Select(cmd::select::SelectArgs),
     /// Query a corpus index: the prefilter behind `tda trace --index`.
     Search(cmd::search::SearchArgs),
     /// Attribute each sentence of a RAG answer to the retrieved documents (MIRAGE-style).
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
         Command::SelfInfluence(a) => cmd::self_influence::run(&a),
         Command::Index(a) => cmd::index::run(&a),
         Command::Search(a) => cmd::search::run(&a),
+        Command::Select(a) => cmd::select::run(&a),
         Command::Cite(a) => cmd::cite::run(&a),
     };
     match result {

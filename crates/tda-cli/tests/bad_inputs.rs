@@ -953,3 +953,175 @@ fn multi_stage_target_sets_and_filter_lists() {
         &[&f],
     );
 }
+
+/// `tda select`: flags a method would ignore, missing factors, bad budgets, empty targets and
+/// output names are refused before any work, naming the flag or file; nothing is written.
+#[test]
+fn bad_select_inputs() {
+    let w = world();
+    let d = scratch();
+    let out = d.join("selected.jsonl");
+    let targets = write(
+        &d.join("t.jsonl"),
+        "{\"prompt\":\"Mira Tolven was born in\",\"completion\":\" Kestrel Bay\"}\n",
+    );
+    let select = |extra: &[&str]| -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = vec![
+            "select",
+            "--model",
+            p(&w.model),
+            "--pool",
+            p(&w.corpus),
+            "--targets",
+            targets,
+        ];
+        v.extend(extra.iter().map(|s| leak(s)));
+        v
+    };
+    let o = p(&out);
+    fails(
+        select(&["--top-n", "3", "--out", o]),
+        &["--factors", "ekfac"],
+        &[&out],
+    );
+    let f = p(&w.factors);
+    for m in ["bm25", "repsim", "grad-cosine"] {
+        fails(
+            select(&["--method", m, "--factors", f, "--top-n", "3", "--out", o]),
+            &["--factors", m],
+            &[&out],
+        );
+    }
+    fails(
+        select(&[
+            "--method",
+            "bm25",
+            "--damping",
+            "0.1",
+            "--top-n",
+            "3",
+            "--out",
+            o,
+        ]),
+        &["--damping"],
+        &[&out],
+    );
+    fails(
+        select(&[
+            "--method",
+            "repsim",
+            "--projection-dim",
+            "64",
+            "--top-n",
+            "3",
+            "--out",
+            o,
+        ]),
+        &["--projection-dim"],
+        &[&out],
+    );
+    fails(
+        select(&["--method", "bm25", "--top-n", "0", "--out", o]),
+        &["--top-n"],
+        &[&out],
+    );
+    for pct in ["0", "100.5", "-3"] {
+        fails(
+            select(&["--method", "bm25", "--top-pct", pct, "--out", o]),
+            &["top-pct"],
+            &[&out],
+        );
+    }
+    fails(
+        select(&[
+            "--method",
+            "bm25",
+            "--top-n",
+            "3",
+            "--top-pct",
+            "5",
+            "--out",
+            o,
+        ]),
+        &["--top-n", "--top-pct"],
+        &[&out],
+    );
+    fails(
+        select(&["--method", "bm25", "--out", o]),
+        &["--top-n"],
+        &[&out],
+    );
+    fails(
+        select(&[
+            "--method",
+            "bm25",
+            "--top-n",
+            "3",
+            "--dedup-threshold",
+            "0.5",
+            "--out",
+            o,
+        ]),
+        &["--dedup"],
+        &[&out],
+    );
+    fails(
+        select(&[
+            "--method",
+            "bm25",
+            "--top-n",
+            "3",
+            "--dedup",
+            "--dedup-threshold",
+            "1.5",
+            "--out",
+            o,
+        ]),
+        &["dedup-threshold"],
+        &[&out],
+    );
+    let csv = d.join("selected.csv");
+    fails(
+        select(&["--method", "bm25", "--top-n", "3", "--out", p(&csv)]),
+        &["--out", "selected.csv"],
+        &[&csv],
+    );
+    let pq = d.join("selected.parquet");
+    fails(
+        select(&["--method", "bm25", "--top-n", "3", "--out", p(&pq)]),
+        &["--out", "jsonl pool"],
+        &[&pq],
+    );
+    // Targets: an empty text file, a jsonl without rows, a jsonl row without completion.
+    for (name, body, why) in [
+        ("empty.txt", "\n  \n", "no targets"),
+        ("empty.jsonl", "\n", "no targets"),
+        ("bad.jsonl", "{\"prompt\":\"a\"}\n", "completion"),
+    ] {
+        let t = write(&d.join(name), body);
+        let mut args = select(&["--method", "bm25", "--top-n", "3", "--out", o]);
+        args[6] = t;
+        fails(args, &[name, why], &[&out]);
+    }
+    // Pools: unknown extension, a folder, and a pool whose records already carry tda_rank.
+    let csv_pool = write(&d.join("pool.csv"), "text\nhello\n");
+    let mut args = select(&["--method", "bm25", "--top-n", "3", "--out", o]);
+    args[4] = csv_pool;
+    fails(args, &["--pool", "pool.csv"], &[&out]);
+    let mut args = select(&["--method", "bm25", "--top-n", "3", "--out", o]);
+    args[4] = p(&w.dir);
+    fails(args, &["--pool"], &[&out]);
+    let taken = write(
+        &d.join("taken.jsonl"),
+        "{\"text\":\"Mira Tolven was born in Kestrel Bay\",\"tda_rank\":1}\n",
+    );
+    let mut args = select(&["--method", "bm25", "--top-n", "3", "--out", o]);
+    args[4] = taken;
+    fails(args, &["taken.jsonl", "tda_rank"], &[&out]);
+    // A token budget smaller than the best document.
+    fails(
+        select(&["--method", "bm25", "--token-budget", "2", "--out", o]),
+        &["--token-budget", "tokens"],
+        &[&out],
+    );
+}

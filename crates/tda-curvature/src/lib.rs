@@ -30,6 +30,7 @@ pub mod linalg;
 pub mod multistage;
 pub mod normalize;
 pub mod precondition;
+pub mod project;
 pub mod score;
 pub mod storage;
 mod taps;
@@ -43,6 +44,7 @@ pub use precondition::{
     precondition, query_gradients, Damping, PreconditionedQuery, QueryGradient, QueryLayerGrad,
     Rank,
 };
+pub use project::{l2_normalize, GradientProjection, LayerProjection};
 pub use score::{
     candidate_stats, grad_sq_norms, relabel_influence, score_candidates, self_influence,
     CandidateScores, CandidateStats, QueryBatch,

@@ -43,6 +43,7 @@ pub mod output;
 pub mod prefilter;
 pub mod query;
 pub mod relabel;
+pub mod select;
 pub mod self_influence;
 pub mod trace;
 

@@ -6,6 +6,7 @@ pub mod fit;
 pub mod index;
 pub mod infer;
 pub mod search;
+pub mod select;
 pub mod self_influence;
 pub mod trace;
 pub mod train;
