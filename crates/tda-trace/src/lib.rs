@@ -45,6 +45,7 @@ pub mod query;
 pub mod relabel;
 pub mod select;
 pub mod self_influence;
+pub mod stages;
 pub mod trace;
 
 pub use candidates::{Candidate, DocSource, PassStats, WindowOptions};
@@ -53,15 +54,14 @@ pub use fingerprint::model_fingerprint;
 pub use fit::{fit, Fisher, FitOptions, FitProgress, FitReport};
 pub use measure::Measurement;
 pub use modules::ModuleSelection;
+pub use output::Granularity;
 pub use output::{write_parquet, ResultRow, TraceOutput, TraceReport};
 pub use prefilter::{candidate_source, prefilter, Prefilter};
 pub use query::{read_queries, read_rows, Aggregate, Query, RelabelRow};
 pub use relabel::relabel;
 pub use self_influence::self_influence;
-pub use trace::{
-    check_same_family, trace, trace_multistage, FineTuneDamping, FineTuned, Granularity, Hessians,
-    StagesInfo, TraceOptions,
-};
+pub use stages::{check_same_family, FineTuneDamping, FineTuned, Hessians, StagesInfo};
+pub use trace::{trace, trace_multistage, TraceOptions};
 
 /// Factor file name inside a factors folder.
 pub const FACTORS_FILE: &str = "factors.safetensors";

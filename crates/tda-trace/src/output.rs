@@ -28,6 +28,28 @@ pub struct LayerScore {
     pub score: f64,
 }
 
+/// What a result row is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// One row per document: the sum of its windows' scores, with its best window.
+    #[default]
+    Document,
+    /// One row per window.
+    Window,
+}
+
+impl std::str::FromStr for Granularity {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "document" => Ok(Self::Document),
+            "window" => Ok(Self::Window),
+            _ => Err(format!("granularity {s:?}: document or window")),
+        }
+    }
+}
+
 /// One candidate in a query's ranking.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ResultRow {
@@ -73,13 +95,13 @@ pub struct TraceOutput {
     pub normalization: String,
     pub per_token_count: bool,
     /// One row per document (default) or per window.
-    pub granularity: crate::trace::Granularity,
+    pub granularity: Granularity,
     /// The queries were scored as one target set (the first result is the target's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aggregate: Option<crate::query::Aggregate>,
     /// Multi-stage tracing: which preconditioners and which fine-tuning damping.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stages: Option<crate::trace::StagesInfo>,
+    pub stages: Option<crate::stages::StagesInfo>,
     pub queries: Vec<QueryResult>,
     pub report: TraceReport,
 }

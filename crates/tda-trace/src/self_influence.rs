@@ -11,8 +11,8 @@ use crate::candidates::{for_each_batch, DocSource, PassStats, WindowOptions};
 use crate::error::Result;
 use crate::host::{host_taps, Labels, Scalar};
 use crate::keep::{to_row, DocSums, Keeper, Kept};
+use crate::output::Granularity;
 use crate::output::ResultRow;
-use crate::trace::Granularity;
 
 /// Self-influence `∇L(z)ᵀ (G + λI)⁻¹ ∇L(z)` of every candidate window; returns the `top_k`
 /// largest (outliers / hard examples first), or all when `top_k` is `None`, and what the pass read.

@@ -23,8 +23,9 @@ use crate::error::{Result, TraceError};
 use crate::host::{host_taps, Labels, Scalar, Target};
 use crate::measure::Measurement;
 use crate::modules::ModuleSelection;
+use crate::output::Granularity;
 use crate::query::{encode_query, Aggregate, Query};
-use crate::trace::{trace, Granularity, TraceOptions};
+use crate::trace::{trace, TraceOptions};
 
 /// Scores of every pool document (in pool order) for one method.
 #[derive(Clone, Debug, Serialize)]
