@@ -53,7 +53,7 @@ use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
 use tda_eval::{biographies, SyntheticDoc};
 use tda_model::device::CpuAutodiff;
-use tda_model::{ModelConfig, TokenBatch, Transformer};
+use tda_model::{TokenBatch, Transformer};
 use tda_trace::select::{
     pick, read_pool, score_bm25, score_ekfac, score_grad_cosine, score_repsim, Budget,
     GradCosineOptions, Scores,
@@ -104,29 +104,6 @@ fn card_doc(d: &SyntheticDoc) -> String {
         "Card: {} | city: {} | job: {} | colour: {} | pet: {}",
         d.person.name, d.person.city, d.person.job, d.person.color, d.person.pet
     )
-}
-
-fn config(vocab: usize, eot: u32) -> ModelConfig {
-    ModelConfig {
-        arch: tda_model::Arch::Gpt2,
-        vocab_size: vocab,
-        hidden: 64,
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 4,
-        head_dim: 16,
-        intermediate: 256,
-        max_positions: 128,
-        norm_eps: 1e-5,
-        rope_theta: 0.0,
-        tie_embeddings: true,
-        qkv_bias: true,
-        o_bias: true,
-        mlp_bias: true,
-        bos_token_id: Some(eot),
-        eos_token_id: Some(eot),
-        sliding_window: None,
-    }
 }
 
 fn params(steps: usize, batch: usize, lr: f64, warmup: usize, seed: u64) -> TrainParams {
@@ -297,7 +274,7 @@ fn main() {
         );
         let tok = train_bpe(corpus.iter().cloned(), 512).unwrap();
         let eot = tok.token_to_id(tda_train::END_OF_TEXT).unwrap();
-        let cfg = config(512, eot);
+        let cfg = tda_benches::tiny_gpt2(512, eot);
         // Base: the plain biographies of everyone.
         let bios: Vec<String> = people.iter().map(|d| d.text.clone()).collect();
         let base = train(

@@ -867,7 +867,7 @@ fn multi_stage_target_sets_and_filter_lists() {
     let empty = write(&r.join("targets.txt"), "\n  \n");
     fails(
         trace(&["--corpus", corpus, "--queries", empty]),
-        &["targets.txt", "no targets"],
+        &["targets.txt", "no queries"],
         &[],
     );
     // 83–85: self-influence filter lists.

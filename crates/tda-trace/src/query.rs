@@ -41,14 +41,7 @@ pub fn read_rows<T: serde::de::DeserializeOwned>(
     path: &std::path::Path,
     what: &str,
 ) -> Result<Vec<T>> {
-    let bytes = std::fs::read(path).map_err(|e| crate::error::io(path, e))?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
-        TraceError::Usage(format!(
-            "{}: not UTF-8 text (byte {})",
-            path.display(),
-            e.valid_up_to()
-        ))
-    })?;
+    let text = read_utf8(path)?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -65,6 +58,18 @@ pub fn read_rows<T: serde::de::DeserializeOwned>(
         )));
     }
     Ok(rows)
+}
+
+/// The whole file `path` as UTF-8 text (errors name the file and the first bad byte).
+fn read_utf8(path: &std::path::Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| crate::error::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        TraceError::Usage(format!(
+            "{}: not UTF-8 text (byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 /// Token ids of a query: BOS + prompt, then the completion (tokenized separately), and the
@@ -219,24 +224,17 @@ pub fn aggregate_gradients(grads: &[QueryGradient], how: Aggregate) -> QueryGrad
 
 /// Reads queries: jsonl of `{prompt, completion, id?}` (extension `.jsonl` or `.json`), or a
 /// plain-text file of targets, one per non-blank line: the completion of a query with an empty
-/// prompt (ids `t1`, `t2`, … by line).
-pub fn read_queries(path: &std::path::Path) -> Result<Vec<Query>> {
+/// prompt (ids `t1`, `t2`, … by line). `what` names the rows in errors.
+pub fn read_queries(path: &std::path::Path, what: &str) -> Result<Vec<Query>> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
     if ext == "jsonl" || ext == "json" {
-        return read_rows(path, "queries");
+        return read_rows(path, what);
     }
-    let bytes = std::fs::read(path).map_err(|e| crate::error::io(path, e))?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
-        TraceError::Usage(format!(
-            "{}: not UTF-8 text (byte {})",
-            path.display(),
-            e.valid_up_to()
-        ))
-    })?;
+    let text = read_utf8(path)?;
     let rows: Vec<Query> = text
         .lines()
         .enumerate()
@@ -249,7 +247,7 @@ pub fn read_queries(path: &std::path::Path) -> Result<Vec<Query>> {
         .collect();
     if rows.is_empty() {
         return Err(TraceError::Usage(format!(
-            "{}: no targets (expected one target text per line, or a .jsonl of queries)",
+            "{}: no {what} (expected one target text per line, or a .jsonl of {{\"prompt\", \"completion\"}})",
             path.display()
         )));
     }

@@ -240,7 +240,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             prompt: p.clone(),
             completion: c.clone(),
         }],
-        (_, _, Some(f)) => tda_trace::read_queries(f)?,
+        (_, _, Some(f)) => tda_trace::read_queries(f, "queries")?,
         _ => anyhow::bail!("give --prompt and --completion, or --queries FILE.jsonl"),
     };
     if queries.is_empty() {

@@ -15,7 +15,7 @@ use tda_corpus::{open_corpus, Document, Format, ReadOptions, ReadStats};
 
 use super::pick::Selection;
 use crate::error::{io, Result, TraceError};
-use crate::query::{read_rows, Query};
+use crate::query::Query;
 
 /// The columns / fields added to each selected record.
 pub const RANK_FIELD: &str = "tda_rank";
@@ -71,42 +71,14 @@ pub fn read_pool(path: &Path, read: &ReadOptions) -> Result<Pool> {
     })
 }
 
-/// Targets: a `.jsonl` of `{"prompt", "completion", "id"?}` objects, or any other file as plain
-/// text with one target per non-empty line (the completion, with an empty prompt).
+/// Targets, read as [`crate::query::read_queries`] reads queries (a `.jsonl` of
+/// `{"prompt", "completion", "id"?}`, or plain text with one target per non-blank line); errors
+/// name `--targets`.
 pub fn read_targets(path: &Path) -> Result<Vec<Query>> {
-    let is_jsonl = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("jsonl"));
-    if is_jsonl {
-        return read_rows::<Query>(path, "targets");
-    }
-    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
-        TraceError::Usage(format!(
-            "--targets {}: not UTF-8 text (byte {})",
-            path.display(),
-            e.valid_up_to()
-        ))
-    })?;
-    let targets: Vec<Query> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .enumerate()
-        .map(|(i, l)| Query {
-            id: format!("t{i}"),
-            prompt: String::new(),
-            completion: l.to_string(),
-        })
-        .collect();
-    if targets.is_empty() {
-        return Err(TraceError::Usage(format!(
-            "--targets {}: no targets (one per non-empty line, or a .jsonl of {{\"prompt\", \"completion\"}})",
-            path.display()
-        )));
-    }
-    Ok(targets)
+    crate::query::read_queries(path, "targets").map_err(|e| match e {
+        TraceError::Usage(m) => TraceError::Usage(format!("--targets {m}")),
+        e => e,
+    })
 }
 
 /// Output format, from the `--out` extension.
