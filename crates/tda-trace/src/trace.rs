@@ -196,9 +196,10 @@ fn run<AD: AutodiffBackend>(
     let fz = frozen(model);
     let specs = factors.specs();
     let t_q = Instant::now();
-    let qfz = frozen(query_model);
+    // Single stage: the query model is the candidate model, frozen once.
+    let qfz = (!std::ptr::eq(model, query_model)).then(|| frozen(query_model));
     let (mut grads, mut values) = measure_queries(
-        &qfz,
+        qfz.as_ref().unwrap_or(&fz),
         tokenizer,
         &specs,
         queries,
