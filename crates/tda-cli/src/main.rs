@@ -37,6 +37,8 @@ enum Command {
     Fit(cmd::fit::FitArgs),
     /// Which training documents made the model say this: influence scores of corpus windows.
     Trace(cmd::trace::TraceArgs),
+    /// Merge the partials of a sharded `fit` or `trace` (the reduce step of a cluster job).
+    Merge(cmd::merge::MergeArgs),
     /// Self-influence of every corpus window (outliers).
     SelfInfluence(cmd::self_influence::SelfInfluenceArgs),
     /// Build (or extend) the tantivy TF-IDF/BM25 index of a corpus.
@@ -107,6 +109,7 @@ fn main() -> ExitCode {
         Command::SynthCorpus(a) => cmd::demo::synth(&a),
         Command::Fit(a) => cmd::fit::run(&a),
         Command::Trace(a) => cmd::trace::run(&a),
+        Command::Merge(a) => cmd::merge::run(&a),
         Command::SelfInfluence(a) => cmd::self_influence::run(&a),
         Command::Index(a) => cmd::index::run(&a),
         Command::Search(a) => cmd::search::run(&a),

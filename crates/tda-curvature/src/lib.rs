@@ -37,7 +37,9 @@ mod taps;
 pub mod topk;
 
 pub use error::{CurvatureError, Result};
-pub use factors::{Eigenbasis, FactorFitter, Factors, FitConfig, LayerFactors, Pass, Strategy};
+pub use factors::{
+    Eigenbasis, FactorFitter, Factors, FitConfig, LayerFactors, Pass, PassSums, Strategy,
+};
 pub use multistage::{proximal_in_fit_units, transfer_through_fine_tuning};
 pub use normalize::{normalize, Normalization, NormalizeOptions};
 pub use precondition::{

@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tda_corpus::{open_corpus, windows, Document, ReadOptions, ReadStats, SkipCounts};
 use tda_model::{infer::encode_for_scoring, ModelConfig, Tokenizer};
 
 use crate::error::{Result, TraceError};
+pub use crate::shard::Shard;
 
 /// Where the documents come from.
 #[derive(Clone, Debug)]
@@ -106,7 +107,7 @@ impl DocSource {
 
 /// What one pass over a [`DocSource`] read and made: every record is either a document, a skip
 /// counted by reason, or a document too short for a window — none is dropped without a count.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PassStats {
     /// What was read: the corpus path or the prefilter's documents.
     pub source: String,
@@ -122,6 +123,18 @@ pub struct PassStats {
     pub tokens: u64,
     /// `--max-windows` ended the pass before the end of the source.
     pub capped: bool,
+}
+
+impl PassStats {
+    /// The stats of two disjoint slices of one source, as one (shards of a sharded pass).
+    pub fn add(&mut self, o: &PassStats) {
+        self.documents += o.documents;
+        self.skipped.add(&o.skipped);
+        self.too_short += o.too_short;
+        self.windows += o.windows;
+        self.tokens += o.tokens;
+        self.capped |= o.capped;
+    }
 }
 
 impl std::fmt::Display for PassStats {
@@ -152,6 +165,8 @@ pub struct WindowOptions {
     pub batch_size: usize,
     /// Stop after this many windows (`None` = all).
     pub max_windows: Option<usize>,
+    /// The slice of the documents this pass reads (all of them by default).
+    pub shard: Shard,
 }
 
 impl Default for WindowOptions {
@@ -160,6 +175,7 @@ impl Default for WindowOptions {
             max_len: 0,
             batch_size: 8,
             max_windows: None,
+            shard: Shard::ALL,
         }
     }
 }
@@ -202,6 +218,12 @@ pub fn window_len(opts: &WindowOptions, cfg: &ModelConfig) -> Result<usize> {
 ///
 /// Errors: a document the tokenizer rejects (naming it), and a pass that makes **no** window (the
 /// message says why: no records, every record skipped and for which reason, all too short).
+///
+/// Sharded (`opts.shard` = `i/n`): only documents whose ordinal `d` has `d mod n = i` are
+/// windowed (the others are read, not tokenized); `Candidate::doc` stays the ordinal in the whole
+/// source; the stats count this shard's documents, and the reader's skipped records are counted
+/// by shard 0 only, so the stats of shards `0..n` add up to the unsharded pass. An empty shard is
+/// not an error (the merge checks that the shards together made windows).
 pub fn for_each_batch(
     source: &DocSource,
     tokenizer: &Tokenizer,
@@ -214,6 +236,12 @@ pub fn for_each_batch(
     }
     if opts.max_windows == Some(0) {
         return Err(TraceError::Usage("--max-windows must be at least 1".into()));
+    }
+    if opts.max_windows.is_some() && !opts.shard.is_all() {
+        return Err(TraceError::Usage(
+            "--max-windows caps the whole pass and cannot be split across --shard (drop one)"
+                .into(),
+        ));
     }
     let len = window_len(opts, cfg)?;
     if len < 2 {
@@ -233,9 +261,14 @@ pub fn for_each_batch(
     };
     let cap = opts.max_windows.unwrap_or(usize::MAX);
     let mut doc_no = 0u64;
+    let mut in_shard = 0u64;
     let read = source.for_each_doc(|doc| {
         bytes += doc.text.len() as u64 + 1;
         doc_no += 1;
+        if !opts.shard.contains(doc_no - 1) {
+            return Ok(true);
+        }
+        in_shard += 1;
         let ws = windows(&doc, &encode, len, len)?;
         if ws.iter().all(|w| w.token_ids.len() < 2) {
             stats.too_short += 1;
@@ -269,9 +302,11 @@ pub fn for_each_batch(
     if !pending.is_empty() {
         on_batch(&pending, bytes)?;
     }
-    stats.documents = read.docs;
-    stats.skipped = read.skipped.clone();
-    if stats.windows == 0 {
+    stats.documents = in_shard;
+    if opts.shard.index == 0 {
+        stats.skipped = read.skipped.clone();
+    }
+    if stats.windows == 0 && opts.shard.is_all() {
         let why = match (source, read.docs) {
             (DocSource::Corpus { read: ro, .. }, 0) => read.why_no_documents(ro),
             (_, 0) => "no documents".to_string(),
@@ -307,6 +342,9 @@ fn pair_batches(
     let mut pending = Vec::with_capacity(opts.batch_size);
     let mut bytes = 0u64;
     for (i, q) in pairs.iter().enumerate() {
+        if !opts.shard.contains(i as u64) {
+            continue;
+        }
         if stats.windows >= cap {
             stats.capped = true;
             break;

@@ -87,6 +87,9 @@ pub struct FitReport {
     pub copy_s: f64,
     pub accumulate_s: f64,
     pub total_s: f64,
+    /// A merged sharded fit: the number of shards (the pass times are the shards' total).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<usize>,
 }
 
 /// Fits factors of `model` on `source`. `fingerprint` is stored in the factors.
@@ -99,15 +102,9 @@ pub fn fit<AD: AutodiffBackend>(
     progress: &mut dyn FnMut(&FitProgress),
 ) -> Result<(Factors, FitReport)> {
     let t_all = Instant::now();
-    let specs = opts.modules.specs(&model.linear_layers(), opts.max_block)?;
-    let mut config = FitConfig::new(opts.strategy);
-    if let Some(w) = opts.max_block {
-        config = config.with_max_block(w);
-    }
-    let mut fitter = FactorFitter::new(specs.clone(), config)?;
+    let mut fitter = new_fitter(model, opts)?;
+    let specs = fitter.specs().to_vec();
     let fz = frozen(model);
-    let pad = model.config.eos_token_id.unwrap_or(0);
-    let total_bytes = source.total_bytes();
     let mut report = FitReport {
         strategy: opts.strategy.to_string(),
         fingerprint: fingerprint.to_string(),
@@ -115,47 +112,17 @@ pub fn fit<AD: AutodiffBackend>(
         ..Default::default()
     };
     let mut pass_no = 0u64;
-    let mut covariance_targets = None;
+    let mut loss_targets = None;
     while let Some(pass) = fitter.pass() {
         let t_pass = Instant::now();
-        let mut index = 0u64;
-        let mut tokens = 0usize;
-        let mut targets = 0u64;
-        let read = for_each_batch(
-            source,
+        let (read, targets) = run_pass(
+            &fz,
             tokenizer,
-            &model.config,
-            &opts.windows,
-            |cands, bytes| {
-                let batch = crate::candidates::candidate_batch(cands, pad)?;
-                let labels = match opts.fisher {
-                    Fisher::Empirical => Labels::Data,
-                    Fisher::True { seed } => Labels::Sampled {
-                        seed: seed ^ pass_no.wrapping_mul(0x5851_F42D_4C95_7F2D),
-                        first_index: index,
-                    },
-                };
-                let taps = host_taps(&fz, &specs, &batch, Scalar::Loss(labels))?;
-                report.model_s += taps.t_model;
-                report.copy_s += taps.t_copy;
-                let t0 = Instant::now();
-                fitter.add(&taps.layer_batches())?;
-                report.accumulate_s += t0.elapsed().as_secs_f64();
-                index += cands.len() as u64;
-                targets += cands
-                    .iter()
-                    .map(|c| c.ids.len().saturating_sub(c.loss_from) as u64)
-                    .sum::<u64>();
-                tokens += cands.iter().map(|c| c.ids.len()).sum::<usize>();
-                progress(&FitProgress {
-                    pass,
-                    bytes_done: bytes,
-                    total_bytes,
-                    windows: index as usize,
-                    tokens,
-                });
-                Ok(())
-            },
+            source,
+            opts,
+            &mut fitter,
+            &mut report,
+            progress,
         )?;
         // Every pass must read the same corpus: a file changed under a running fit is an error.
         if pass_no > 0 && report.corpus != read {
@@ -171,9 +138,10 @@ pub fn fit<AD: AutodiffBackend>(
         let t_end = Instant::now();
         fitter.end_pass()?;
         let end_s = t_end.elapsed().as_secs_f64();
+        // Loss targets of the windows (every pass reads the same ones).
+        loss_targets.get_or_insert(targets);
         match pass {
             Pass::Covariance => {
-                covariance_targets = Some(targets);
                 report.covariance_pass_s = pass_s;
                 report.eigen_s = end_s;
             }
@@ -181,22 +149,109 @@ pub fn fit<AD: AutodiffBackend>(
         }
         pass_no += 1;
     }
-    if opts.strategy.needs_covariance() {
-        for s in &specs {
-            for d in [s.d_a(), s.d_out] {
-                let w = opts.max_block.map_or(d, |m| m.min(d));
-                if !report.eigen_sizes.contains(&w) {
-                    report.eigen_sizes.push(w);
-                }
-            }
-        }
-        report.eigen_sizes.sort_unstable();
-    }
+    report.eigen_sizes = eigen_sizes(&specs, opts);
     let mut factors = fitter.finish(fingerprint)?;
-    factors.loss_targets = covariance_targets;
+    factors.loss_targets = loss_targets;
     report.tokens = factors.tokens;
     report.total_s = t_all.elapsed().as_secs_f64();
     Ok((factors, report))
+}
+
+/// A fitter for `opts` on the tracked layers of `model`, at its first pass.
+pub(crate) fn new_fitter<AD: AutodiffBackend>(
+    model: &Transformer<AD>,
+    opts: &FitOptions,
+) -> Result<FactorFitter> {
+    let specs = opts.modules.specs(&model.linear_layers(), opts.max_block)?;
+    Ok(FactorFitter::new(specs, fit_config(opts))?)
+}
+
+pub(crate) fn fit_config(opts: &FitOptions) -> FitConfig {
+    let config = FitConfig::new(opts.strategy);
+    match opts.max_block {
+        Some(w) => config.with_max_block(w),
+        None => config,
+    }
+}
+
+/// The sizes of the eigendecompositions a fit does (for the report).
+pub(crate) fn eigen_sizes(specs: &[tda_curvature::LayerSpec], opts: &FitOptions) -> Vec<usize> {
+    let mut sizes = vec![];
+    if opts.strategy.needs_covariance() {
+        for s in specs {
+            for d in [s.d_a(), s.d_out] {
+                let w = opts.max_block.map_or(d, |m| m.min(d));
+                if !sizes.contains(&w) {
+                    sizes.push(w);
+                }
+            }
+        }
+        sizes.sort_unstable();
+    }
+    sizes
+}
+
+/// Feeds the taps of every window of `source` (its shard `opts.windows.shard`) to the fitter's
+/// current pass (not ended). Returns what the pass read and its loss targets. True-Fisher labels
+/// of window `w` of document `d` are drawn from the stream `(seed, pass, d, w)`, so a window
+/// gets the same labels whatever its batch or shard.
+pub(crate) fn run_pass<AD: AutodiffBackend>(
+    fz: &Transformer<AD>,
+    tokenizer: &Tokenizer,
+    source: &DocSource,
+    opts: &FitOptions,
+    fitter: &mut FactorFitter,
+    report: &mut FitReport,
+    progress: &mut dyn FnMut(&FitProgress),
+) -> Result<(PassStats, u64)> {
+    let pass = fitter.pass().expect("a pass in progress");
+    // The Λ pass after a covariance pass draws its own labels.
+    let pass_no = u64::from(pass == Pass::Lambda && opts.strategy.needs_covariance());
+    let specs = fitter.specs().to_vec();
+    let pad = fz.config.eos_token_id.unwrap_or(0);
+    let total_bytes = source.total_bytes();
+    let (mut windows, mut tokens, mut targets) = (0usize, 0usize, 0u64);
+    let read = for_each_batch(
+        source,
+        tokenizer,
+        &fz.config,
+        &opts.windows,
+        |cands, bytes| {
+            let batch = crate::candidates::candidate_batch(cands, pad)?;
+            let keys: Vec<u64> = cands
+                .iter()
+                .map(|c| crate::host::window_key(c.doc, c.window))
+                .collect();
+            let labels = match opts.fisher {
+                Fisher::Empirical => Labels::Data,
+                Fisher::True { seed } => Labels::Sampled {
+                    seed: seed ^ pass_no.wrapping_mul(0x5851_F42D_4C95_7F2D),
+                    keys: &keys,
+                },
+            };
+            let taps = host_taps(fz, &specs, &batch, Scalar::Loss(labels))?;
+            report.model_s += taps.t_model;
+            report.copy_s += taps.t_copy;
+            let t0 = Instant::now();
+            fitter.add(&taps.layer_batches())?;
+            report.accumulate_s += t0.elapsed().as_secs_f64();
+            windows += cands.len();
+            targets += cands
+                .iter()
+                .map(|c| c.ids.len().saturating_sub(c.loss_from) as u64)
+                .sum::<u64>();
+            tokens += cands.iter().map(|c| c.ids.len()).sum::<usize>();
+            progress(&FitProgress {
+                pass,
+                bytes_done: bytes,
+                total_bytes,
+                windows,
+                tokens,
+            });
+            Ok(())
+        },
+    )?;
+    Ok((read, targets))
 }
 
 /// Writes `factors` and the fit report into the folder `dir` as one artifact: both files appear

@@ -53,11 +53,18 @@ impl HostTaps {
 
 /// Labels of the training loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Labels {
+pub enum Labels<'a> {
     /// The sequence's own next tokens.
     Data,
-    /// Drawn from the model; sequence `i` of the batch uses the RNG seeded by `(seed, first_index + i)`.
-    Sampled { seed: u64, first_index: u64 },
+    /// Drawn from the model; sequence `i` of the batch uses the RNG seeded by `(seed, keys[i])`
+    /// (`keys`: one per sequence, e.g. [`window_key`] of its document and window, so a window
+    /// draws the same labels whatever its batch or shard).
+    Sampled { seed: u64, keys: &'a [u64] },
+}
+
+/// The RNG key of window `window` of document ordinal `doc` (independent of batching and sharding).
+pub fn window_key(doc: u64, window: usize) -> u64 {
+    doc.wrapping_mul(0xA24B_AED4_963E_E407) ^ (window as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25)
 }
 
 /// A measurement `f` on chosen target positions: `weights [batch, seq_len − 1]` (1 on target
@@ -77,11 +84,18 @@ fn seq_rng(seed: u64, index: u64) -> StdRng {
 }
 
 /// Samples one label per position from softmax(logits) on the host: `[b, t, V]` → `[b, t]`.
-fn sample_labels(logits: &[f32], b: usize, t: usize, v: usize, seed: u64, first: u64) -> Vec<i32> {
+fn sample_labels(
+    logits: &[f32],
+    b: usize,
+    t: usize,
+    v: usize,
+    seed: u64,
+    keys: &[u64],
+) -> Vec<i32> {
     let mut out = Vec::with_capacity(b * t);
     let mut p = vec![0f64; v];
     for bi in 0..b {
-        let mut rng = seq_rng(seed, first + bi as u64);
+        let mut rng = seq_rng(seed, keys[bi]);
         for ti in 0..t {
             let row = &logits[(bi * t + ti) * v..(bi * t + ti + 1) * v];
             let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
@@ -115,7 +129,7 @@ fn to_host<BI: Backend>(t: Tensor<BI, 3>) -> Vec<f32> {
 
 /// The scalar to differentiate.
 pub enum Scalar<'a> {
-    Loss(Labels),
+    Loss(Labels<'a>),
     Measure(&'a Target),
 }
 
@@ -150,10 +164,10 @@ pub fn host_taps<AD: AutodiffBackend>(
         let tmask = batch.target_mask::<AD>(&device);
         match scalar {
             Scalar::Loss(Labels::Data) => (token_logprobs(logits, ids2) * tmask).sum().neg(),
-            Scalar::Loss(Labels::Sampled { seed, first_index }) => {
+            Scalar::Loss(Labels::Sampled { seed, keys }) => {
                 let v = logits.dims()[2];
                 let host = to_host(logits.clone().narrow(1, 0, t - 1).inner());
-                let lab = sample_labels(&host, bsz, t - 1, v, seed, first_index);
+                let lab = sample_labels(&host, bsz, t - 1, v, seed, keys);
                 let lab =
                     Tensor::<AD, 2, Int>::from_data(TensorData::new(lab, [bsz, t - 1]), &device)
                         .reshape([bsz, t - 1, 1]);
@@ -269,7 +283,7 @@ mod tests {
         let logits_row = [0.0f32, 1.0, 2.0, -1.0];
         let t = 4000;
         let logits: Vec<f32> = (0..t).flat_map(|_| logits_row).collect();
-        let s = sample_labels(&logits, 1, t, v, 7, 0);
+        let s = sample_labels(&logits, 1, t, v, 7, &[0]);
         let z: f64 = logits_row.iter().map(|&x| (x as f64).exp()).sum();
         for (k, &l) in logits_row.iter().enumerate() {
             let f = s.iter().filter(|&&x| x == k as i32).count() as f64 / t as f64;
@@ -279,11 +293,11 @@ mod tests {
                 "{k}: {f} vs {p}"
             );
         }
-        assert_eq!(s, sample_labels(&logits, 1, t, v, 7, 0));
-        assert_ne!(s, sample_labels(&logits, 1, t, v, 8, 0));
-        // Sequence 1 of a batch of 2 == sequence 0 of a batch starting at index 1.
+        assert_eq!(s, sample_labels(&logits, 1, t, v, 7, &[0]));
+        assert_ne!(s, sample_labels(&logits, 1, t, v, 8, &[0]));
+        // A sequence's labels depend on its key, not on its place in the batch.
         let two: Vec<f32> = logits.iter().chain(&logits).copied().collect();
-        let b2 = sample_labels(&two, 2, t, v, 7, 0);
-        assert_eq!(&b2[t..], &sample_labels(&logits, 1, t, v, 7, 1)[..]);
+        let b2 = sample_labels(&two, 2, t, v, 7, &[0, 1]);
+        assert_eq!(&b2[t..], &sample_labels(&logits, 1, t, v, 7, &[1])[..]);
     }
 }

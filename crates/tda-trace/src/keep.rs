@@ -126,19 +126,25 @@ impl DocSums {
     }
 }
 
-/// Top-K (bounded heaps) or all results per query, and the count of non-finite scores.
-pub(crate) struct Keeper {
-    kept: Store,
+/// Top-K (bounded heaps), all results per query, or a stream of them, and the count of
+/// non-finite scores.
+pub(crate) struct Keeper<'a> {
+    kept: Store<'a>,
+    queries: usize,
     non_finite: usize,
     first_non_finite: Option<String>,
 }
 
-enum Store {
+/// Called with each kept `(query, score, candidate)` as it comes (nothing is kept).
+pub(crate) type Stream<'a> = &'a mut dyn FnMut(usize, f64, &Kept);
+
+enum Store<'a> {
     Top(TopK<Kept>),
     All(Vec<Vec<(f64, Kept)>>, bool),
+    Stream(Stream<'a>),
 }
 
-impl Keeper {
+impl<'a> Keeper<'a> {
     pub fn push(&mut self, q: usize, s: f64, k: Kept) {
         if !s.is_finite() {
             self.non_finite += 1;
@@ -150,10 +156,12 @@ impl Keeper {
         match &mut self.kept {
             Store::Top(t) => t.push(q, s, k),
             Store::All(v, _) => v[q].push((s, k)),
+            Store::Stream(f) => f(q, s, &k),
         }
     }
 
-    /// The kept results per query, best first; an error if any score was not finite.
+    /// The kept results per query, best first (none when streamed); an error if any score was
+    /// not finite.
     pub fn finish(self) -> Result<Vec<Vec<(f64, Kept)>>> {
         if let Some(first) = self.first_non_finite {
             return Err(TraceError::Usage(format!(
@@ -165,6 +173,7 @@ impl Keeper {
         }
         Ok(match self.kept {
             Store::Top(t) => t.into_sorted(),
+            Store::Stream(_) => (0..self.queries).map(|_| vec![]).collect(),
             Store::All(mut v, opponents) => {
                 for l in &mut v {
                     // Stable: ties keep arrival order, as TopK does.
@@ -188,7 +197,17 @@ fn token_strings(tokenizer: &Tokenizer, ids: &[u32]) -> Vec<String> {
         .collect()
 }
 
-impl Keeper {
+impl<'a> Keeper<'a> {
+    /// Hands every result to `stream` instead of keeping it.
+    pub fn streaming(queries: usize, stream: Stream<'a>) -> Self {
+        Keeper {
+            kept: Store::Stream(stream),
+            queries,
+            non_finite: 0,
+            first_non_finite: None,
+        }
+    }
+
     /// Top `k` (or all when `None`) for each of `queries`, most positive first unless `opponents`.
     pub fn new(queries: usize, k: Option<usize>, opponents: bool) -> Self {
         let order = if opponents {
@@ -202,6 +221,7 @@ impl Keeper {
         };
         Keeper {
             kept,
+            queries,
             non_finite: 0,
             first_non_finite: None,
         }
@@ -218,6 +238,7 @@ pub(crate) fn to_row(
 ) -> ResultRow {
     ResultRow {
         rank: rank + 1,
+        doc: k.cand.doc,
         doc_id: k.cand.doc_id.clone(),
         window: k.cand.window,
         span: k.cand.span,

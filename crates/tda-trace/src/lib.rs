@@ -45,6 +45,8 @@ pub mod query;
 pub mod relabel;
 pub mod select;
 pub mod self_influence;
+pub mod shard;
+pub mod sharded;
 pub mod stages;
 pub mod trace;
 
@@ -60,6 +62,7 @@ pub use prefilter::{candidate_source, prefilter, Prefilter};
 pub use query::{read_queries, read_rows, Aggregate, Query, RelabelRow};
 pub use relabel::relabel;
 pub use self_influence::self_influence;
+pub use shard::Shard;
 pub use stages::{check_same_family, FineTuneDamping, FineTuned, Hessians, StagesInfo};
 pub use trace::{trace, trace_multistage, TraceOptions};
 

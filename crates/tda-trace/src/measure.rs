@@ -7,7 +7,7 @@ use serde::Serialize;
 use tda_model::token_logprobs;
 
 /// The measurement `f` whose change is attributed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Measurement {
     /// `log p(completion | prompt)` (sum over completion tokens).

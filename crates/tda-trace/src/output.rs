@@ -11,25 +11,25 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{io, Result, TraceError};
 use crate::measure::Measurement;
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TokenScore {
     pub token: String,
     pub score: f64,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LayerScore {
     pub layer: String,
     pub score: f64,
 }
 
 /// What a result row is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Granularity {
     /// One row per document: the sum of its windows' scores, with its best window.
@@ -51,10 +51,13 @@ impl std::str::FromStr for Granularity {
 }
 
 /// One candidate in a query's ranking.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ResultRow {
     /// 1-based.
     pub rank: usize,
+    /// 0-based ordinal of the document in the candidate pass (ties rank the earlier first).
+    #[serde(skip)]
+    pub doc: u64,
     pub doc_id: String,
     /// Window number within the document.
     pub window: usize,
@@ -76,7 +79,7 @@ pub struct ResultRow {
     pub per_layer: Option<Vec<LayerScore>>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QueryResult {
     pub id: String,
     pub prompt: String,
@@ -86,7 +89,7 @@ pub struct QueryResult {
     pub results: Vec<ResultRow>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TraceOutput {
     pub measurement: Measurement,
     pub strategy: String,
@@ -104,10 +107,20 @@ pub struct TraceOutput {
     pub stages: Option<crate::stages::StagesInfo>,
     pub queries: Vec<QueryResult>,
     pub report: TraceReport,
+    /// Fingerprint of the preconditioned queries (FNV-1a of their f32 bits): equal in every
+    /// shard of one sharded trace.
+    #[serde(skip)]
+    pub queries_fingerprint: u64,
+}
+
+/// Receives the result rows of a pass as they are made (unranked: `rank` is 0), instead of a
+/// ranking kept in memory: `query` is the query's position.
+pub trait RowSink {
+    fn push(&mut self, query: usize, row: ResultRow) -> Result<()>;
 }
 
 /// Where the time went.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TraceReport {
     /// What the candidate pass read.
     pub corpus: crate::candidates::PassStats,

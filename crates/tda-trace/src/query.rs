@@ -173,7 +173,7 @@ pub fn measure_queries<AD: AutodiffBackend>(
 }
 
 /// How the queries of a target set become one target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Aggregate {
     /// `∇f_target = (1/Q) Σ_q ∇f_q`: scores are the mean of the per-query scores.

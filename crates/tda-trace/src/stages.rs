@@ -10,7 +10,7 @@ use tda_model::{Tokenizer, Transformer};
 use crate::error::{Result, TraceError};
 
 /// Which preconditioners a multi-stage score applies (ablations of Bao et al. 2025).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Hessians {
     /// `α(G_ft + αI)⁻¹` then `(G_pt + λI)⁻¹` (the multi-stage influence).
@@ -102,7 +102,7 @@ pub fn check_same_family(
 }
 
 /// What a multi-stage trace applied (in [`TraceOutput::stages`]).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct StagesInfo {
     pub hessians: Hessians,
     /// How `α` was chosen, e.g. `proximal 0.01 × T̄ 63.0`.

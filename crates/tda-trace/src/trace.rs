@@ -28,7 +28,7 @@ use crate::error::{Result, TraceError};
 use crate::host::{host_taps, Labels, Scalar};
 use crate::keep::{to_row, DocSums, Keeper, Kept};
 use crate::measure::Measurement;
-use crate::output::{Granularity, QueryResult, TraceOutput, TraceReport};
+use crate::output::{Granularity, QueryResult, RowSink, TraceOutput, TraceReport};
 use crate::query::{aggregate_gradients, measure_queries, Aggregate, Query};
 use crate::stages::{FineTuneDamping, FineTuned, StagesInfo};
 
@@ -95,6 +95,35 @@ pub fn trace<AD: AutodiffBackend>(
         queries,
         source,
         opts,
+        None,
+        progress,
+    )
+}
+
+/// [`trace`] handing every result row to `sink` as it is made (unranked, nothing kept in memory:
+/// the output's queries have no results). `opts.top_k` is ignored.
+#[allow(clippy::too_many_arguments)]
+pub fn trace_into<AD: AutodiffBackend>(
+    model: &Transformer<AD>,
+    tokenizer: &Tokenizer,
+    factors: &Factors,
+    queries: &[Query],
+    source: &DocSource,
+    opts: &TraceOptions,
+    sink: &mut dyn RowSink,
+    progress: &mut dyn FnMut(usize, u64),
+) -> Result<TraceOutput> {
+    run(
+        model,
+        model,
+        tokenizer,
+        factors,
+        opts.damping,
+        None,
+        queries,
+        source,
+        opts,
+        Some(sink),
         progress,
     )
 }
@@ -157,6 +186,7 @@ pub fn trace_multistage<AD: AutodiffBackend>(
         queries,
         source,
         opts,
+        None,
         progress,
     )?;
     let alphas = transfer.map(|(f, d)| d.per_layer(f));
@@ -190,6 +220,7 @@ fn run<AD: AutodiffBackend>(
     queries: &[Query],
     source: &DocSource,
     opts: &TraceOptions,
+    sink: Option<&mut dyn RowSink>,
     progress: &mut dyn FnMut(usize, u64),
 ) -> Result<TraceOutput> {
     let t_all = Instant::now();
@@ -241,6 +272,7 @@ fn run<AD: AutodiffBackend>(
         grads = transfer_through_fine_tuning(ft, &d.per_layer(ft), &grads)?;
     }
     let pq = precondition(factors, damping, &grads, opts.rank)?;
+    let queries_fingerprint = fingerprint_queries(&pq);
     let prepared_batch = QueryBatch::new(&specs, &pq)?;
     let queries = &out_queries[..];
     let nq = queries.len();
@@ -249,7 +281,21 @@ fn run<AD: AutodiffBackend>(
         queries_s: t_q.elapsed().as_secs_f64(),
         ..Default::default()
     };
-    let mut keeper = Keeper::new(nq, opts.top_k, opts.opponents);
+    let mut sink_error = None;
+    let mut to_sink;
+    let mut keeper = match sink {
+        None => Keeper::new(nq, opts.top_k, opts.opponents),
+        Some(sink) => {
+            to_sink = |q: usize, s: f64, k: &Kept| {
+                if sink_error.is_none() {
+                    if let Err(e) = sink.push(q, to_row(0, s, k, tokenizer, &specs)) {
+                        sink_error = Some(e);
+                    }
+                }
+            };
+            Keeper::streaming(nq, &mut to_sink)
+        }
+    };
     let mut docs =
         (opts.granularity == Granularity::Document).then(|| DocSums::new(nq, opts.opponents));
     let pad = model.config.eos_token_id.unwrap_or(0);
@@ -313,6 +359,9 @@ fn run<AD: AutodiffBackend>(
     let cand_s = t_cands.elapsed().as_secs_f64();
     report.candidate_tokens_per_s = report.candidate_tokens as f64 / cand_s.max(1e-9);
     let results = keeper.finish()?;
+    if let Some(e) = sink_error {
+        return Err(e);
+    }
     let results_by_query = queries
         .iter()
         .zip(results)
@@ -350,5 +399,27 @@ fn run<AD: AutodiffBackend>(
         stages: None,
         queries: results_by_query,
         report,
+        queries_fingerprint,
     })
+}
+
+/// FNV-1a of the preconditioned queries' f32 bits (equal queries ⇔ equal fingerprints, barring
+/// a 64-bit collision).
+fn fingerprint_queries(pq: &[tda_curvature::PreconditionedQuery]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |x: u64| {
+        for b in x.to_le_bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for q in pq {
+        for l in &q.layers {
+            eat(l.rank as u64);
+            l.left
+                .iter()
+                .chain(&l.right)
+                .for_each(|x| eat(x.to_bits() as u64));
+        }
+    }
+    h
 }

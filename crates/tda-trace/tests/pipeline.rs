@@ -85,6 +85,7 @@ fn win() -> WindowOptions {
         max_len: 12,
         batch_size: 4,
         max_windows: None,
+        ..Default::default()
     }
 }
 

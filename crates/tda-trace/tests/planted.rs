@@ -95,6 +95,7 @@ fn tracing_a_fact_finds_its_biography() {
         max_len: 0,
         batch_size: 8,
         max_windows: None,
+        ..Default::default()
     };
     let (factors, _) = fit::fit(
         &model,

@@ -19,7 +19,14 @@ Examples:
   tda fit --model runs/demo/model --corpus runs/demo/corpus.jsonl --out runs/demo/factors
   tda fit --model M --corpus C.jsonl --out F --strategy kfac --modules mlp --fisher empirical
   tda fit --model gpt2 --corpus C --out F --modules blocks --max-block 2048 --max-windows 20000
-  tda fit --model FT --corpus sft.jsonl --completion-only --out FT_F   # {prompt, completion} pairs, loss on completions (multi-stage fine-tuning factors)"
+  tda fit --model FT --corpus sft.jsonl --completion-only --out FT_F   # {prompt, completion} pairs, loss on completions (multi-stage fine-tuning factors)
+
+Sharded (one task per shard, e.g. a Slurm array job; see deploy/README.md). --shard I/N takes documents d with d mod N = I and writes the pass's sums to the FILE --out; `tda merge` adds the shards' sums exactly (in shard order) and refuses a missing, duplicate or mismatched shard. ekfac needs two passes:
+  tda fit --model M --corpus C --shard $I/$N --out parts/cov-$I.part            # covariance pass
+  tda merge parts/cov-*.part --out eigenbases                                   # A, S → eigenbases
+  tda fit --model M --corpus C --shard $I/$N --eigenbases eigenbases --out parts/lambda-$I.part
+  tda merge parts/lambda-*.part --out factors                                   # = tda fit --out factors
+(kfac: the first merge writes the factors; diagonal: its only pass is the Λ pass.)"
 )]
 pub struct FitArgs {
     /// HF model folder.
@@ -28,9 +35,16 @@ pub struct FitArgs {
     /// Corpus file or folder (jsonl, txt, parquet).
     #[arg(long)]
     pub corpus: PathBuf,
-    /// Output folder for the factors.
+    /// Output folder for the factors (with --shard: the partial FILE of this shard).
     #[arg(long)]
     pub out: PathBuf,
+    /// Run one shard I/N (0-based) of the pass and write its sums to --out, for `tda merge`.
+    #[arg(long, help_heading = "Sharding")]
+    pub shard: Option<tda_trace::Shard>,
+    /// ekfac, sharded: run the Λ pass with these eigenbases (the folder `tda merge` wrote from the
+    /// covariance partials).
+    #[arg(long, requires = "shard", help_heading = "Sharding")]
+    pub eigenbases: Option<PathBuf>,
     /// identity, diagonal, kfac or ekfac.
     #[arg(long, default_value = "ekfac")]
     pub strategy: Strategy,
@@ -60,7 +74,11 @@ pub struct FitArgs {
 }
 
 pub fn run(a: &FitArgs) -> anyhow::Result<()> {
-    crate::output::check_out(&a.out, tda_io::Output::Folder)?;
+    let out_kind = match a.shard {
+        Some(_) => tda_io::Output::File,
+        None => tda_io::Output::Folder,
+    };
+    crate::output::check_out(&a.out, out_kind)?;
     if a.max_block.is_some() && !matches!(a.strategy, Strategy::Kfac | Strategy::Ekfac) {
         anyhow::bail!(
             "--max-block splits the A and S factors of kfac and ekfac; {} has none",
@@ -85,9 +103,44 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
                 f => f,
             },
             max_block: a.max_block,
-            windows: a.windows.options(),
+            windows: tda_trace::WindowOptions {
+                shard: a.shard.unwrap_or_default(),
+                ..a.windows.options()
+            },
         };
         let source = a.pairs.source(&a.corpus, &a.read)?;
+        if let Some(shard) = a.shard {
+            let pb = bar(
+                source.total_bytes().unwrap_or(0),
+                "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {elapsed}",
+            );
+            let origin = tda_trace::sharded::fit_shard(
+                &m.model,
+                &m.tokenizer,
+                &source,
+                &opts,
+                &fp,
+                a.eigenbases.as_deref(),
+                &a.out,
+                &mut |p: &FitProgress| {
+                    pb.set_message(format!("{:?}", p.pass).to_lowercase());
+                    pb.set_position(p.bytes_done.min(p.total_bytes.unwrap_or(u64::MAX)));
+                },
+            )?;
+            pb.finish_and_clear();
+            eprintln!("shard {shard}: corpus {}", origin.stats);
+            if a.json {
+                print_json(&origin)?;
+            } else {
+                eprintln!(
+                    "{} of shard {shard} in {:.1}s → {} (merge all shards with `tda merge`)",
+                    origin.kind,
+                    origin.seconds,
+                    a.out.display()
+                );
+            }
+            return Ok(());
+        }
         let pb = bar(
             source.total_bytes().unwrap_or(0),
             "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {elapsed}",

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod fit;
 pub mod index;
 pub mod infer;
+pub mod merge;
 pub mod search;
 pub mod select;
 pub mod self_influence;
@@ -105,6 +106,7 @@ impl WindowArgs {
             max_len: self.max_len,
             batch_size: self.batch_size as usize,
             max_windows: self.max_windows.map(|n| n as usize),
+            shard: tda_trace::Shard::ALL,
         }
     }
 }

@@ -128,7 +128,11 @@ Examples:
   tda trace --model M --factors F --corpus C.jsonl --index indexes/C --candidates 10000 --queries q.jsonl --out scores.parquet
   tda trace --model M --factors F --corpus C.jsonl --queries targets.txt --aggregate mean --top-k 50
   tda trace --model FT --factors FT_F --pretrain-model PT --pretrain-factors PT_F --corpus pretrain.jsonl --queries qa.jsonl
-  tda trace --model M --factors F --queries q.jsonl --relabel rows.jsonl --json   # rows: {\"prompt\",\"original\",\"replacement\"}"
+  tda trace --model M --factors F --queries q.jsonl --relabel rows.jsonl --json   # rows: {\"prompt\",\"original\",\"replacement\"}
+
+Sharded (one task per shard, e.g. a Slurm array job; see deploy/README.md): --shard I/N scores documents d with d mod N = I and writes a partial parquet (--out; the shard's top-K, or every candidate with --top-k all, in row groups); `tda merge` gives exactly the unsharded ranking and refuses a missing, duplicate or mismatched shard:
+  tda trace --model M --factors F --corpus C --queries q.jsonl --top-k 50 --shard $I/$N --out parts/trace-$I.parquet
+  tda merge parts/trace-*.parquet --top-k 50 --out scores.parquet --json"
 )]
 pub struct TraceArgs {
     #[arg(long)]
@@ -228,6 +232,10 @@ pub struct TraceArgs {
     /// Parquet output file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Score one shard I/N (0-based) of the candidates and write a partial parquet to --out, for
+    /// `tda merge` (single-stage tracing).
+    #[arg(long, requires = "out", conflicts_with_all = ["json", "relabel", "pretrain_model"], help_heading = "Sharding")]
+    pub shard: Option<tda_trace::Shard>,
 }
 
 pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
@@ -258,7 +266,10 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         opponents: a.opponents,
         per_token: a.per_token,
         per_layer: a.per_layer,
-        windows: a.windows.options(),
+        windows: tda_trace::WindowOptions {
+            shard: a.shard.unwrap_or_default(),
+            ..a.windows.options()
+        },
         granularity: a.granularity,
         aggregate: a.aggregate,
         per_query: a.per_query,
@@ -306,6 +317,38 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         let (source, pb) = candidates(a, &queries)?;
+        if let (Some(shard), Some(out)) = (a.shard, &a.out) {
+            let fpath = if factors_dir.is_dir() {
+                factors_dir.join(tda_trace::FACTORS_FILE)
+            } else {
+                factors_dir.clone()
+            };
+            let ffp = tda_corpus::fingerprint_file(&fpath)?;
+            let head = tda_trace::sharded::trace_shard(
+                &m.model,
+                &m.tokenizer,
+                &factors,
+                &format!("{} {:016x}", ffp.size, ffp.hash),
+                &fp,
+                &queries,
+                &source,
+                &opts,
+                out,
+                &mut |n, bytes| {
+                    pb.set_position(bytes);
+                    pb.set_message(format!("{n} windows"));
+                },
+            )?;
+            pb.finish_and_clear();
+            eprintln!("shard {shard}: corpus {}", head.report.corpus);
+            eprintln!(
+                "scored {} candidates of shard {shard} in {:.1}s → {} (merge all shards with `tda merge`)",
+                head.report.candidates,
+                head.report.total_s,
+                out.display()
+            );
+            return Ok(());
+        }
         let out = tda_trace::trace(
             &m.model,
             &m.tokenizer,
@@ -481,13 +524,23 @@ fn hess_name(h: Hessians) -> &'static str {
 
 /// Writes --out, prints --json or the ranking, and the timing line.
 fn report(a: &TraceArgs, out: &tda_trace::TraceOutput) -> anyhow::Result<()> {
+    print_output(out, a.out.as_deref(), a.json)
+}
+
+/// Writes `parquet` if given, prints the output as JSON or as a ranking, and the timing line
+/// (`tda trace` and `tda merge`).
+pub fn print_output(
+    out: &tda_trace::TraceOutput,
+    parquet: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<()> {
     {
         eprintln!("corpus {}", out.report.corpus);
-        if let Some(p) = &a.out {
+        if let Some(p) = parquet {
             tda_trace::write_parquet(out, p)?;
             eprintln!("wrote {}", p.display());
         }
-        if a.json {
+        if json {
             return print_json(out);
         }
         for q in &out.queries {

@@ -15,6 +15,21 @@ pub enum Pass {
     Lambda,
 }
 
+/// The sums of one pass over a slice of the data (a shard of a sharded fit): what a merge adds
+/// up. Sums, not means: adding the sums of disjoint slices gives the sums of their union (exactly
+/// up to f64 summation order).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PassSums {
+    pub pass: Pass,
+    /// Real tokens (covariance pass; 0 in a Λ pass).
+    pub tokens: u64,
+    /// Sequences with at least one real token.
+    pub sequences: u64,
+    /// Per layer: the covariance pass's `Σ a aᵀ` blocks then `Σ g gᵀ` blocks (`[s_k, s_k]` each, in
+    /// partition order), or the Λ pass's one `[d_out, d_a]` sum.
+    pub layers: Vec<Vec<Vec<f64>>>,
+}
+
 /// Per-layer accumulators.
 struct LayerAcc {
     a_blocks: Vec<(usize, usize)>,
@@ -114,6 +129,124 @@ impl FactorFitter {
             f.alloc_lambda();
         }
         Ok(f)
+    }
+
+    /// A fitter at the start of the Λ pass, from the eigenbases (`(A, S)` per spec) and the counts
+    /// of a covariance pass done elsewhere (the merged shards of a sharded fit, read back from a
+    /// K-FAC factor file): continues exactly as the fitter that did the covariance pass would.
+    pub fn resume_lambda(
+        specs: Vec<LayerSpec>,
+        config: FitConfig,
+        bases: Vec<(Eigenbasis, Eigenbasis)>,
+        tokens: u64,
+        covariance_sequences: u64,
+    ) -> Result<Self> {
+        if config.strategy != Strategy::Ekfac {
+            return Err(CurvatureError::Usage(format!(
+                "only ekfac has a Λ pass after its eigenbases ({} does not)",
+                config.strategy
+            )));
+        }
+        if bases.len() != specs.len() {
+            return Err(CurvatureError::Usage(format!(
+                "{} eigenbases for {} layers",
+                bases.len(),
+                specs.len()
+            )));
+        }
+        let mut f = Self::new(specs, config)?;
+        for ((acc, spec), (a, s)) in f.acc.iter_mut().zip(&f.specs).zip(bases) {
+            if a.dim != spec.d_a()
+                || s.dim != spec.d_out
+                || a.blocks != acc.a_blocks
+                || s.blocks != acc.s_blocks
+            {
+                return Err(crate::error::shape_err(
+                    &spec.name,
+                    "eigenbases do not match the layer or the block partition",
+                ));
+            }
+            acc.a_basis = Some(a);
+            acc.s_basis = Some(s);
+            acc.cov_a = vec![];
+            acc.cov_s = vec![];
+        }
+        f.tokens = tokens;
+        f.cov_sequences = covariance_sequences;
+        f.pass = Some(Pass::Lambda);
+        f.alloc_lambda();
+        Ok(f)
+    }
+
+    /// The sums of the current pass so far (call before [`FactorFitter::end_pass`]).
+    pub fn sums(&self) -> Result<PassSums> {
+        let pass = self
+            .pass
+            .ok_or_else(|| CurvatureError::Usage("all passes are done: no sums".into()))?;
+        let layers = self
+            .acc
+            .iter()
+            .map(|a| match pass {
+                Pass::Covariance => a.cov_a.iter().chain(&a.cov_s).cloned().collect(),
+                Pass::Lambda => vec![a.lambda.clone()],
+            })
+            .collect();
+        Ok(match pass {
+            Pass::Covariance => PassSums {
+                pass,
+                tokens: self.tokens,
+                sequences: self.cov_sequences,
+                layers,
+            },
+            Pass::Lambda => PassSums {
+                pass,
+                tokens: 0,
+                sequences: self.lambda_sequences,
+                layers,
+            },
+        })
+    }
+
+    /// Adds the sums of a pass over another slice of the data (same pass, same layers and blocks).
+    pub fn add_sums(&mut self, sums: &PassSums) -> Result<()> {
+        if self.pass != Some(sums.pass) {
+            return Err(CurvatureError::Usage(format!(
+                "sums of the {:?} pass given during the {:?} pass",
+                sums.pass, self.pass
+            )));
+        }
+        if sums.layers.len() != self.acc.len() {
+            return Err(CurvatureError::Usage(format!(
+                "sums of {} layers for {} layers",
+                sums.layers.len(),
+                self.acc.len()
+            )));
+        }
+        for ((acc, spec), parts) in self.acc.iter_mut().zip(&self.specs).zip(&sums.layers) {
+            let mut targets: Vec<&mut Vec<f64>> = match sums.pass {
+                Pass::Covariance => acc.cov_a.iter_mut().chain(acc.cov_s.iter_mut()).collect(),
+                Pass::Lambda => vec![&mut acc.lambda],
+            };
+            if targets.len() != parts.len()
+                || targets.iter().zip(parts).any(|(t, p)| t.len() != p.len())
+            {
+                return Err(crate::error::shape_err(
+                    &spec.name,
+                    "sums do not match the layer or the block partition",
+                ));
+            }
+            for (t, p) in targets.iter_mut().zip(parts) {
+                t.iter_mut().zip(p).for_each(|(x, y)| *x += y);
+            }
+        }
+        match sums.pass {
+            Pass::Covariance => {
+                self.tokens += sums.tokens;
+                self.cov_sequences += sums.sequences;
+            }
+            Pass::Lambda => self.lambda_sequences += sums.sequences,
+        }
+        Ok(())
     }
 
     /// The pass expected next (`None`: call [`FactorFitter::finish`]).

@@ -29,4 +29,4 @@ mod fitter;
 
 pub(crate) use fitted::kron_lambda;
 pub use fitted::{Eigenbasis, Factors, FitConfig, LayerFactors, Strategy};
-pub use fitter::{FactorFitter, Pass};
+pub use fitter::{FactorFitter, Pass, PassSums};
