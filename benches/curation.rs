@@ -95,6 +95,7 @@ fn main() {
             max_len: 64,
             batch_size: 8,
             max_windows: None,
+            ..Default::default()
         };
         let source = docs_source(&items);
         let (factors, _) = fit::fit(

@@ -141,6 +141,7 @@ fn main() {
             max_len: 64,
             batch_size: 8,
             max_windows: None,
+            ..Default::default()
         };
         let fo = FitOptions {
             windows,

@@ -298,6 +298,7 @@ fn main() {
             max_len: 0,
             batch_size: 8,
             max_windows: None,
+            ..Default::default()
         };
         let t_score = Instant::now();
         let (factors, _) = fit::fit(

@@ -226,6 +226,7 @@ fn write_factor_seeds() {
                 max_len: 16,
                 batch_size: 4,
                 max_windows: Some(8),
+                ..Default::default()
             },
             ..Default::default()
         };

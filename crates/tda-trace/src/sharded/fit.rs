@@ -237,10 +237,11 @@ pub enum MergedFit {
     Factors { factors: Factors, report: FitReport },
 }
 
+/// Each partial's path and origin, its sums header, and the positions in shard order.
+type Headers = (Vec<(PathBuf, Origin)>, Vec<SumsHeader>, Vec<usize>);
+
 /// The origin and sums header of each partial file, checked to be one complete set of shards.
-fn read_headers(
-    paths: &[PathBuf],
-) -> Result<(Vec<(PathBuf, Origin)>, Vec<SumsHeader>, Vec<usize>)> {
+fn read_headers(paths: &[PathBuf]) -> Result<Headers> {
     let mut parts = vec![];
     let mut headers = vec![];
     for p in paths {
