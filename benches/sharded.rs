@@ -188,7 +188,7 @@ fn main() {
         .unwrap();
     });
     let t = Instant::now();
-    merge_trace(&[tpart(0), tpart(1)], Some(10)).unwrap();
+    merge_trace(&[tpart(0), tpart(1)], None).unwrap();
     let trace_merge = t.elapsed().as_secs_f64();
 
     println!(

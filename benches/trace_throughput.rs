@@ -70,9 +70,10 @@ fn run(c: &Case) {
         let tp = Instant::now();
         for i in 0..c.fit_batches {
             let b = batch(&c.config, c.batch, c.seq_len, 100 + i as u64);
+            let keys: Vec<u64> = (0..c.batch).map(|k| (i * c.batch + k) as u64).collect();
             let labels = Labels::Sampled {
                 seed: pass_no,
-                first_index: (i * c.batch) as u64,
+                keys: &keys,
             };
             let taps = host_taps(&fz, &specs, &b, Scalar::Loss(labels)).unwrap();
             fitter.add(&taps.layer_batches()).unwrap();

@@ -1136,7 +1136,11 @@ fn bad_shards_and_merges() {
     let part = d.join("p0.part");
     // 90–93: --shard values and the flags it cannot go with.
     for bad in ["4/4", "1", "a/3", "0/0"] {
-        fails(fit(corpus, &part, &["--shard", bad]), &["--shard", "i/n"], &[&part]);
+        fails(
+            fit(corpus, &part, &["--shard", bad]),
+            &["--shard", "i/n"],
+            &[&part],
+        );
     }
     fails(
         fit(corpus, &part, &["--shard", "0/2", "--max-windows", "5"]),
@@ -1152,41 +1156,70 @@ fn bad_shards_and_merges() {
         fit(
             corpus,
             &part,
-            &["--shard", "0/2", "--strategy", "kfac", "--eigenbases", p(&w.factors)],
+            &[
+                "--shard",
+                "0/2",
+                "--strategy",
+                "kfac",
+                "--eigenbases",
+                p(&w.factors),
+            ],
         ),
         &["--eigenbases", "ekfac"],
         &[&part],
     );
     // 94: eigenbases that are a factors folder, not a merged covariance pass.
     fails(
-        fit(corpus, &part, &["--shard", "0/2", "--eigenbases", p(&w.factors)]),
+        fit(
+            corpus,
+            &part,
+            &["--shard", "0/2", "--eigenbases", p(&w.factors)],
+        ),
         &["not an eigenbases folder", "stage.json"],
         &[&part],
     );
     // 95–96: trace --shard needs --out and is not for --json.
     let tp = d.join("t0.parquet");
     fails(
-        trace(&["--corpus", corpus, "--shard", "0/2"]).into_iter().chain(Q),
+        trace(&["--corpus", corpus, "--shard", "0/2"])
+            .into_iter()
+            .chain(Q),
         &["--out"],
         &[],
     );
     fails(
-        trace(&["--corpus", corpus, "--shard", "0/2", "--out", p(&tp), "--json"])
-            .into_iter()
-            .chain(Q),
+        trace(&[
+            "--corpus",
+            corpus,
+            "--shard",
+            "0/2",
+            "--out",
+            p(&tp),
+            "--json",
+        ])
+        .into_iter()
+        .chain(Q),
         &["--json", "--shard"],
         &[&tp],
     );
     // 97–101: merges.
     let out = d.join("merged");
-    fails(["merge", p(&d.join("nope.part")), "--out", p(&out)], &["nope.part", "no such"], &[&out]);
+    fails(
+        ["merge", p(&d.join("nope.part")), "--out", p(&out)],
+        &["nope.part", "no such"],
+        &[&out],
+    );
     fails(
         ["merge", p(&w.corpus), "--out", p(&out)],
         &["corpus.jsonl", "not a partial trace"],
         &[&out],
     );
     ok(fit(corpus, &part, &["--shard", "0/2"]));
-    fails(["merge", p(&part), "--out", p(&out)], &["missing shard 1 of 2"], &[&out]);
+    fails(
+        ["merge", p(&part), "--out", p(&out)],
+        &["missing shard 1 of 2"],
+        &[&out],
+    );
     fails(
         ["merge", p(&part), "--top-k", "5", "--out", p(&out)],
         &["--top-k", "fit partial"],
@@ -1194,9 +1227,18 @@ fn bad_shards_and_merges() {
     );
     fails(["merge", p(&part)], &["--out"], &[]);
     let sp = d.join("s0.parquet");
-    ok(trace(&["--corpus", corpus, "--shard", "0/1", "--top-k", "3", "--out", p(&sp)])
-        .into_iter()
-        .chain(Q));
+    ok(trace(&[
+        "--corpus",
+        corpus,
+        "--shard",
+        "0/1",
+        "--top-k",
+        "3",
+        "--out",
+        p(&sp),
+    ])
+    .into_iter()
+    .chain(Q));
     let res = d.join("res.parquet");
     fails(
         ["merge", p(&sp), "--top-k", "5", "--out", p(&res)],

@@ -281,7 +281,12 @@ fn sharded_traces_merge_to_the_unsharded_ranking() {
                     out
                 })
                 .collect();
-            let merged = merge_trace(&parts, merge_k).unwrap();
+            let merged = merge_trace(&parts, Some(merge_k)).unwrap();
+            if let Some(k) = shard_k {
+                // By default a merge keeps what each shard kept (the shards' --top-k).
+                let by_default = merge_trace(&parts, None).unwrap();
+                assert!(by_default.queries.iter().all(|q| q.results.len() == k));
+            }
             assert_eq!(merged.report.corpus, full.report.corpus, "stats add up");
             assert_eq!(merged.report.candidates, full.report.candidates);
             for (qm, qf) in merged.queries.iter().zip(&full.queries) {

@@ -28,7 +28,8 @@ pub struct MergeArgs {
     /// Fit: the output folder (required). Trace: a parquet file of the merged ranking.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Trace: results per query, or `all` (at most what each shard kept).
+    /// Trace: results per query, or `all` (held in memory) [default: what each shard kept, i.e.
+    /// the unsharded `tda trace --top-k` of the shards].
     #[arg(long, value_parser = parse_top_k)]
     pub top_k: Option<TopKArg>,
     /// Print the merged trace (or the fit report) as JSON.
@@ -89,7 +90,6 @@ pub fn run(a: &MergeArgs) -> anyhow::Result<()> {
     if let Some(out) = &a.out {
         crate::output::check_out(out, tda_io::Output::File)?;
     }
-    let top_k = a.top_k.map_or(Some(10), |k| k.0);
-    let out = merge_trace(&a.parts, top_k)?;
+    let out = merge_trace(&a.parts, a.top_k.map(|k| k.0))?;
     crate::cmd::trace::print_output(&out, a.out.as_deref(), a.json)
 }

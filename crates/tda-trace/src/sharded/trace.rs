@@ -453,8 +453,9 @@ impl Best {
 }
 
 /// Merges the partial traces `paths` (all shards of one sharded trace, any order) into the
-/// output of the unsharded trace with `top_k` results per query (`None`: all, held in memory).
-pub fn merge_trace(paths: &[PathBuf], top_k: Option<usize>) -> Result<TraceOutput> {
+/// output of the unsharded trace with `top_k` results per query: `Some(Some(k))`, all
+/// (`Some(None)`, held in memory), or as many as each shard kept (`None`).
+pub fn merge_trace(paths: &[PathBuf], top_k: Option<Option<usize>>) -> Result<TraceOutput> {
     let mut parts = vec![];
     let mut headers = vec![];
     for p in paths {
@@ -465,6 +466,7 @@ pub fn merge_trace(paths: &[PathBuf], top_k: Option<usize>) -> Result<TraceOutpu
     let order = check_complete(&parts)?;
     let first = &headers[order[0]];
     let kept = first.origin.settings["top_k"].as_u64().map(|k| k as usize);
+    let top_k = top_k.unwrap_or(kept);
     if let (Some(want), Some(have)) = (top_k, kept) {
         if want > have {
             return Err(TraceError::Usage(format!(
