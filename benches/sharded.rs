@@ -88,36 +88,18 @@ fn main() {
         },
         ..Default::default()
     };
-    on(1, || {
-        fit(&m.model, &m.tokenizer, &source, &warm, &fp, &mut |_| {})
-    })
-    .unwrap();
-    let t = Instant::now();
-    let (factors, _) = on(1, || {
-        fit(
-            &m.model,
-            &m.tokenizer,
-            &source,
-            &opts(Shard::ALL),
-            &fp,
-            &mut |_| {},
-        )
-    })
-    .unwrap();
-    let one = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    on(2, || {
-        fit(
-            &m.model,
-            &m.tokenizer,
-            &source,
-            &opts(Shard::ALL),
-            &fp,
-            &mut |_| {},
-        )
-    })
-    .unwrap();
-    let one_two_cores = t.elapsed().as_secs_f64();
+    // The unsharded fit on `threads` cores: (factors, seconds).
+    let whole = |threads: usize, o: &FitOptions| {
+        let t = Instant::now();
+        let (f, _) = on(threads, || {
+            fit(&m.model, &m.tokenizer, &source, o, &fp, &mut |_| {})
+        })
+        .unwrap();
+        (f, t.elapsed().as_secs_f64())
+    };
+    whole(1, &warm);
+    let (factors, one) = whole(1, &opts(Shard::ALL));
+    let (_, one_two_cores) = whole(2, &opts(Shard::ALL));
 
     // Two shards at once, one core each: covariance pass, merge, Λ pass, merge.
     let part = |name: &str, i: usize| dir.path().join(format!("{name}-{i}.part"));

@@ -160,11 +160,96 @@ pub fn write_parquet(out: &TraceOutput, path: &Path) -> Result<()> {
     let u = |f: &dyn Fn(&(&QueryResult, &ResultRow)) -> u64| -> ArrayRef {
         Arc::new(UInt64Array::from(rows.iter().map(f).collect::<Vec<_>>()))
     };
+    let mut fields = vec![
+        Field::new("query_id", DataType::Utf8, false),
+        Field::new("prompt", DataType::Utf8, false),
+        Field::new("completion", DataType::Utf8, false),
+        Field::new("value", DataType::Float32, false),
+        Field::new("rank", DataType::UInt64, false),
+    ];
+    fields.extend(row_fields());
+    let schema = Arc::new(Schema::new(fields));
+    let mut cols: Vec<ArrayRef> = vec![
+        s(&|(q, _)| q.id.clone()),
+        s(&|(q, _)| q.prompt.clone()),
+        s(&|(q, _)| q.completion.clone()),
+        Arc::new(Float32Array::from(
+            rows.iter().map(|(q, _)| q.value).collect::<Vec<_>>(),
+        )),
+        u(&|(_, r)| r.rank as u64),
+    ];
+    cols.extend(row_columns(rows.iter().map(|(_, r)| *r)));
+    let batch = RecordBatch::try_new(schema.clone(), cols).map_err(|e| perr(e.to_string()))?;
+    tda_io::write_file_with(path, |tmp| -> Result<()> {
+        let f = std::fs::File::create(tmp).map_err(|e| io(tmp, e))?;
+        let mut w = ArrowWriter::try_new(f, schema, None).map_err(|e| perr(e.to_string()))?;
+        w.write(&batch).map_err(|e| perr(e.to_string()))?;
+        w.close().map_err(|e| perr(e.to_string()))?;
+        Ok(())
+    })
+}
+
+/// The fields of [`row_columns`].
+pub(crate) fn row_fields() -> Vec<Field> {
+    let list = |name: &str, dt: DataType| {
+        Field::new(
+            name,
+            DataType::List(Arc::new(Field::new("item", dt, true))),
+            true,
+        )
+    };
+    vec![
+        Field::new("doc_id", DataType::Utf8, false),
+        Field::new("window", DataType::UInt64, false),
+        Field::new("span_start", DataType::UInt64, false),
+        Field::new("span_end", DataType::UInt64, false),
+        Field::new("text", DataType::Utf8, false),
+        Field::new("score", DataType::Float64, false),
+        Field::new("windows", DataType::UInt64, true),
+        Field::new("best_window_score", DataType::Float64, true),
+        list("per_token_scores", DataType::Float64),
+        list("per_token_tokens", DataType::Utf8),
+        list("layers", DataType::Utf8),
+        list("per_layer_scores", DataType::Float64),
+    ]
+}
+
+/// The columns of result rows, in this order: `doc_id, window, span_start, span_end, text,
+/// score, windows, best_window_score` (null for windows), and the breakdown lists
+/// `per_token_scores, per_token_tokens, layers, per_layer_scores` (null without a breakdown).
+pub(crate) fn row_columns<'a>(rows: impl Iterator<Item = &'a ResultRow> + Clone) -> Vec<ArrayRef> {
+    let u = |f: &dyn Fn(&ResultRow) -> u64| -> ArrayRef {
+        Arc::new(UInt64Array::from(rows.clone().map(f).collect::<Vec<_>>()))
+    };
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(
+            rows.clone().map(|r| r.doc_id.as_str()).collect::<Vec<_>>(),
+        )),
+        u(&|r| r.window as u64),
+        u(&|r| r.span.0 as u64),
+        u(&|r| r.span.1 as u64),
+        Arc::new(StringArray::from(
+            rows.clone().map(|r| r.text.as_str()).collect::<Vec<_>>(),
+        )),
+        Arc::new(Float64Array::from(
+            rows.clone().map(|r| r.score).collect::<Vec<_>>(),
+        )),
+        Arc::new(UInt64Array::from(
+            rows.clone()
+                .map(|r| r.windows.map(|w| w as u64))
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(Float64Array::from(
+            rows.clone()
+                .map(|r| r.best_window_score)
+                .collect::<Vec<_>>(),
+        )),
+    ];
     let mut tok_scores = ListBuilder::new(Float64Builder::new());
     let mut tok_strings = ListBuilder::new(StringBuilder::new());
     let mut layer_names = ListBuilder::new(StringBuilder::new());
     let mut layer_scores = ListBuilder::new(Float64Builder::new());
-    for (_, r) in &rows {
+    for r in rows {
         match &r.per_token {
             Some(v) => {
                 for t in v {
@@ -194,69 +279,11 @@ pub fn write_parquet(out: &TraceOutput, path: &Path) -> Result<()> {
             }
         }
     }
-    let list = |name: &str, dt: DataType| {
-        Field::new(
-            name,
-            DataType::List(Arc::new(Field::new("item", dt, true))),
-            true,
-        )
-    };
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("query_id", DataType::Utf8, false),
-        Field::new("prompt", DataType::Utf8, false),
-        Field::new("completion", DataType::Utf8, false),
-        Field::new("value", DataType::Float32, false),
-        Field::new("rank", DataType::UInt64, false),
-        Field::new("doc_id", DataType::Utf8, false),
-        Field::new("window", DataType::UInt64, false),
-        Field::new("span_start", DataType::UInt64, false),
-        Field::new("span_end", DataType::UInt64, false),
-        Field::new("text", DataType::Utf8, false),
-        Field::new("score", DataType::Float64, false),
-        Field::new("windows", DataType::UInt64, true),
-        Field::new("best_window_score", DataType::Float64, true),
-        list("per_token_scores", DataType::Float64),
-        list("per_token_tokens", DataType::Utf8),
-        list("layers", DataType::Utf8),
-        list("per_layer_scores", DataType::Float64),
-    ]));
-    let cols: Vec<ArrayRef> = vec![
-        s(&|(q, _)| q.id.clone()),
-        s(&|(q, _)| q.prompt.clone()),
-        s(&|(q, _)| q.completion.clone()),
-        Arc::new(Float32Array::from(
-            rows.iter().map(|(q, _)| q.value).collect::<Vec<_>>(),
-        )),
-        u(&|(_, r)| r.rank as u64),
-        s(&|(_, r)| r.doc_id.clone()),
-        u(&|(_, r)| r.window as u64),
-        u(&|(_, r)| r.span.0 as u64),
-        u(&|(_, r)| r.span.1 as u64),
-        s(&|(_, r)| r.text.clone()),
-        Arc::new(Float64Array::from(
-            rows.iter().map(|(_, r)| r.score).collect::<Vec<_>>(),
-        )),
-        Arc::new(UInt64Array::from(
-            rows.iter()
-                .map(|(_, r)| r.windows.map(|w| w as u64))
-                .collect::<Vec<_>>(),
-        )),
-        Arc::new(Float64Array::from(
-            rows.iter()
-                .map(|(_, r)| r.best_window_score)
-                .collect::<Vec<_>>(),
-        )),
-        Arc::new(tok_scores.finish()),
+    cols.extend([
+        Arc::new(tok_scores.finish()) as ArrayRef,
         Arc::new(tok_strings.finish()),
         Arc::new(layer_names.finish()),
         Arc::new(layer_scores.finish()),
-    ];
-    let batch = RecordBatch::try_new(schema.clone(), cols).map_err(|e| perr(e.to_string()))?;
-    tda_io::write_file_with(path, |tmp| -> Result<()> {
-        let f = std::fs::File::create(tmp).map_err(|e| io(tmp, e))?;
-        let mut w = ArrowWriter::try_new(f, schema, None).map_err(|e| perr(e.to_string()))?;
-        w.write(&batch).map_err(|e| perr(e.to_string()))?;
-        w.close().map_err(|e| perr(e.to_string()))?;
-        Ok(())
-    })
+    ]);
+    cols
 }

@@ -100,34 +100,6 @@ pub fn trace<AD: AutodiffBackend>(
     )
 }
 
-/// [`trace`] handing every result row to `sink` as it is made (unranked, nothing kept in memory:
-/// the output's queries have no results). `opts.top_k` is ignored.
-#[allow(clippy::too_many_arguments)]
-pub fn trace_into<AD: AutodiffBackend>(
-    model: &Transformer<AD>,
-    tokenizer: &Tokenizer,
-    factors: &Factors,
-    queries: &[Query],
-    source: &DocSource,
-    opts: &TraceOptions,
-    sink: &mut dyn RowSink,
-    progress: &mut dyn FnMut(usize, u64),
-) -> Result<TraceOutput> {
-    run(
-        model,
-        model,
-        tokenizer,
-        factors,
-        opts.damping,
-        None,
-        queries,
-        source,
-        opts,
-        Some(sink),
-        progress,
-    )
-}
-
 /// Multi-stage scores of pretraining candidates (`pretrained` = `θ_pt`, `pt_factors` = `G_pt`,
 /// damped by `opts.damping`) for queries of the fine-tuned model: one candidate pass at `θ_pt`.
 #[allow(clippy::too_many_arguments)]
@@ -209,8 +181,10 @@ pub fn trace_multistage<AD: AutodiffBackend>(
 
 /// The pass: queries measured at `query_model` (optionally aggregated, optionally through the
 /// fine-tuning transfer), preconditioned with `factors` + `damping`, candidates at `model`.
+/// With a `sink`, every result row goes there as it is made (unranked, nothing kept: the
+/// output's queries have no results; `opts.top_k` is not used).
 #[allow(clippy::too_many_arguments)]
-fn run<AD: AutodiffBackend>(
+pub(crate) fn run<AD: AutodiffBackend>(
     model: &Transformer<AD>,
     query_model: &Transformer<AD>,
     tokenizer: &Tokenizer,

@@ -27,14 +27,38 @@ pub const FORMAT_VERSION: u32 = 1;
 mod sums;
 pub use sums::{load_sums, save_sums, sums_header, SumsHeader, SUMS_FORMAT};
 
-struct F32View<'a> {
-    shape: Vec<usize>,
-    data: &'a [f32],
+/// A scalar stored little-endian in a safetensors file.
+trait Scalar: Copy {
+    const DTYPE: Dtype;
+    /// Used on big-endian machines only (little-endian ones borrow the slice).
+    #[cfg_attr(target_endian = "little", allow(dead_code))]
+    fn le_bytes(self) -> Vec<u8>;
 }
 
-impl View for F32View<'_> {
+impl Scalar for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+    fn le_bytes(self) -> Vec<u8> {
+        self.to_le_bytes().to_vec()
+    }
+}
+
+impl Scalar for f64 {
+    const DTYPE: Dtype = Dtype::F64;
+    fn le_bytes(self) -> Vec<u8> {
+        self.to_le_bytes().to_vec()
+    }
+}
+
+/// A tensor to write: its shape and the slice holding it (borrowed, not copied, on
+/// little-endian machines).
+struct LeView<'a, T> {
+    shape: Vec<usize>,
+    data: &'a [T],
+}
+
+impl<T: Scalar> View for LeView<'_, T> {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        T::DTYPE
     }
     fn shape(&self) -> &[usize] {
         &self.shape
@@ -42,8 +66,8 @@ impl View for F32View<'_> {
     fn data(&self) -> Cow<'_, [u8]> {
         #[cfg(target_endian = "little")]
         {
-            // SAFETY: f32 has no padding and any byte pattern is a valid u8; the slice lives as long
-            // as `self.data`.
+            // SAFETY: f32 and f64 have no padding and any byte pattern is a valid u8; the slice
+            // lives as long as `self.data`.
             Cow::Borrowed(unsafe {
                 std::slice::from_raw_parts(
                     self.data.as_ptr() as *const u8,
@@ -53,13 +77,15 @@ impl View for F32View<'_> {
         }
         #[cfg(not(target_endian = "little"))]
         {
-            Cow::Owned(self.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+            Cow::Owned(self.data.iter().flat_map(|x| x.le_bytes()).collect())
         }
     }
     fn data_len(&self) -> usize {
-        self.data.len() * 4
+        std::mem::size_of_val(self.data)
     }
 }
+
+type F32View<'a> = LeView<'a, f32>;
 
 fn basis_tensors<'a>(
     out: &mut Vec<(String, F32View<'a>)>,
@@ -160,6 +186,16 @@ pub fn save(factors: &Factors, path: &Path) -> Result<()> {
             msg: "not a file path".into(),
         });
     }
+    write_tensors(tensors, meta, path)
+}
+
+/// Writes `tensors` with `meta` to `path` atomically, the header's keys sorted (the metadata
+/// map's order would otherwise change the bytes from run to run).
+fn write_tensors<V: View>(
+    tensors: Vec<(String, V)>,
+    meta: HashMap<String, String>,
+    path: &Path,
+) -> Result<()> {
     tda_io::write_file_with(path, |tmp| {
         safetensors::serialize_to_file(tensors, Some(meta), tmp).map_err(|e| {
             SaveError::Curvature(CurvatureError::Format {
@@ -167,7 +203,6 @@ pub fn save(factors: &Factors, path: &Path) -> Result<()> {
                 msg: format!("serialisation failed: {e}"),
             })
         })?;
-        // The metadata map's order would otherwise change the bytes from run to run.
         tda_io::sort_safetensors_header(tmp).map_err(SaveError::Io)
     })
     .map_err(|e| match e {

@@ -7,13 +7,12 @@
 //! Metadata: `format = tda-curvature-pass-sums`, `format_version`, `pass`, `strategy`,
 //! `max_block`, `tokens`, `sequences`, `layers`, and `origin` (the caller's JSON, verbatim).
 
-use super::{io_err, parse_specs, SaveError, FORMAT_VERSION};
+use super::{io_err, parse_specs, FORMAT_VERSION};
 use crate::error::{CurvatureError, Result};
 use crate::factors::{FitConfig, Pass, PassSums, Strategy};
 use crate::linalg::partition;
 use crate::taps::LayerSpec;
-use safetensors::tensor::{Dtype, SafeTensors, View};
-use std::borrow::Cow;
+use safetensors::tensor::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -30,25 +29,7 @@ pub struct SumsHeader {
     pub origin: String,
 }
 
-struct F64View<'a> {
-    shape: Vec<usize>,
-    data: &'a [f64],
-}
-
-impl View for F64View<'_> {
-    fn dtype(&self) -> Dtype {
-        Dtype::F64
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(self.data.iter().flat_map(|x| x.to_le_bytes()).collect())
-    }
-    fn data_len(&self) -> usize {
-        self.data.len() * 8
-    }
-}
+type F64View<'a> = super::LeView<'a, f64>;
 
 fn sums_tensor_names(
     spec: &LayerSpec,
@@ -109,19 +90,7 @@ pub fn save_sums(sums: &PassSums, header: &SumsHeader, path: &Path) -> Result<()
         serde_json::to_string(&header.specs).expect("specs serialise"),
     );
     meta.insert("origin".to_string(), header.origin.clone());
-    tda_io::write_file_with(path, |tmp| {
-        safetensors::serialize_to_file(tensors, Some(meta), tmp).map_err(|e| {
-            SaveError::Curvature(CurvatureError::Format {
-                path: tmp.to_path_buf(),
-                msg: format!("serialisation failed: {e}"),
-            })
-        })?;
-        tda_io::sort_safetensors_header(tmp).map_err(SaveError::Io)
-    })
-    .map_err(|e| match e {
-        SaveError::Io(source) => CurvatureError::Write(source),
-        SaveError::Curvature(e) => e,
-    })
+    super::write_tensors(tensors, meta, path)
 }
 
 /// The header of a file of pass sums (nothing else is read): a bad or foreign file is refused

@@ -22,7 +22,9 @@ use tda_curvature::storage::{self, SumsHeader};
 use tda_curvature::{FactorFitter, Factors, FitConfig, LayerSpec, Pass, Strategy};
 use tda_model::{frozen, Tokenizer, Transformer};
 
-use super::origin::{check_complete, merged_stats, source_fingerprint, Origin, PartKind};
+use super::origin::{
+    check_complete, merged_stats, source_fingerprint, source_settings, Origin, PartKind,
+};
 use crate::candidates::{window_len, DocSource};
 use crate::error::{Result, TraceError};
 use crate::fit::{
@@ -130,11 +132,7 @@ fn settings(
             Fisher::Empirical => "empirical".into(),
         },
         "max_len": window_len(&opts.windows, model)?,
-        "source": match source {
-            DocSource::Corpus { read, .. } => format!("{read:?}"),
-            DocSource::Pairs { .. } => "prompt/completion pairs".into(),
-            DocSource::Docs(_) => "documents".into(),
-        },
+        "source": source_settings(source),
     }))
 }
 

@@ -87,6 +87,15 @@ pub fn source_fingerprint(source: &DocSource) -> Result<Vec<String>> {
     }
 }
 
+/// How the source is read (which records become documents), for the settings of a partial.
+pub fn source_settings(source: &DocSource) -> String {
+    match source {
+        DocSource::Corpus { read, .. } => format!("{read:?}"),
+        DocSource::Pairs { .. } => "prompt/completion pairs".into(),
+        DocSource::Docs(_) => "documents".into(),
+    }
+}
+
 /// Checks that `parts` are one complete set of shards of one job and returns their positions in
 /// shard order (`0..n`). Errors name the offending file.
 pub fn check_complete(parts: &[(PathBuf, Origin)]) -> Result<Vec<usize>> {

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Float64Array, Float64Builder, ListArray, ListBuilder, StringArray,
-    StringBuilder, UInt32Array, UInt64Array,
+    Array, ArrayRef, Float64Array, ListArray, StringArray, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
@@ -23,12 +22,16 @@ use serde::{Deserialize, Serialize};
 use tda_curvature::Factors;
 use tda_model::{Tokenizer, Transformer};
 
-use super::origin::{check_complete, merged_stats, source_fingerprint, Origin, PartKind};
+use super::origin::{
+    check_complete, merged_stats, source_fingerprint, source_settings, Origin, PartKind,
+};
 use crate::candidates::{window_len, DocSource};
 use crate::error::{io, Result, TraceError};
-use crate::output::{LayerScore, ResultRow, RowSink, TokenScore, TraceOutput};
+use crate::output::{
+    row_columns, row_fields, LayerScore, ResultRow, RowSink, TokenScore, TraceOutput,
+};
 use crate::query::Query;
-use crate::trace::{trace, trace_into, TraceOptions};
+use crate::trace::{run, trace, TraceOptions};
 
 /// Footer key of a partial trace file.
 const HEADER_KEY: &str = "tda_partial";
@@ -43,30 +46,14 @@ struct Header {
     output: TraceOutput,
 }
 
+/// The columns of a partial: the query's position, the document's ordinal, then a result row's.
 fn schema() -> Arc<Schema> {
-    let list = |name: &str, dt: DataType| {
-        Field::new(
-            name,
-            DataType::List(Arc::new(Field::new("item", dt, true))),
-            true,
-        )
-    };
-    Arc::new(Schema::new(vec![
+    let mut fields = vec![
         Field::new("query", DataType::UInt32, false),
         Field::new("doc", DataType::UInt64, false),
-        Field::new("doc_id", DataType::Utf8, false),
-        Field::new("window", DataType::UInt64, false),
-        Field::new("span_start", DataType::UInt64, false),
-        Field::new("span_end", DataType::UInt64, false),
-        Field::new("text", DataType::Utf8, false),
-        Field::new("score", DataType::Float64, false),
-        Field::new("windows", DataType::UInt64, true),
-        Field::new("best_window_score", DataType::Float64, true),
-        list("per_token_scores", DataType::Float64),
-        list("per_token_tokens", DataType::Utf8),
-        list("layers", DataType::Utf8),
-        list("per_layer_scores", DataType::Float64),
-    ]))
+    ];
+    fields.extend(row_fields());
+    Arc::new(Schema::new(fields))
 }
 
 /// Writes rows to a partial in row groups of [`ROW_GROUP`].
@@ -129,78 +116,15 @@ fn perr(path: &Path, e: impl std::fmt::Display) -> TraceError {
 fn to_batch(
     rows: &[(u32, ResultRow)],
 ) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
-    let mut tok_scores = ListBuilder::new(Float64Builder::new());
-    let mut tok_strings = ListBuilder::new(StringBuilder::new());
-    let mut layer_names = ListBuilder::new(StringBuilder::new());
-    let mut layer_scores = ListBuilder::new(Float64Builder::new());
-    for (_, r) in rows {
-        match &r.per_token {
-            Some(v) => {
-                for t in v {
-                    tok_scores.values().append_value(t.score);
-                    tok_strings.values().append_value(&t.token);
-                }
-                tok_scores.append(true);
-                tok_strings.append(true);
-            }
-            None => {
-                tok_scores.append(false);
-                tok_strings.append(false);
-            }
-        }
-        match &r.per_layer {
-            Some(v) => {
-                for l in v {
-                    layer_scores.values().append_value(l.score);
-                    layer_names.values().append_value(&l.layer);
-                }
-                layer_scores.append(true);
-                layer_names.append(true);
-            }
-            None => {
-                layer_scores.append(false);
-                layer_names.append(false);
-            }
-        }
-    }
-    let u = |f: &dyn Fn(&ResultRow) -> u64| -> ArrayRef {
-        Arc::new(UInt64Array::from(
-            rows.iter().map(|(_, r)| f(r)).collect::<Vec<_>>(),
-        ))
-    };
-    let s = |f: &dyn Fn(&ResultRow) -> &str| -> ArrayRef {
-        Arc::new(StringArray::from(
-            rows.iter().map(|(_, r)| f(r)).collect::<Vec<_>>(),
-        ))
-    };
-    let cols: Vec<ArrayRef> = vec![
+    let mut cols: Vec<ArrayRef> = vec![
         Arc::new(UInt32Array::from(
             rows.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
         )),
-        u(&|r| r.doc),
-        s(&|r| &r.doc_id),
-        u(&|r| r.window as u64),
-        u(&|r| r.span.0 as u64),
-        u(&|r| r.span.1 as u64),
-        s(&|r| &r.text),
-        Arc::new(Float64Array::from(
-            rows.iter().map(|(_, r)| r.score).collect::<Vec<_>>(),
-        )),
         Arc::new(UInt64Array::from(
-            rows.iter()
-                .map(|(_, r)| r.windows.map(|w| w as u64))
-                .collect::<Vec<_>>(),
+            rows.iter().map(|(_, r)| r.doc).collect::<Vec<_>>(),
         )),
-        Arc::new(Float64Array::from(
-            rows.iter()
-                .map(|(_, r)| r.best_window_score)
-                .collect::<Vec<_>>(),
-        )),
-        Arc::new(tok_scores.finish()),
-        Arc::new(tok_strings.finish()),
-        Arc::new(layer_names.finish()),
-        Arc::new(layer_scores.finish()),
     ];
+    cols.extend(row_columns(rows.iter().map(|(_, r)| r)));
     RecordBatch::try_new(schema(), cols)
 }
 
@@ -229,11 +153,7 @@ fn settings(
         "per_layer": opts.per_layer,
         "top_k": opts.top_k,
         "max_len": window_len(&opts.windows, model)?,
-        "source": match source {
-            DocSource::Corpus { read, .. } => format!("{read:?}"),
-            DocSource::Pairs { .. } => "prompt/completion pairs".into(),
-            DocSource::Docs(_) => "documents".into(),
-        },
+        "source": source_settings(source),
     }))
 }
 
@@ -257,8 +177,18 @@ pub fn trace_shard<AD: AutodiffBackend>(
     tda_io::write_file_with(out, |tmp| -> Result<TraceOutput> {
         let mut w = PartWriter::create(tmp)?;
         let mut output = match opts.top_k {
-            None => trace_into(
-                model, tokenizer, factors, queries, source, opts, &mut w, progress,
+            None => run(
+                model,
+                model,
+                tokenizer,
+                factors,
+                opts.damping,
+                None,
+                queries,
+                source,
+                opts,
+                Some(&mut w),
+                progress,
             )?,
             Some(_) => {
                 let o = trace(model, tokenizer, factors, queries, source, opts, progress)?;
