@@ -9,7 +9,7 @@ use tda_corpus::{open_corpus, windows, Document, ReadOptions, ReadStats, SkipCou
 use tda_model::{infer::encode_for_scoring, ModelConfig, Tokenizer};
 
 use crate::error::{Result, TraceError};
-pub use crate::shard::Shard;
+use crate::shard::Shard;
 
 /// Where the documents come from.
 #[derive(Clone, Debug)]

@@ -69,6 +69,11 @@ const COV_CHUNK_ROWS: usize = 1024;
 
 impl FactorFitter {
     pub fn new(specs: Vec<LayerSpec>, config: FitConfig) -> Result<Self> {
+        Self::build(specs, config, config.strategy.needs_covariance())
+    }
+
+    /// The fitter at its first pass; the covariance accumulators only with `covariance`.
+    fn build(specs: Vec<LayerSpec>, config: FitConfig, covariance: bool) -> Result<Self> {
         if specs.is_empty() {
             return Err(CurvatureError::Usage("no layers to fit".into()));
         }
@@ -91,12 +96,12 @@ impl FactorFitter {
                 let a_blocks = partition(s.d_a(), config.max_block);
                 let s_blocks = partition(s.d_out, config.max_block);
                 LayerAcc {
-                    cov_a: if st.needs_covariance() {
+                    cov_a: if covariance {
                         a_blocks.iter().map(|&(_, k)| vec![0.0; k * k]).collect()
                     } else {
                         vec![]
                     },
-                    cov_s: if st.needs_covariance() {
+                    cov_s: if covariance {
                         s_blocks.iter().map(|&(_, k)| vec![0.0; k * k]).collect()
                     } else {
                         vec![]
@@ -154,7 +159,8 @@ impl FactorFitter {
                 specs.len()
             )));
         }
-        let mut f = Self::new(specs, config)?;
+        // No covariance accumulators: that pass was done elsewhere.
+        let mut f = Self::build(specs, config, false)?;
         for ((acc, spec), (a, s)) in f.acc.iter_mut().zip(&f.specs).zip(bases) {
             if a.dim != spec.d_a()
                 || s.dim != spec.d_out
@@ -168,8 +174,6 @@ impl FactorFitter {
             }
             acc.a_basis = Some(a);
             acc.s_basis = Some(s);
-            acc.cov_a = vec![];
-            acc.cov_s = vec![];
         }
         f.tokens = tokens;
         f.cov_sequences = covariance_sequences;
