@@ -158,7 +158,7 @@ pub fn fit<AD: AutodiffBackend>(
 }
 
 /// A fitter for `opts` on the tracked layers of `model`, at its first pass.
-pub(crate) fn new_fitter<AD: AutodiffBackend>(
+fn new_fitter<AD: AutodiffBackend>(
     model: &Transformer<AD>,
     opts: &FitOptions,
 ) -> Result<FactorFitter> {

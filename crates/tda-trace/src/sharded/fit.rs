@@ -27,9 +27,7 @@ use super::origin::{
 };
 use crate::candidates::{window_len, DocSource};
 use crate::error::{Result, TraceError};
-use crate::fit::{
-    eigen_sizes, fit_config, new_fitter, run_pass, FitOptions, FitProgress, FitReport,
-};
+use crate::fit::{eigen_sizes, fit_config, run_pass, FitOptions, FitProgress, FitReport};
 use crate::Fisher;
 
 /// The record of an eigenbases folder (the merged covariance pass of an `ekfac` fit).
@@ -151,12 +149,12 @@ pub fn fit_shard<AD: AutodiffBackend>(
     progress: &mut dyn FnMut(&FitProgress),
 ) -> Result<Origin> {
     let t0 = Instant::now();
-    let specs = new_fitter(model, opts)?.specs().to_vec();
+    let specs = opts.modules.specs(&model.linear_layers(), opts.max_block)?;
     let mut settings = settings(&model.config, opts, &specs, source)?;
     let corpus = source_fingerprint(source)?;
     let (mut fitter, kind) = match eigenbases {
         None => {
-            let f = new_fitter(model, opts)?;
+            let f = FactorFitter::new(specs.clone(), fit_config(opts))?;
             match f.pass() {
                 Some(Pass::Covariance) => (f, PartKind::FitCovariance),
                 Some(Pass::Lambda) => (f, PartKind::FitLambda),
