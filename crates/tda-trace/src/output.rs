@@ -107,8 +107,8 @@ pub struct TraceOutput {
     pub stages: Option<crate::stages::StagesInfo>,
     pub queries: Vec<QueryResult>,
     pub report: TraceReport,
-    /// Fingerprint of the preconditioned queries (FNV-1a of their f32 bits): equal in every
-    /// shard of one sharded trace.
+    /// Sharded traces: a fingerprint of the preconditioned queries' f32 bits, equal in every shard
+    /// of one sharded trace (0 when not sharded).
     #[serde(skip)]
     pub queries_fingerprint: u64,
 }

@@ -246,7 +246,12 @@ pub(crate) fn run<AD: AutodiffBackend>(
         grads = transfer_through_fine_tuning(ft, &d.per_layer(ft), &grads)?;
     }
     let pq = precondition(factors, damping, &grads, opts.rank)?;
-    let queries_fingerprint = fingerprint_queries(&pq);
+    // Only a shard needs it (the merge checks that all shards scored the same queries).
+    let queries_fingerprint = if opts.windows.shard.is_all() {
+        0
+    } else {
+        fingerprint_queries(&pq)
+    };
     let prepared_batch = QueryBatch::new(&specs, &pq)?;
     let queries = &out_queries[..];
     let nq = queries.len();
@@ -377,14 +382,14 @@ pub(crate) fn run<AD: AutodiffBackend>(
     })
 }
 
-/// FNV-1a of the preconditioned queries' f32 bits (equal queries ⇔ equal fingerprints, barring
-/// a 64-bit collision).
+/// A 64-bit hash of the preconditioned queries' f32 bits, one word at a time (multiply and
+/// xor-shift, so every bit reaches every other; equal queries ⇔ equal fingerprints, barring a
+/// collision).
 fn fingerprint_queries(pq: &[tda_curvature::PreconditionedQuery]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     let mut eat = |x: u64| {
-        for b in x.to_le_bytes() {
-            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        h = (h ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^= h >> 29;
     };
     for q in pq {
         for l in &q.layers {
