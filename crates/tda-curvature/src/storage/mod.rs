@@ -13,7 +13,7 @@
 //! `lambda_sequences`, `loss_targets` (optional), `layers` (JSON list of `{name, d_in, d_out, has_bias}`). Damping is never stored.
 
 use crate::error::{CurvatureError, Result};
-use crate::factors::{kron_lambda, Eigenbasis, Factors, LayerFactors, Strategy};
+use crate::factors::{kron_lambda, Eigenbasis, Factors, FitConfig, LayerFactors, Strategy};
 use crate::linalg::partition;
 use crate::taps::LayerSpec;
 use safetensors::tensor::{Dtype, SafeTensors, View};
@@ -257,6 +257,32 @@ fn read_meta(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>> {
     Ok(meta)
 }
 
+/// The `strategy` and `max_block` metadata.
+fn parse_config(path: &Path, meta: &HashMap<String, String>) -> Result<FitConfig> {
+    let fmt = |msg: String| CurvatureError::Format {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let get = |k: &str| {
+        meta.get(k)
+            .ok_or_else(|| fmt(format!("missing metadata key {k:?}")))
+    };
+    let strategy: Strategy = get("strategy")?
+        .parse()
+        .map_err(|e: CurvatureError| fmt(e.to_string()))?;
+    let max_block = match get("max_block")?.as_str() {
+        "none" => None,
+        s => Some(
+            s.parse::<usize>()
+                .map_err(|_| fmt(format!("bad max_block {s:?}")))?,
+        ),
+    };
+    Ok(FitConfig {
+        strategy,
+        max_block,
+    })
+}
+
 /// The `layers` metadata, each layer's size checked against [`MAX_LAYER_PARAMS`].
 fn parse_specs(path: &Path, meta: &HashMap<String, String>) -> Result<Vec<LayerSpec>> {
     let fmt = |msg: String| CurvatureError::Format {
@@ -323,16 +349,10 @@ pub fn load(path: &Path, fingerprint: Option<&str>) -> Result<Factors> {
             });
         }
     }
-    let strategy: Strategy = get("strategy")?
-        .parse()
-        .map_err(|e: CurvatureError| fmt(e.to_string()))?;
-    let max_block = match get("max_block")?.as_str() {
-        "none" => None,
-        s => Some(
-            s.parse::<usize>()
-                .map_err(|_| fmt(format!("bad max_block {s:?}")))?,
-        ),
-    };
+    let FitConfig {
+        strategy,
+        max_block,
+    } = parse_config(path, &meta)?;
     let num = |k: &str| -> Result<u64> { get(k)?.parse().map_err(|_| fmt(format!("bad {k}"))) };
     let (tokens, cov_seq, lam_seq) = (
         num("tokens")?,

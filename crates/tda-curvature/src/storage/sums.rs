@@ -7,9 +7,9 @@
 //! Metadata: `format = tda-curvature-pass-sums`, `format_version`, `pass`, `strategy`,
 //! `max_block`, `tokens`, `sequences`, `layers`, and `origin` (the caller's JSON, verbatim).
 
-use super::{io_err, parse_specs, FORMAT_VERSION};
+use super::{io_err, parse_config, parse_specs, FORMAT_VERSION};
 use crate::error::{CurvatureError, Result};
-use crate::factors::{FitConfig, Pass, PassSums, Strategy};
+use crate::factors::{FitConfig, Pass, PassSums};
 use crate::linalg::partition;
 use crate::taps::LayerSpec;
 use safetensors::tensor::{Dtype, SafeTensors};
@@ -134,22 +134,9 @@ fn parse_sums_header(path: &Path, bytes: &[u8]) -> Result<(SumsHeader, Pass)> {
         "lambda" => Pass::Lambda,
         p => return Err(fmt(format!("unknown pass {p:?}"))),
     };
-    let strategy: Strategy = get("strategy")?
-        .parse()
-        .map_err(|e: CurvatureError| fmt(e.to_string()))?;
-    let max_block = match get("max_block")?.as_str() {
-        "none" => None,
-        s => Some(
-            s.parse::<usize>()
-                .map_err(|_| fmt(format!("bad max_block {s:?}")))?,
-        ),
-    };
     Ok((
         SumsHeader {
-            config: FitConfig {
-                strategy,
-                max_block,
-            },
+            config: parse_config(path, &meta)?,
             specs: parse_specs(path, &meta)?,
             origin: get("origin")?,
         },
