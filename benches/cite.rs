@@ -1,5 +1,8 @@
-//! `tda cite` on the planted-truth RAG set: citation quality against the planted documents and
-//! against a lexical-overlap baseline, latency per answer, and forward/backward pass counts.
+//! `tda cite` on the planted-truth RAG set: each attribution method (MIRAGE, ContextCite, exact
+//! leave-one-out) against the planted documents and a lexical-overlap baseline — citation P/R/F1
+//! on all sentences and on those with a "tie" distractor (where overlap misleads), faithfulness
+//! (drop of the sentence's log-probability when its top-1 / top-3 documents are removed, vs. as
+//! many random documents), passes and wall time per answer.
 //!
 //! ```sh
 //! cargo bench -p tda-benches --bench cite            # 60 examples (CITE_N to change)
@@ -14,7 +17,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use tda_context::{attribute, CciFilter, Method, Options, Request};
+use tda_context::ablation::Ablator;
+use tda_context::{attribute, CciFilter, Gradient, Method, Options, Request};
 use tda_eval::{citation_prf, lexical, rag_set, template, Prf};
 use tda_model::device::{Cpu, CpuAutodiff};
 use tda_model::infer::encode_for_scoring;
@@ -34,41 +38,47 @@ fn variants() -> Vec<Variant> {
         template: template(),
         ..Options::default()
     };
-    let mut v = vec![Variant {
-        name: "MIRAGE defaults (KL mean+1σ, saliency, Top-5% range)",
-        opts: base.clone(),
-    }];
-    let mut o = base.clone();
-    o.filter = CciFilter::TopK(3);
-    v.push(Variant {
-        name: "Top-3 tokens filter",
-        opts: o,
-    });
-    let mut o = base.clone();
-    o.method = Method::InputXGradient;
-    v.push(Variant {
-        name: "input × gradient",
-        opts: o,
-    });
-    let mut o = base.clone();
-    o.sentence_fallback = true;
-    v.push(Variant {
-        name: "+ sentence fallback",
-        opts: o,
-    });
-    let mut o = base.clone();
-    o.threshold = tda_context::Threshold::MeanStd(0.0);
-    v.push(Variant {
-        name: "CTI threshold mean (k = 0)",
-        opts: o,
-    });
-    let mut o = base.clone();
-    o.max_citations = 1;
-    v.push(Variant {
-        name: "1 citation per sentence",
-        opts: o,
-    });
-    v
+    let with = |f: &dyn Fn(&mut Options)| {
+        let mut o = base.clone();
+        f(&mut o);
+        o
+    };
+    vec![
+        Variant {
+            name: "MIRAGE defaults (KL mean+1σ, saliency, Top-5% range)",
+            opts: base.clone(),
+        },
+        Variant {
+            name: "MIRAGE, Top-3 tokens filter",
+            opts: with(&|o| o.filter = CciFilter::TopK(3)),
+        },
+        Variant {
+            name: "MIRAGE, input × gradient",
+            opts: with(&|o| o.gradient = Gradient::InputXGradient),
+        },
+        Variant {
+            name: "MIRAGE, + sentence fallback",
+            opts: with(&|o| o.sentence_fallback = true),
+        },
+        Variant {
+            name: "ContextCite, 64 masks, LASSO α 0.01",
+            opts: with(&|o| o.method = Method::context_cite()),
+        },
+        Variant {
+            name: "ContextCite, 32 masks",
+            opts: with(&|o| {
+                o.method = Method::ContextCite {
+                    masks: 32,
+                    seed: 0,
+                    alpha: 0.01,
+                }
+            }),
+        },
+        Variant {
+            name: "leave-one-out",
+            opts: with(&|o| o.method = Method::LeaveOneOut),
+        },
+    ]
 }
 
 fn line(name: &str, p: &Prf) {
@@ -76,6 +86,60 @@ fn line(name: &str, p: &Prf) {
         "  {name:<56} P {:.3}  R {:.3}  F1 {:.3}  ({} sentences, {} citations)",
         p.precision, p.recall, p.f1, p.sentences, p.citations
     );
+}
+
+/// Per sentence of `a`, summed: the drop of the sentence's log-probability when its top-1
+/// document (by the method's scores) is removed, when a random one is, and the same for top-3.
+fn faithfulness(
+    m: &tda_model::HfModel<CpuAutodiff>,
+    inference: &Transformer<Cpu>,
+    ex: &tda_eval::RagExample,
+    a: &tda_context::Attribution,
+    rng: &mut u64,
+) -> [f64; 4] {
+    let tpl = template();
+    let ablator = Ablator {
+        tokenizer: &m.tokenizer,
+        template: &tpl,
+        chat: None,
+        question: &ex.question,
+        docs: &ex.docs,
+    };
+    let n = ex.docs.len();
+    let answer: Vec<u32> = a.tokens.iter().map(|t| t.id).collect();
+    let full: Vec<f32> = a.tokens.iter().map(|t| t.logprob_ctx).collect();
+    let mut masks = Vec::new();
+    for s in &a.sentences {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&i, &j| s.doc_scores[j].total_cmp(&s.doc_scores[i]).then(i.cmp(&j)));
+        for k in [1, 3] {
+            masks.push(
+                (0..n)
+                    .map(|i| !order[..k].contains(&i))
+                    .collect::<Vec<bool>>(),
+            );
+            // A random k-subset (xorshift, deterministic over the run).
+            let mut pool: Vec<usize> = (0..n).collect();
+            for i in (1..n).rev() {
+                *rng ^= *rng << 13 ^ (*rng >> 7) ^ 0x9E37_79B9_7F4A_7C15;
+                pool.swap(i, (*rng % (i as u64 + 1)) as usize);
+            }
+            masks.push((0..n).map(|i| !pool[..k].contains(&i)).collect());
+        }
+    }
+    let mut p = tda_context::cci::Passes::default();
+    let lp = ablator
+        .answer_logprobs(inference, &masks, &answer, 16, &mut p)
+        .expect("ablated forwards");
+    let mut out = [0.0; 4];
+    for (si, s) in a.sentences.iter().enumerate() {
+        let v = |l: &[f32]| s.tokens.iter().map(|&t| l[t] as f64).sum::<f64>();
+        for (j, o) in out.iter_mut().enumerate() {
+            *o += v(&full) - v(&lp[si * 4 + j]);
+        }
+    }
+    // Order of `out`: top-1, random-1, top-3, random-3.
+    out
 }
 
 /// inseq-style CTI: one forward per answer token and prompt (for the pass-count comparison).
@@ -133,11 +197,41 @@ fn main() {
         &citation_prf(&lex1, &gold),
     );
 
+    let ties: Vec<bool> = set.iter().flat_map(|ex| ex.ties.clone()).collect();
+    let subset = |c: &[Vec<usize>], g: &[usize]| {
+        let (c, g): (Vec<Vec<usize>>, Vec<usize>) = c
+            .iter()
+            .zip(g)
+            .zip(&ties)
+            .filter(|(_, &t)| t)
+            .map(|((c, g), _)| (c.clone(), *g))
+            .unzip();
+        citation_prf(&c, &g)
+    };
+    println!(
+        "  on the {} sentences with a tie distractor:",
+        ties.iter().filter(|&&t| t).count()
+    );
+    line(
+        "    lexical overlap (ties cited)",
+        &subset(&lex_cites, &gold),
+    );
+    line(
+        "    lexical overlap, first of the ties",
+        &subset(&lex1, &gold),
+    );
+
+    let inference = m.model.valid();
     let mut default_latency = Vec::new();
     let mut default_passes = (0usize, 0usize, 0usize, 0usize);
+    println!("\nper method: F1 all / F1 ties; faithfulness = mean drop of the sentence log-prob (nats) when its top-1 / top-3 documents are removed vs. as many random ones; passes and ms per answer");
     for (k, v) in variants().iter().enumerate() {
         let mut cites = Vec::new();
         let mut gold = Vec::new();
+        let mut drops = [0.0f64; 4];
+        let mut passes = (0usize, 0usize);
+        let mut wall = 0.0;
+        let mut rng = 0u64;
         for ex in &set {
             let req = Request {
                 question: &ex.question,
@@ -147,6 +241,9 @@ fn main() {
             let t0 = Instant::now();
             let a = attribute(&m.model, &m.tokenizer, None, &req, &v.opts).expect("attribute");
             let dt = t0.elapsed().as_secs_f64();
+            wall += dt;
+            passes.0 += a.passes.forwards;
+            passes.1 += a.passes.backwards;
             assert_eq!(
                 a.sentences.len(),
                 ex.sentences.len(),
@@ -157,6 +254,10 @@ fn main() {
                 cites.push(s.citations.clone());
                 gold.push(*g);
             }
+            let f = faithfulness(&m, &inference, ex, &a, &mut rng);
+            for (d, x) in drops.iter_mut().zip(f) {
+                *d += x;
+            }
             if k == 0 {
                 default_latency.push(dt);
                 default_passes.0 += a.passes.forwards;
@@ -165,7 +266,24 @@ fn main() {
                 default_passes.3 += a.tokens.len();
             }
         }
-        line(v.name, &citation_prf(&cites, &gold));
+        let p = citation_prf(&cites, &gold);
+        let ns = gold.len() as f64;
+        let nn = set.len() as f64;
+        println!(
+            "  {:<40} P {:.3} R {:.3} F1 {:.3} | ties F1 {:.3} | top-1 {:.2} vs random {:.2}, top-3 {:.2} vs random {:.2} | {:.1} fwd + {:.1} bwd, {:.1} ms",
+            v.name,
+            p.precision,
+            p.recall,
+            p.f1,
+            subset(&cites, &gold).f1,
+            drops[0] / ns,
+            drops[1] / ns,
+            drops[2] / ns,
+            drops[3] / ns,
+            passes.0 as f64 / nn,
+            passes.1 as f64 / nn,
+            wall / nn * 1e3
+        );
     }
 
     // Generated answers: exact match, and citations when the model answers correctly.

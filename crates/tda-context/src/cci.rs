@@ -24,7 +24,7 @@ use crate::error::{ContextError, Result};
 /// Which reduction of the embedding gradient scores a prompt token.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Method {
+pub enum Gradient {
     /// ‖∂f/∂e_j‖₂ (MIRAGE).
     #[default]
     Saliency,

@@ -28,6 +28,7 @@
 //! not sampled); header/template tokens never count for a document; the filter's range is taken
 //! over document tokens only; sentences and documents by byte offsets, not re-tokenization.
 
+pub mod ablation;
 pub mod cci;
 pub mod cite;
 pub mod cti;
@@ -37,7 +38,8 @@ pub mod pipeline;
 pub mod prompt;
 pub mod report;
 
-pub use cci::Method;
+pub use ablation::Method;
+pub use cci::Gradient;
 pub use cite::CciFilter;
 pub use cti::Threshold;
 pub use docs::{read_documents, Document};

@@ -8,7 +8,8 @@ use tda_model::infer::{generate, GenerateOptions};
 use tda_model::Transformer;
 use tokenizers::Tokenizer;
 
-use crate::cci::{contrastive_gradients, rows_for_budget, Method, Passes, Target};
+use crate::ablation::{self, Ablator, Method};
+use crate::cci::{contrastive_gradients, rows_for_budget, Gradient, Passes, Target};
 use crate::cite::{citations, doc_sums, filter_scores, sentence_of, split_sentences, CciFilter};
 use crate::cti::{select_tokens, token_stats, Threshold};
 use crate::docs::Document;
@@ -26,7 +27,10 @@ pub struct Options {
     pub generation: GenerateOptions,
     pub threshold: Threshold,
     pub filter: CciFilter,
+    /// MIRAGE (gradients), ContextCite (random ablations + LASSO) or leave-one-out.
     pub method: Method,
+    /// MIRAGE's reduction of the embedding gradient.
+    pub gradient: Gradient,
     /// Count title tokens for their document (headers and template never count).
     pub count_titles: bool,
     pub max_citations: usize,
@@ -34,7 +38,7 @@ pub struct Options {
     pub min_share: f32,
     /// A sentence without selected token gets its highest-KL token selected (not in MIRAGE).
     pub sentence_fallback: bool,
-    /// At most this many targets per backward.
+    /// At most this many targets per backward (MIRAGE) or prompts per forward (ablations).
     pub max_batch_rows: usize,
     /// Memory budget for the logits of one backward batch.
     pub batch_budget_bytes: usize,
@@ -51,6 +55,7 @@ impl Default for Options {
             threshold: Threshold::default(),
             filter: CciFilter::default(),
             method: Method::default(),
+            gradient: Gradient::default(),
             count_titles: false,
             max_citations: 3,
             min_share: 0.0,
@@ -188,40 +193,10 @@ pub fn attribute<B: AutodiffBackend>(
         selected.sort_unstable();
     }
 
-    // CCI: batched input-gradient backwards.
+    // Documents: per selected token and per sentence, by the chosen method.
     let t2 = Instant::now();
-    let targets: Vec<Target> = selected
-        .iter()
-        .map(|&t| Target {
-            t,
-            y: answer_ids[t],
-            contrast: stats.contrast[t],
-        })
-        .collect();
-    let max_len = ctx.ids.len() + selected.iter().copied().max().unwrap_or(0);
-    let rows = opts
-        .max_batch_rows
-        .min(rows_for_budget(
-            max_len,
-            cfg.vocab_size,
-            opts.batch_budget_bytes,
-        ))
-        .max(1);
-    let grads = contrastive_gradients(
-        model,
-        &ctx.ids,
-        &answer_ids,
-        &targets,
-        rows,
-        false,
-        &mut passes,
-    )?;
-    let t_cci = t2.elapsed().as_secs_f64();
-
-    // Documents and citations.
     let n_docs = req.docs.len();
     let doc_of: Vec<Option<usize>> = ctx.parts.iter().map(|p| p.doc(opts.count_titles)).collect();
-    let candidate: Vec<bool> = doc_of.iter().map(Option::is_some).collect();
     let mut tokens: Vec<TokenReport> = answer_ids
         .iter()
         .enumerate()
@@ -250,32 +225,109 @@ pub fn attribute<B: AutodiffBackend>(
             }
         })
         .collect();
+    let sentence_tokens: Vec<Vec<usize>> = (0..sentences.len())
+        .map(|k| {
+            (0..answer_ids.len())
+                .filter(|&t| sentence_of_token[t] == Some(k))
+                .collect()
+        })
+        .collect();
     let mut accumulated = vec![0.0f32; ctx.ids.len()];
-    for g in &grads {
-        let scores = match opts.method {
-            Method::Saliency => &g.saliency,
-            Method::InputXGradient => &g.input_x_grad,
-        };
-        let kept = filter_scores(scores, &candidate, opts.filter);
-        for (a, k) in accumulated.iter_mut().zip(&kept) {
-            *a += k;
+    let mut rows = opts.max_batch_rows.max(1);
+    let sentence_scores: Vec<Vec<f32>> = match opts.method {
+        Method::Mirage => {
+            // CCI: batched input-gradient backwards.
+            let targets: Vec<Target> = selected
+                .iter()
+                .map(|&t| Target {
+                    t,
+                    y: answer_ids[t],
+                    contrast: stats.contrast[t],
+                })
+                .collect();
+            let max_len = ctx.ids.len() + selected.iter().copied().max().unwrap_or(0);
+            rows = rows
+                .min(rows_for_budget(
+                    max_len,
+                    cfg.vocab_size,
+                    opts.batch_budget_bytes,
+                ))
+                .max(1);
+            let grads = contrastive_gradients(
+                model,
+                &ctx.ids,
+                &answer_ids,
+                &targets,
+                rows,
+                false,
+                &mut passes,
+            )?;
+            let candidate: Vec<bool> = doc_of.iter().map(Option::is_some).collect();
+            for g in &grads {
+                let scores = match opts.gradient {
+                    Gradient::Saliency => &g.saliency,
+                    Gradient::InputXGradient => &g.input_x_grad,
+                };
+                let kept = filter_scores(scores, &candidate, opts.filter);
+                for (a, k) in accumulated.iter_mut().zip(&kept) {
+                    *a += k;
+                }
+                let tok = &mut tokens[g.t];
+                tok.doc_scores = Some(doc_sums(&kept, &doc_of, n_docs));
+                tok.doc_scores_unfiltered = Some(doc_sums(scores, &doc_of, n_docs));
+            }
+            // A sentence's document scores: the sum over its selected tokens.
+            sentence_tokens
+                .iter()
+                .map(|toks| {
+                    let mut sum = vec![0.0f32; n_docs];
+                    for ds in toks.iter().filter_map(|&t| tokens[t].doc_scores.as_ref()) {
+                        for (a, b) in sum.iter_mut().zip(ds) {
+                            *a += b;
+                        }
+                    }
+                    sum
+                })
+                .collect()
         }
-        let per_doc = doc_sums(&kept, &doc_of, n_docs);
-        let tok = &mut tokens[g.t];
-        tok.top_doc = citations(&per_doc, 1, 0.0).first().map(|i| i + 1);
-        tok.doc_scores = Some(per_doc);
-        tok.doc_scores_unfiltered = Some(doc_sums(scores, &doc_of, n_docs));
+        method => {
+            // Ablations: the answer teacher-forced after prompts holding subsets of the documents.
+            let ablator = Ablator {
+                tokenizer,
+                template: &opts.template,
+                chat,
+                question: req.question,
+                docs: req.docs,
+            };
+            rows = rows
+                .min(rows_for_budget(
+                    ctx.ids.len() + answer_ids.len(),
+                    cfg.vocab_size,
+                    opts.batch_budget_bytes,
+                ))
+                .max(1);
+            let masks = ablation::masks_for(method, n_docs);
+            let lp = ablator.answer_logprobs(&inference, &masks, &answer_ids, rows, &mut passes)?;
+            // Targets: the sentences, then each selected token alone.
+            let mut groups = sentence_tokens.clone();
+            groups.extend(selected.iter().map(|&t| vec![t]));
+            let mut all = ablation::scores(method, &masks, &lp, &stats.lp_ctx, &groups);
+            let per_token = all.split_off(sentences.len());
+            for (&t, ds) in selected.iter().zip(per_token) {
+                tokens[t].doc_scores = Some(ds);
+            }
+            all
+        }
+    };
+    for tok in tokens.iter_mut() {
+        if let Some(ds) = &tok.doc_scores {
+            tok.top_doc = citations(ds, 1, 0.0).first().map(|i| i + 1);
+        }
     }
+    let t_cci = t2.elapsed().as_secs_f64();
     let mut sentence_reports = Vec::with_capacity(sentences.len());
     for (k, r) in sentences.iter().enumerate() {
-        let mut scores = vec![0.0f32; n_docs];
-        for tok in tokens.iter().filter(|t| t.sentence == Some(k)) {
-            if let Some(ds) = &tok.doc_scores {
-                for (a, b) in scores.iter_mut().zip(ds) {
-                    *a += b;
-                }
-            }
-        }
+        let scores = sentence_scores[k].clone();
         let cites = citations(&scores, opts.max_citations, opts.min_share);
         sentence_reports.push(SentenceReport {
             index: k,
@@ -338,6 +390,7 @@ pub fn attribute<B: AutodiffBackend>(
             threshold_value,
             filter: opts.filter,
             method: opts.method,
+            gradient: opts.gradient,
             contrast: "argmax of P_noctx".into(),
             count_titles: opts.count_titles,
             max_citations: opts.max_citations,

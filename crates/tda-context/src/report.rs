@@ -2,7 +2,8 @@
 
 use std::fmt::Write as _;
 
-use crate::cci::{Method, Passes};
+use crate::ablation::Method;
+use crate::cci::{Gradient, Passes};
 use crate::cite::CciFilter;
 use crate::cti::Threshold;
 
@@ -74,6 +75,8 @@ pub struct Settings {
     pub threshold_value: f32,
     pub filter: CciFilter,
     pub method: Method,
+    /// MIRAGE's reduction of the embedding gradient.
+    pub gradient: Gradient,
     pub contrast: String,
     pub count_titles: bool,
     pub max_citations: usize,

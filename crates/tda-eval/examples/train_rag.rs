@@ -4,6 +4,8 @@
 //! cargo run --release -p tda-eval --example train_rag -- tests/fixtures/rag [steps]
 //! # continue training a folder on 20 000 fresh examples:
 //! cargo run --release -p tda-eval --example train_rag -- OUT STEPS INIT_DIR
+//! # … with the loss on the answer tokens only (the reading task), on 40 000 fresh examples:
+//! cargo run --release -p tda-eval --example train_rag -- OUT STEPS INIT_DIR answer
 //! ```
 //!
 //! A small Llama-shaped model (tied embeddings, byte-level BPE of 512 tokens trained on the set)
@@ -28,10 +30,12 @@ fn main() {
     let steps: usize = args.get(2).map_or(1500, |s| s.parse().expect("steps"));
     // Optional: continue from a model folder (its tokenizer is kept) with fresh examples.
     let init = args.get(3).map(PathBuf::from);
-    let (n_examples, data_seed) = if init.is_some() {
-        (20_000, 2)
-    } else {
-        (6000, 1)
+    // Optional: the loss on the answer only (after "Answer:"), not on the whole prompt.
+    let answer_only = args.get(4).is_some_and(|a| a == "answer");
+    let (n_examples, data_seed) = match (&init, answer_only) {
+        (Some(_), true) => (40_000, 3),
+        (Some(_), false) => (20_000, 2),
+        (None, _) => (6000, 1),
     };
     let train_set = rag_set(n_examples, data_seed);
     let texts: Vec<String> = train_set.iter().map(training_text).collect();
@@ -64,6 +68,16 @@ fn main() {
             ids
         })
         .collect();
+    // Per sequence, the position of its first answer token (the prompt is tokenized alone).
+    let answer_from: Vec<usize> = train_set
+        .iter()
+        .map(|ex| {
+            let (prompt, _) =
+                tda_context::prompt::render_prompt(&template(), &ex.question, &ex.docs, None)
+                    .unwrap();
+            1 + tok.encode(prompt.as_str(), false).expect("encode").len()
+        })
+        .collect();
     let longest = seqs.iter().map(Vec::len).max().unwrap_or(0);
     assert!(longest <= cfg.max_positions, "example of {longest} tokens");
     eprintln!(
@@ -75,7 +89,13 @@ fn main() {
         seq_len: cfg.max_positions,
         batch_size: 16,
         steps,
-        lr: if args.len() > 3 { 2e-3 } else { 3e-3 },
+        lr: if answer_only {
+            1e-3
+        } else if args.len() > 3 {
+            2e-3
+        } else {
+            3e-3
+        },
         warmup_steps: 50,
         min_lr_ratio: 0.05,
         weight_decay: 0.01,
@@ -92,10 +112,15 @@ fn main() {
     let mut trainer = Trainer::new(model, &params).expect("trainer");
     let t0 = Instant::now();
     for step in 0..steps {
-        let batch: Vec<Vec<u32>> = (0..params.batch_size)
-            .map(|i| seqs[(step * params.batch_size + i) % seqs.len()].clone())
+        let rows: Vec<usize> = (0..params.batch_size)
+            .map(|i| (step * params.batch_size + i) % seqs.len())
             .collect();
-        let batch = TokenBatch::new(&batch, eot).expect("batch");
+        let batch: Vec<Vec<u32>> = rows.iter().map(|&r| seqs[r].clone()).collect();
+        let mut batch = TokenBatch::new(&batch, eot).expect("batch");
+        if answer_only {
+            let from: Vec<usize> = rows.iter().map(|&r| answer_from[r]).collect();
+            batch = batch.with_loss_from(&from).expect("answer positions");
+        }
         let (loss, _) = trainer.step(&batch).expect("step");
         if step % 100 == 0 || step + 1 == steps {
             eprintln!(

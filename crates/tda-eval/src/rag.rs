@@ -67,6 +67,8 @@ pub struct RagExample {
     pub answer: String,
     pub sentences: Vec<String>,
     pub gold: Vec<usize>,
+    /// Per answer sentence: a "tie" distractor holds every content word of it (overlap misleads).
+    pub ties: Vec<bool>,
 }
 
 /// `n` examples: two facts about one person, stated in two documents, plus two or three
@@ -93,9 +95,11 @@ fn one(rng: &mut StdRng) -> RagExample {
         (format!("{who} {}.", f1.predicate(v1)), Some(0)),
         (format!("{who} {}.", f2.predicate(v2)), Some(1)),
     ];
+    let mut ties = Vec::with_capacity(2);
     for (f, v) in [(f1, v1), (f2, v2)] {
         let other = name(rng);
-        if rng.random_bool(0.5) {
+        ties.push(rng.random_bool(0.5));
+        if ties[ties.len() - 1] {
             docs.push((
                 format!("{other}, who {}, knows {who}.", f.predicate(v)),
                 None,
@@ -143,6 +147,7 @@ fn one(rng: &mut StdRng) -> RagExample {
         answer: sentences.join(" "),
         sentences,
         gold,
+        ties,
     }
 }
 

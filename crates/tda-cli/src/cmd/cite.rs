@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use tda_context::{
-    attribute, read_documents, CciFilter, ChatTemplate, Method, Options, Request, Threshold,
+    attribute, read_documents, CciFilter, ChatTemplate, Gradient, Method, Options, Request,
+    Threshold,
 };
 use tda_model::device::DeviceKind;
 
@@ -20,9 +21,17 @@ use crate::with_backend;
       --prompt-template 'Question: {question}\\n\\n{context}\\nAnswer:' --doc-template 'Document [{i}]: {text}\\n'
 
 Documents: jsonl with {\"id\", \"title\" (optional), \"text\"} per line, or parquet with those columns.
-Method: answer tokens whose next-token distribution changes most when the documents are removed
-(KL(P_noctx || P_ctx) >= mean + k*std) are traced by the gradient of a contrastive target to the
-document tokens; the documents are summed per answer sentence (at most 3 citations).")]
+Methods (--method):
+  mirage        answer tokens whose next-token distribution changes most when the documents are
+                removed (KL(P_noctx || P_ctx) >= mean + k*std) are traced by the gradient of a
+                contrastive target to the document tokens, summed per answer sentence
+                (2 forwards + 1 batched backward).
+  context-cite  the answer is scored after --masks prompts that keep each document with
+                probability 1/2; a LASSO per sentence (and per context-sensitive token) on the
+                logit-probability gives each document's weight (masks + 2 forwards).
+  loo           exact leave-one-out: a document's score is the drop of the sentence's
+                log-probability when it alone is removed (n + 2 forwards).
+At most --max-citations documents with a positive score are cited per sentence.")]
 pub struct CiteArgs {
     /// HF model folder (config.json, model.safetensors, tokenizer.json).
     #[arg(long)]
@@ -62,9 +71,21 @@ pub struct CiteArgs {
     /// CCI filter: keep the k best document tokens instead.
     #[arg(long, conflicts_with = "cci_top_pct")]
     pub cci_top_k: Option<usize>,
-    /// Gradient reduction: saliency (‖∂f/∂e‖) or input-x-gradient (‖e ⊙ ∂f/∂e‖).
-    #[arg(long, default_value = "saliency")]
+    /// Attribution method: mirage, context-cite or loo (see below).
+    #[arg(long, default_value = "mirage")]
     pub method: String,
+    /// MIRAGE's gradient reduction: saliency (‖∂f/∂e‖) or input-x-gradient (‖e ⊙ ∂f/∂e‖).
+    #[arg(long)]
+    pub gradient: Option<String>,
+    /// ContextCite: number of random document ablations [default: 64].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..))]
+    pub masks: Option<u32>,
+    /// ContextCite: seed of the ablation masks [default: 0].
+    #[arg(long)]
+    pub mask_seed: Option<u64>,
+    /// ContextCite: LASSO penalty α [default: 0.01].
+    #[arg(long)]
+    pub lasso_alpha: Option<f32>,
     /// Count title tokens for their document (headers never count).
     #[arg(long)]
     pub count_titles: bool,
@@ -126,9 +147,55 @@ pub fn options(a: &CiteArgs) -> anyhow::Result<Options> {
         None => anyhow::bail!("--cci-top-pct must be in (0, 100]"),
     };
     o.method = match a.method.as_str() {
-        "saliency" => Method::Saliency,
-        "input-x-gradient" | "ixg" => Method::InputXGradient,
-        m => anyhow::bail!("unknown --method \"{m}\" (saliency, input-x-gradient)"),
+        "mirage" => Method::Mirage,
+        "context-cite" | "contextcite" => {
+            let alpha = a.lasso_alpha.unwrap_or(0.01);
+            if !(alpha.is_finite() && alpha >= 0.0) {
+                anyhow::bail!("--lasso-alpha must be a number ≥ 0, got {alpha}");
+            }
+            Method::ContextCite {
+                masks: a.masks.map_or(64, |m| m as usize),
+                seed: a.mask_seed.unwrap_or(0),
+                alpha,
+            }
+        }
+        "loo" | "leave-one-out" => Method::LeaveOneOut,
+        m @ ("saliency" | "input-x-gradient") => anyhow::bail!(
+            "--method {m} is a gradient reduction: use --method mirage --gradient {m}"
+        ),
+        m => anyhow::bail!("unknown --method \"{m}\" (mirage, context-cite, loo)"),
+    };
+    if !matches!(o.method, Method::ContextCite { .. }) {
+        for (flag, given) in [
+            ("--masks", a.masks.is_some()),
+            ("--mask-seed", a.mask_seed.is_some()),
+            ("--lasso-alpha", a.lasso_alpha.is_some()),
+        ] {
+            if given {
+                anyhow::bail!(
+                    "{flag} is a setting of --method context-cite, not of --method {}",
+                    a.method
+                );
+            }
+        }
+    }
+    if o.method != Method::Mirage && (a.cci_top_k.is_some() || a.count_titles) {
+        anyhow::bail!(
+            "--cci-top-k and --count-titles are settings of --method mirage, not of --method {}",
+            a.method
+        );
+    }
+    o.gradient = match (a.gradient.as_deref(), o.method) {
+        (None, _) => Gradient::Saliency,
+        (Some(_), m) if m != Method::Mirage => {
+            anyhow::bail!(
+                "--gradient is a setting of --method mirage, not of --method {}",
+                a.method
+            )
+        }
+        (Some("saliency"), _) => Gradient::Saliency,
+        (Some("input-x-gradient" | "ixg"), _) => Gradient::InputXGradient,
+        (Some(g), _) => anyhow::bail!("unknown --gradient \"{g}\" (saliency, input-x-gradient)"),
     };
     if a.max_citations == 0 {
         anyhow::bail!("--max-citations must be at least 1");
@@ -205,7 +272,8 @@ pub fn run(a: &CiteArgs) -> anyhow::Result<()> {
             }
             let p = &report.passes;
             eprintln!(
-                "{} context-sensitive of {} answer tokens (threshold {:.3} nats); {} forwards + {} backwards ({} rows); {:.2} s",
+                "{}: {} context-sensitive of {} answer tokens (threshold {:.3} nats); {} forwards + {} backwards ({} rows); {:.2} s",
+                report.settings.method.name(),
                 report.tokens.iter().filter(|t| t.selected).count(),
                 report.tokens.len(),
                 report.settings.threshold_value,
