@@ -747,6 +747,42 @@ fn refused_flags() {
         &["--add", "--no-merge"],
         &[],
     );
+    // 102–105: cite settings of one method given to another, and the old --method values.
+    let cite = |extra: &[&str]| {
+        let mut v = vec![
+            "cite",
+            "--model",
+            p(&fixture("rag")),
+            "--docs",
+            corpus,
+            "--question",
+            "Q",
+            "--answer",
+            "A.",
+        ];
+        v.extend(extra.iter().map(|s| leak(s)));
+        v
+    };
+    fails(
+        cite(&["--masks", "16"]),
+        &["--masks", "--method context-cite"],
+        &[],
+    );
+    fails(
+        cite(&["--method", "loo", "--gradient", "saliency"]),
+        &["--gradient", "--method mirage"],
+        &[],
+    );
+    fails(
+        cite(&["--method", "saliency"]),
+        &["--method mirage --gradient saliency"],
+        &[],
+    );
+    fails(
+        cite(&["--method", "context-cite", "--lasso-alpha", "-1"]),
+        &["--lasso-alpha"],
+        &[],
+    );
 }
 
 #[test]

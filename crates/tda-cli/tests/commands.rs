@@ -414,6 +414,37 @@ fn cite_attributes_a_given_answer() {
     assert_eq!(out["sentences"].as_array().unwrap().len(), 1);
     assert!(std::fs::read_to_string(&html).unwrap().contains("<html"));
     assert_eq!(json(&std::fs::read_to_string(&report).unwrap()), out);
+    // The ablation methods on the same answer: one sentence, its documents scored, the passes.
+    for (method, kind, forwards) in [
+        ("loo", "leave_one_out", 4),
+        ("context-cite", "context_cite", 10),
+    ] {
+        let out = json(&ok([
+            "cite",
+            "--model",
+            p(&fixture("rag")),
+            "--docs",
+            p(&docs),
+            "--question",
+            "Where was Mira Tolven born?",
+            "--answer",
+            "Mira Tolven was born in Tarn.",
+            "--method",
+            method,
+            "--masks",
+            "8",
+            "--json",
+        ]
+        .into_iter()
+        .filter(|a| method == "context-cite" || (*a != "--masks" && *a != "8"))));
+        assert_eq!(out["settings"]["method"]["kind"], kind);
+        assert_eq!(out["passes"]["forwards"], forwards);
+        assert_eq!(out["passes"]["backwards"], 0);
+        assert_eq!(
+            out["sentences"][0]["doc_scores"].as_array().unwrap().len(),
+            2
+        );
+    }
 }
 
 /// Determinism. The same command with the same thread count gives bit-identical factors and

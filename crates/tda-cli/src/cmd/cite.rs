@@ -84,7 +84,7 @@ pub struct CiteArgs {
     #[arg(long)]
     pub mask_seed: Option<u64>,
     /// ContextCite: LASSO penalty α [default: 0.01].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub lasso_alpha: Option<f32>,
     /// Count title tokens for their document (headers never count).
     #[arg(long)]
