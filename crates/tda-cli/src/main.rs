@@ -49,6 +49,8 @@ enum Command {
     Search(cmd::search::SearchArgs),
     /// Attribute each sentence of a RAG answer to the retrieved documents (MIRAGE-style).
     Cite(cmd::cite::CiteArgs),
+    /// Explain one generation token by token: prompt documents, question, training data (traced), layers.
+    Explain(cmd::explain::ExplainArgs),
 }
 
 /// Parses the command line. `--help` and `--version` print and exit 0; a usage error is one line
@@ -115,6 +117,7 @@ fn main() -> ExitCode {
         Command::Search(a) => cmd::search::run(&a),
         Command::Select(a) => cmd::select::run(&a),
         Command::Cite(a) => cmd::cite::run(&a),
+        Command::Explain(a) => cmd::explain::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

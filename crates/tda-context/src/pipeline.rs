@@ -93,6 +93,68 @@ fn decode_spans(tokenizer: &Tokenizer, ids: &[u32]) -> Result<(String, Vec<(usiz
     Ok((text, spans))
 }
 
+/// An answer as token ids, with the byte span of each id in `raw` (the answer text, which may
+/// start with the template's separator).
+#[derive(Clone, Debug)]
+pub struct AnswerTokens {
+    pub ids: Vec<u32>,
+    pub raw: String,
+    pub spans: Vec<(usize, usize)>,
+    pub generated: bool,
+}
+
+/// The given answer tokenized after the template's separator, or the model's generation after
+/// `prompt` (stopping at the EOS, which is not kept). Errors on an empty answer.
+pub fn answer_tokens<B: burn::tensor::backend::Backend>(
+    inference: &Transformer<B>,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    answer: Option<&str>,
+    opts: &Options,
+    passes: &mut Passes,
+) -> Result<AnswerTokens> {
+    let cfg = &inference.config;
+    // The answer: its ids and the byte span of each id in `raw` (which may start with a separator).
+    let (ids, raw, spans, generated) = match answer {
+        Some(a) => {
+            if a.trim().is_empty() {
+                return Err(ContextError::usage("the given answer is empty"));
+            }
+            let s = format!("{}{}", opts.template.answer_separator, a);
+            let enc = tokenizer
+                .encode(s.as_str(), false)
+                .map_err(|e| ContextError::usage(format!("cannot tokenize the answer: {e}")))?;
+            (enc.get_ids().to_vec(), s, enc.get_offsets().to_vec(), false)
+        }
+        None => {
+            let mut gen = opts.generation.clone();
+            if gen.stop_token.is_none() {
+                gen.stop_token = cfg.eos_token_id;
+            }
+            let mut ids = generate(inference, prompt, &gen)?;
+            passes.generated_tokens = ids.len();
+            if gen.stop_token.is_some() && ids.last() == gen.stop_token.as_ref() {
+                ids.pop();
+            }
+            let (text, spans) = decode_spans(tokenizer, &ids)?;
+            (ids, text, spans, true)
+        }
+    };
+    if ids.is_empty() || raw.trim().is_empty() {
+        return Err(ContextError::usage(if generated {
+            "the model generated an empty answer: nothing to attribute"
+        } else {
+            "the given answer has no tokens"
+        }));
+    }
+    Ok(AnswerTokens {
+        ids,
+        raw,
+        spans,
+        generated,
+    })
+}
+
 /// Attributes one answer to the documents. `model` is on an autodiff backend; inference uses
 /// its inner-backend copy. Errors: no documents, empty question/answer, a prompt or prompt +
 /// answer longer than the model's context.
@@ -116,39 +178,12 @@ pub fn attribute<B: AutodiffBackend>(
     }
     let inference = model.valid();
     let mut passes = Passes::default();
-    // The answer: its ids and the byte span of each id in `raw` (which may start with a separator).
-    let (answer_ids, raw, spans, generated) = match req.answer {
-        Some(a) => {
-            if a.trim().is_empty() {
-                return Err(ContextError::usage("the given answer is empty"));
-            }
-            let s = format!("{}{}", opts.template.answer_separator, a);
-            let enc = tokenizer
-                .encode(s.as_str(), false)
-                .map_err(|e| ContextError::usage(format!("cannot tokenize the answer: {e}")))?;
-            (enc.get_ids().to_vec(), s, enc.get_offsets().to_vec(), false)
-        }
-        None => {
-            let mut gen = opts.generation.clone();
-            if gen.stop_token.is_none() {
-                gen.stop_token = cfg.eos_token_id;
-            }
-            let mut ids = generate(&inference, &ctx.ids, &gen)?;
-            passes.generated_tokens = ids.len();
-            if gen.stop_token.is_some() && ids.last() == gen.stop_token.as_ref() {
-                ids.pop();
-            }
-            let (text, spans) = decode_spans(tokenizer, &ids)?;
-            (ids, text, spans, true)
-        }
-    };
-    if answer_ids.is_empty() || raw.trim().is_empty() {
-        return Err(ContextError::usage(if generated {
-            "the model generated an empty answer: nothing to attribute"
-        } else {
-            "the given answer has no tokens"
-        }));
-    }
+    let AnswerTokens {
+        ids: answer_ids,
+        raw,
+        spans,
+        generated,
+    } = answer_tokens(&inference, tokenizer, &ctx.ids, req.answer, opts, &mut passes)?;
     let t_gen = t0.elapsed().as_secs_f64();
 
     // CTI: two forwards.

@@ -7,6 +7,8 @@
 //!   document, so "which document taught the model this fact" has a known answer (the demo corpus).
 //! - [`rag`]: questions with retrieved documents where each answer sentence is stated in exactly one
 //!   document, plus distractors sharing its words (citation ground truth).
+//! - [`explain_world`]: people whose facts are only in the training data and questions whose other
+//!   fact is only in the prompt's documents (ground truth for `tda explain`'s routing).
 //! - [`lexical`]: the word-overlap citation baseline that context attribution must beat.
 //! - [`metrics`]: MRR, recall@k, Pearson / Spearman, LDS, citation precision / recall / F1.
 //! - [`words`]: the invented vocabulary both generators draw from.
@@ -16,11 +18,13 @@
 //! library crate does (they may use it as a dev-dependency).
 
 pub mod biographies;
+pub mod explain_world;
 pub mod lexical;
 pub mod metrics;
 pub mod rag;
 pub mod words;
 
 pub use biographies::{biographies, write_jsonl, Person, SyntheticDoc};
+pub use explain_world::{explain_world, ExplainCase, ExplainWorld, TrainItem};
 pub use metrics::{citation_prf, lds, mrr, pearson, rank_of, recall_at_k, spearman, Prf};
 pub use rag::{rag_set, template, training_text, RagExample};

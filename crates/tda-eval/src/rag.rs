@@ -14,7 +14,7 @@ use crate::words::{pick, CITIES, COLORS, JOBS, PETS};
 
 /// The kinds of facts; each has a question phrase, a statement and a tie-distractor form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fact {
+pub(crate) enum Fact {
     City,
     Job,
     Pet,
@@ -22,8 +22,8 @@ enum Fact {
 }
 
 impl Fact {
-    const ALL: [Fact; 4] = [Fact::City, Fact::Job, Fact::Pet, Fact::Color];
-    fn values(self) -> &'static [&'static str] {
+    pub(crate) const ALL: [Fact; 4] = [Fact::City, Fact::Job, Fact::Pet, Fact::Color];
+    pub(crate) fn values(self) -> &'static [&'static str] {
         match self {
             Fact::City => CITIES,
             Fact::Job => JOBS,
@@ -31,7 +31,7 @@ impl Fact {
             Fact::Color => COLORS,
         }
     }
-    fn ask(self, name: &str) -> String {
+    pub(crate) fn ask(self, name: &str) -> String {
         match self {
             Fact::City => format!("where was {name} born"),
             Fact::Job => format!("what does {name} work as"),
@@ -40,7 +40,7 @@ impl Fact {
         }
     }
     /// The predicate after the subject, e.g. "was born in Ashford".
-    fn predicate(self, v: &str) -> String {
+    pub(crate) fn predicate(self, v: &str) -> String {
         match self {
             Fact::City => format!("was born in {v}"),
             Fact::Job => format!("works as a {v}"),
@@ -54,7 +54,7 @@ fn word(rng: &mut StdRng) -> String {
     crate::words::word(rng, 2)
 }
 
-fn name(rng: &mut StdRng) -> String {
+pub(crate) fn name(rng: &mut StdRng) -> String {
     format!("{} {}", word(rng), word(rng))
 }
 

@@ -42,7 +42,7 @@ pub struct CiteArgs {
     #[arg(long)]
     pub docs: PathBuf,
     /// Attribute this answer instead of generating one (the generation flags are then refused).
-    #[arg(long, conflicts_with_all = ["max_new_tokens", "temperature", "top_p", "seed"])]
+    #[arg(long)]
     pub answer: Option<String>,
     /// Print the JSON report on stdout.
     #[arg(long)]
@@ -55,7 +55,13 @@ pub struct CiteArgs {
     pub html: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
+    #[command(flatten)]
+    pub ctx: ContextArgs,
+}
 
+/// The context-attribution settings `tda cite` and `tda explain` share.
+#[derive(Args)]
+pub struct ContextArgs {
     /// CTI threshold: mean + k·std of the answer's KL scores.
     #[arg(long, default_value_t = 1.0)]
     pub cti_k: f32,
@@ -111,8 +117,8 @@ pub struct CiteArgs {
     /// Default: "Document [{i}](Title: {title}): {text}\n", without "(Title: …)" for untitled documents.
     #[arg(long)]
     pub doc_template: Option<String>,
-    #[arg(long, default_value_t = 128)]
-    pub max_new_tokens: usize,
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
     /// Sampling temperature; 0 = greedy (then --top-p and --seed are refused).
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     pub temperature: f32,
@@ -128,7 +134,7 @@ pub struct CiteArgs {
 }
 
 /// The library options these arguments ask for.
-pub fn options(a: &CiteArgs) -> anyhow::Result<Options> {
+pub fn options(a: &ContextArgs) -> anyhow::Result<Options> {
     let threshold = match (a.cti_fixed, a.cti_top_k) {
         (Some(_), Some(_)) => anyhow::bail!("give at most one of --cti-fixed and --cti-top-k"),
         (Some(x), None) => Threshold::Fixed(x),
@@ -216,7 +222,7 @@ pub fn options(a: &CiteArgs) -> anyhow::Result<Options> {
         o.template.doc = unescape(d);
         o.template.doc_untitled = unescape(d);
     }
-    o.generation.max_new_tokens = a.max_new_tokens;
+    o.generation.max_new_tokens = a.max_new_tokens.unwrap_or(128);
     let (temperature, top_p, seed) = super::infer::sampling(a.temperature, a.top_p, a.seed)?;
     o.generation.temperature = temperature;
     o.generation.top_p = top_p;
@@ -225,18 +231,17 @@ pub fn options(a: &CiteArgs) -> anyhow::Result<Options> {
 }
 
 pub fn run(a: &CiteArgs) -> anyhow::Result<()> {
-    let opts = options(a)?;
+    if a.answer.is_some() && a.ctx.generation_given() {
+        anyhow::bail!("--answer is attributed as given: the generation flags (--max-new-tokens, --temperature, --top-p, --seed) are refused with it");
+    }
+    let opts = options(&a.ctx)?;
     for out in [&a.out, &a.html].into_iter().flatten() {
         crate::output::check_out(out, tda_io::Output::File)?;
     }
     let docs = read_documents(&a.docs)?;
     with_backend!(a.device, |B, AD, device| {
         let m = tda_model::load_folder::<AD>(&a.model, &device)?;
-        let chat = if a.no_chat_template {
-            None
-        } else {
-            ChatTemplate::from_folder(&a.model)?
-        };
+        let chat = a.ctx.chat_template(&a.model)?;
         let req = Request {
             question: &a.question,
             docs: &docs,
@@ -285,4 +290,23 @@ pub fn run(a: &CiteArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+impl ContextArgs {
+    /// Whether a generation flag was given (they are refused with a given answer).
+    pub fn generation_given(&self) -> bool {
+        self.max_new_tokens.is_some()
+            || self.temperature != 0.0
+            || self.top_p.is_some()
+            || self.seed.is_some()
+    }
+
+    /// The model folder's chat template, unless --no-chat-template.
+    pub fn chat_template(&self, model: &std::path::Path) -> anyhow::Result<Option<ChatTemplate>> {
+        Ok(if self.no_chat_template {
+            None
+        } else {
+            ChatTemplate::from_folder(model)?
+        })
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod cite;
 pub mod demo;
+pub mod explain;
 pub mod fit;
 pub mod index;
 pub mod infer;

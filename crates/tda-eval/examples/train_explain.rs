@@ -1,0 +1,100 @@
+//! Trains the planted `tda explain` model (`tests/fixtures/explain`): the RAG reader of
+//! `tests/fixtures/rag` fine-tuned on [`tda_eval::explain_world`] — memorised facts stated in
+//! training documents, recall examples, and plain RAG examples:
+//!
+//! ```sh
+//! cargo run --release -p tda-eval --example train_explain -- tests/fixtures/explain 1200 tests/fixtures/rag
+//! ```
+//!
+//! Deterministic. At the end it prints the exact match of greedy answers on the world's cases.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use tda_eval::rag::template;
+use tda_model::device::CpuAutodiff;
+use tda_model::infer::{encode_for_scoring, generate, GenerateOptions};
+use tda_model::TokenBatch;
+use tda_train::train::Trainer;
+use tda_train::TrainParams;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let out = PathBuf::from(&args[1]);
+    let steps: usize = args[2].parse().expect("steps");
+    let init = PathBuf::from(&args[3]);
+    let device = Default::default();
+    let m = tda_model::load_folder::<CpuAutodiff>(&init, &device).expect("init folder");
+    let tok = m.tokenizer.clone();
+    let eot = m.model.config.eos_token_id.expect("eos");
+    let w = tda_eval::explain_world::fixture_world();
+    let seqs: Vec<(Vec<u32>, usize)> = w
+        .train
+        .iter()
+        .map(|it| {
+            let mut ids = vec![eot];
+            ids.extend(tok.encode(it.text.as_str(), false).expect("encode").get_ids());
+            ids.push(eot);
+            let from = it.answer_at.map_or(1, |at| {
+                1 + tok.encode(it.text[..at].trim_end(), false).expect("encode").len()
+            });
+            (ids, from)
+        })
+        .collect();
+    eprintln!("{} training items, {} cases", seqs.len(), w.cases.len());
+    let params = TrainParams {
+        seq_len: m.model.config.max_positions,
+        batch_size: 16,
+        steps,
+        lr: 1e-3,
+        warmup_steps: 50,
+        min_lr_ratio: 0.05,
+        weight_decay: 0.01,
+        grad_clip: 1.0,
+        seed: 11,
+        checkpoint_every: 0,
+        proximal: 0.0,
+    };
+    let mut trainer = Trainer::new(m.model, &params).expect("trainer");
+    let t0 = Instant::now();
+    for step in 0..steps {
+        let rows: Vec<usize> = (0..16).map(|i| (step * 16 + i) % seqs.len()).collect();
+        let batch: Vec<Vec<u32>> = rows.iter().map(|&r| seqs[r].0.clone()).collect();
+        let from: Vec<usize> = rows.iter().map(|&r| seqs[r].1).collect();
+        let batch = TokenBatch::new(&batch, eot)
+            .and_then(|b| b.with_loss_from(&from))
+            .expect("batch");
+        let (loss, _) = trainer.step(&batch).expect("step");
+        if step % 100 == 0 || step + 1 == steps {
+            eprintln!("step {step:5}  loss {loss:.4}  {:.0} s", t0.elapsed().as_secs_f64());
+        }
+    }
+    let model = trainer.into_model().valid();
+    tda_model::save_folder(&model, &tok, &out).expect("save");
+    let mut exact = 0;
+    for c in &w.cases {
+        let (prompt, _) =
+            tda_context::prompt::render_prompt(&template(), &c.question, &c.docs, None).unwrap();
+        let (ids, _) = encode_for_scoring(&tok, &model.config, &prompt).unwrap();
+        let opts = GenerateOptions {
+            max_new_tokens: 40,
+            stop_token: Some(eot),
+            ..Default::default()
+        };
+        let mut new = generate(&model, &ids, &opts).unwrap();
+        new.retain(|&t| t != eot);
+        let text = tok.decode(&new, false).unwrap();
+        if text.trim() == c.answer {
+            exact += 1;
+        } else {
+            eprintln!("want {:?}\n got {:?}", c.answer, text.trim());
+        }
+    }
+    eprintln!(
+        "saved {}; exact match on the {} cases: {exact}; {:.0} s",
+        out.display(),
+        w.cases.len(),
+        t0.elapsed().as_secs_f64()
+    );
+}

@@ -1,0 +1,219 @@
+//! A planted world for `tda explain`: people whose facts are only in the training data (memory)
+//! and questions whose other fact is only in the prompt's documents (context).
+//!
+//! - `memory` people each have two memorised facts of different kinds: one that questions ask
+//!   about, one that is a hard negative sharing the entity (stated in its own training document).
+//! - Training items: one statement document per memorised fact (loss on every token), recall
+//!   examples — a RAG prompt whose documents state another fact of the person but not the asked
+//!   memorised one, answered with both (loss on the answer) — and plain RAG examples of
+//!   [`crate::rag_set`] that keep the reading skill.
+//! - Cases: a fresh recall question per person. The asked memorised fact is in no document of the
+//!   prompt; the other fact is in exactly one. So each answer sentence has one known source.
+//!
+//! Deterministic in the seed.
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use tda_context::Document;
+
+use crate::rag::{name, rag_set, template, training_text, Fact};
+use crate::words::pick;
+
+/// One training sequence. `answer_at` is the byte offset of the answer in `text` for examples
+/// trained on their answer only (`None`: loss on every token).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrainItem {
+    pub id: String,
+    pub text: String,
+    #[serde(skip)]
+    pub answer_at: Option<usize>,
+}
+
+/// One question of the world and where each answer sentence comes from.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ExplainCase {
+    pub question: String,
+    pub docs: Vec<Document>,
+    pub answer: String,
+    pub sentences: Vec<String>,
+    /// Per sentence: the fact's object as it appears in the sentence (e.g. "Ashford").
+    pub values: Vec<String>,
+    /// Per sentence: the 1-based prompt document that states it (context facts), else `None`.
+    pub context_gold: Vec<Option<usize>>,
+    /// Per sentence: the ids of the training items that state it (memory facts), else empty.
+    pub memory_gold: Vec<Vec<String>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ExplainWorld {
+    pub train: Vec<TrainItem>,
+    pub cases: Vec<ExplainCase>,
+}
+
+struct Person {
+    who: String,
+    asked: (Fact, &'static str),
+    negative: (Fact, &'static str),
+}
+
+fn other_kind(rng: &mut StdRng, not: &[Fact]) -> Fact {
+    loop {
+        let f = Fact::ALL[rng.random_range(0..4)];
+        if !not.contains(&f) {
+            return f;
+        }
+    }
+}
+
+/// A recall question about `p`: its asked memorised fact (in no document) and a fact of a third
+/// kind stated in one of 3–4 documents (the others: the same kind about other people, one of
+/// them possibly a tie distractor).
+fn recall(rng: &mut StdRng, p: &Person) -> (ExplainCase, String) {
+    let (fm, vm) = p.asked;
+    let fc = other_kind(rng, &[fm, p.negative.0]);
+    let vc = pick(rng, fc.values());
+    let mut docs: Vec<(String, bool)> = vec![(format!("{} {}.", p.who, fc.predicate(vc)), true)];
+    for _ in 0..rng.random_range(2..4) {
+        let other = name(rng);
+        let w = pick(rng, fc.values());
+        docs.push((format!("{other} {}.", fc.predicate(w)), false));
+    }
+    if rng.random_bool(0.5) {
+        docs.push((
+            format!("{}, who {}, knows {}.", name(rng), fc.predicate(vc), p.who),
+            false,
+        ));
+    }
+    for i in (1..docs.len()).rev() {
+        let j = rng.random_range(0..=i);
+        docs.swap(i, j);
+    }
+    let gold = docs.iter().position(|d| d.1).expect("the stating document") + 1;
+    let memory_first = rng.random_bool(0.5);
+    let (mem_s, ctx_s) = (
+        format!("{} {}.", p.who, fm.predicate(vm)),
+        format!("{} {}.", p.who, fc.predicate(vc)),
+    );
+    let (q1, q2) = if memory_first {
+        (fm.ask(&p.who), fc.ask(&p.who))
+    } else {
+        (fc.ask(&p.who), fm.ask(&p.who))
+    };
+    let q = format!("{q1} and {q2}?");
+    let question = q[..1].to_uppercase() + &q[1..];
+    let (sentences, values, context_gold) = if memory_first {
+        (
+            vec![mem_s.clone(), ctx_s],
+            vec![vm.to_string(), vc.to_string()],
+            vec![None, Some(gold)],
+        )
+    } else {
+        (
+            vec![ctx_s, mem_s.clone()],
+            vec![vc.to_string(), vm.to_string()],
+            vec![Some(gold), None],
+        )
+    };
+    let case = ExplainCase {
+        question,
+        docs: docs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (t, _))| Document::new(format!("d{}", i + 1), None, t))
+            .collect(),
+        answer: sentences.join(" "),
+        sentences,
+        values,
+        context_gold,
+        memory_gold: Vec::new(),
+    };
+    (case, mem_s)
+}
+
+/// The world: `people` memorised people, `recalls` recall training examples per person,
+/// `rag` plain RAG examples, and one test case per person.
+pub fn explain_world(people: usize, recalls: usize, rag: usize, seed: u64) -> ExplainWorld {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xE8_91A1);
+    let persons: Vec<Person> = (0..people)
+        .map(|_| {
+            let who = name(&mut rng);
+            let fa = Fact::ALL[rng.random_range(0..4)];
+            let fb = other_kind(&mut rng, &[fa]);
+            Person {
+                who,
+                asked: (fa, pick(&mut rng, fa.values())),
+                negative: (fb, pick(&mut rng, fb.values())),
+            }
+        })
+        .collect();
+    let mut train = Vec::new();
+    let mut stating: Vec<Vec<String>> = vec![Vec::new(); people];
+    for (i, p) in persons.iter().enumerate() {
+        train.push(TrainItem {
+            id: format!("fact-{i}"),
+            text: format!("{} {}.", p.who, p.asked.0.predicate(p.asked.1)),
+            answer_at: None,
+        });
+        stating[i].push(format!("fact-{i}"));
+        train.push(TrainItem {
+            id: format!("other-fact-{i}"),
+            text: format!("{} {}.", p.who, p.negative.0.predicate(p.negative.1)),
+            answer_at: None,
+        });
+    }
+    let tpl = template();
+    for (i, p) in persons.iter().enumerate() {
+        for r in 0..recalls {
+            let (case, _) = recall(&mut rng, p);
+            let (prompt, _) = tda_context::prompt::render_prompt(&tpl, &case.question, &case.docs, None)
+                .expect("the planted template renders");
+            let at = prompt.len() + tpl.answer_separator.len();
+            let id = format!("recall-{i}-{r}");
+            stating[i].push(id.clone());
+            train.push(TrainItem {
+                id,
+                text: format!("{prompt}{}{}", tpl.answer_separator, case.answer),
+                answer_at: Some(at),
+            });
+        }
+    }
+    for (k, ex) in rag_set(rag, seed ^ 0x5EED).iter().enumerate() {
+        let text = training_text(ex);
+        let at = text.len() - ex.answer.len();
+        train.push(TrainItem {
+            id: format!("rag-{k}"),
+            text,
+            answer_at: Some(at),
+        });
+    }
+    // Interleave deterministically so every batch mixes the kinds.
+    for i in (1..train.len()).rev() {
+        let j = rng.random_range(0..=i);
+        train.swap(i, j);
+    }
+    let cases = persons
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (mut case, mem_s) = recall(&mut rng, p);
+            case.memory_gold = case
+                .sentences
+                .iter()
+                .map(|s| {
+                    if *s == mem_s {
+                        stating[i].clone()
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect();
+            case
+        })
+        .collect();
+    ExplainWorld { train, cases }
+}
+
+/// The world `tests/fixtures/explain` is trained on (`examples/train_explain.rs`).
+pub fn fixture_world() -> ExplainWorld {
+    explain_world(24, 20, 1500, 1)
+}
