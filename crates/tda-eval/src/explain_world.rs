@@ -217,3 +217,124 @@ pub fn explain_world(people: usize, recalls: usize, rag: usize, seed: u64) -> Ex
 pub fn fixture_world() -> ExplainWorld {
     explain_world(24, 20, 1500, 1)
 }
+
+/// One answer token as `tda explain` routed it (for [`score_routes`]): bytes in the answer, the
+/// route (`context`, `memory`, …), its best prompt document (1-based) and, for memory tokens, the
+/// ids of its span's training documents, best first.
+#[derive(Clone, Debug, Default)]
+pub struct RoutedToken {
+    pub start: usize,
+    pub end: usize,
+    pub route: String,
+    pub doc: Option<usize>,
+    pub training: Vec<String>,
+}
+
+/// Routing quality over facts: a fact's route is the route of the first answer token of its
+/// value (the object, e.g. "Ashford"). Context facts should be routed `context` and cited to
+/// their document; memory facts `memory`, with a stating training document high in the span's
+/// ranking (reciprocal rank, 0 when none is listed).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RouteScore {
+    pub context_facts: usize,
+    pub memory_facts: usize,
+    /// Facts routed `context` / `memory` (of either kind).
+    pub routed_context: usize,
+    pub routed_memory: usize,
+    pub context_right: usize,
+    pub memory_right: usize,
+    /// Context facts routed `context` whose best document is the stating one.
+    pub cited_right: usize,
+    /// Σ reciprocal rank over memory facts routed `memory`.
+    pub rr_sum: f64,
+}
+
+impl RouteScore {
+    pub fn add(&mut self, o: &RouteScore) {
+        self.context_facts += o.context_facts;
+        self.memory_facts += o.memory_facts;
+        self.routed_context += o.routed_context;
+        self.routed_memory += o.routed_memory;
+        self.context_right += o.context_right;
+        self.memory_right += o.memory_right;
+        self.cited_right += o.cited_right;
+        self.rr_sum += o.rr_sum;
+    }
+    fn ratio(a: usize, b: usize) -> f64 {
+        if b == 0 {
+            0.0
+        } else {
+            a as f64 / b as f64
+        }
+    }
+    pub fn context_precision(&self) -> f64 {
+        Self::ratio(self.context_right, self.routed_context)
+    }
+    pub fn context_recall(&self) -> f64 {
+        Self::ratio(self.context_right, self.context_facts)
+    }
+    pub fn memory_precision(&self) -> f64 {
+        Self::ratio(self.memory_right, self.routed_memory)
+    }
+    pub fn memory_recall(&self) -> f64 {
+        Self::ratio(self.memory_right, self.memory_facts)
+    }
+    /// Of the context facts, the share routed `context` AND cited to the right document.
+    pub fn citation_accuracy(&self) -> f64 {
+        Self::ratio(self.cited_right, self.context_facts)
+    }
+    /// MRR of the stating training documents over all memory facts (0 for those not routed memory).
+    pub fn mrr(&self) -> f64 {
+        if self.memory_facts == 0 {
+            0.0
+        } else {
+            self.rr_sum / self.memory_facts as f64
+        }
+    }
+}
+
+/// Scores the routing of `case`'s reference answer (teacher-forced, so `answer == case.answer`).
+pub fn score_routes(case: &ExplainCase, tokens: &[RoutedToken]) -> RouteScore {
+    let mut s = RouteScore::default();
+    let mut at = 0;
+    for (k, sentence) in case.sentences.iter().enumerate() {
+        let start = case.answer[at..].find(sentence.as_str()).map_or(at, |i| at + i);
+        at = start + sentence.len();
+        let v = start + sentence.rfind(case.values[k].as_str()).unwrap_or(0);
+        let Some(tok) = tokens.iter().find(|t| t.end > v && t.start < v + case.values[k].len()) else {
+            continue;
+        };
+        let is_context = case.context_gold[k].is_some();
+        if is_context {
+            s.context_facts += 1;
+        } else {
+            s.memory_facts += 1;
+        }
+        match tok.route.as_str() {
+            "context" => {
+                s.routed_context += 1;
+                if is_context {
+                    s.context_right += 1;
+                    if tok.doc == case.context_gold[k] {
+                        s.cited_right += 1;
+                    }
+                }
+            }
+            "memory" => {
+                s.routed_memory += 1;
+                if !is_context {
+                    s.memory_right += 1;
+                    if let Some(r) = tok
+                        .training
+                        .iter()
+                        .position(|id| case.memory_gold[k].contains(id))
+                    {
+                        s.rr_sum += 1.0 / (r + 1) as f64;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    s
+}

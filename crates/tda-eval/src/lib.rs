@@ -25,6 +25,8 @@ pub mod rag;
 pub mod words;
 
 pub use biographies::{biographies, write_jsonl, Person, SyntheticDoc};
-pub use explain_world::{explain_world, ExplainCase, ExplainWorld, TrainItem};
+pub use explain_world::{
+    explain_world, score_routes, ExplainCase, ExplainWorld, RouteScore, RoutedToken, TrainItem,
+};
 pub use metrics::{citation_prf, lds, mrr, pearson, rank_of, recall_at_k, spearman, Prf};
 pub use rag::{rag_set, template, training_text, RagExample};

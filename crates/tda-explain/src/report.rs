@@ -113,7 +113,7 @@ h1{font-size:1.3em}h2{font-size:1.05em;margin-top:1.5em}
 .legend span{display:inline-block;padding:0 .5em;margin-right:.5em;border-radius:3px}
 .detail{display:none;border:1px solid #bbb;border-radius:6px;padding:.5em 1em;margin:.8em 0}
 .detail:target{display:block}
-.bar{display:inline-block;height:.8em;background:#555;vertical-align:middle}
+.bar{display:inline-block;height:.8em;background:#6a3d9a;vertical-align:middle}
 table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:left}
 .doc{font-family:ui-monospace,monospace;font-size:.9em}";
 

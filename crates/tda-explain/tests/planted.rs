@@ -1,0 +1,122 @@
+//! `tda explain` on the planted world of `tests/fixtures/explain` (`tda_eval::explain_world`):
+//! facts only in the prompt's documents must be routed `context` and cited to their document;
+//! facts only in the training data must be routed `memory` and traced to a training document that
+//! states them. Small fixed-seed version of `cargo bench -p tda-benches --bench explain`.
+
+use std::path::{Path, PathBuf};
+
+use tda_corpus::{CorpusIndex, IndexOptions, Progress, ReadOptions};
+use tda_eval::explain_world::fixture_world;
+use tda_eval::{score_routes, template, RouteScore, RoutedToken};
+use tda_explain::{explain, ExplainOptions, Explanation, Memory};
+use tda_model::device::CpuAutodiff;
+use tda_trace::{DocSource, FitOptions, Prefilter, TraceOptions, WindowOptions};
+
+/// The explanation's tokens in the form `score_routes` reads.
+pub fn routed(e: &Explanation) -> Vec<RoutedToken> {
+    e.tokens
+        .iter()
+        .map(|t| RoutedToken {
+            start: t.start,
+            end: t.end,
+            route: serde_json::to_value(t.route).unwrap().as_str().unwrap().to_string(),
+            doc: t.documents.first().map(|d| d.doc),
+            training: t
+                .span
+                .map(|s| e.memory_spans[s].training.iter().map(|d| d.doc_id.clone()).collect())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn write_corpus(dir: &Path) -> PathBuf {
+    let path = dir.join("train.jsonl");
+    let lines: Vec<String> = fixture_world()
+        .train
+        .iter()
+        .map(|t| serde_json::json!({"id": t.id, "text": t.text}).to_string())
+        .collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+#[test]
+fn planted_world_routes_context_and_memory_facts() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/explain");
+    let m = tda_model::load_folder::<CpuAutodiff>(&dir, &Default::default()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = write_corpus(tmp.path());
+    let read = ReadOptions::default();
+    let index = tmp.path().join("index");
+    CorpusIndex::build(&corpus, &index, &IndexOptions::default(), Progress::Hidden).unwrap();
+    let fit = FitOptions {
+        windows: WindowOptions {
+            max_windows: Some(400),
+            ..WindowOptions::default()
+        },
+        ..FitOptions::default()
+    };
+    let fp = tda_trace::model_fingerprint(&dir).unwrap();
+    let (factors, _) = tda_trace::fit(
+        &m.model,
+        &m.tokenizer,
+        &DocSource::corpus_with(&corpus, read.clone()),
+        &fit,
+        &fp,
+        &mut |_| {},
+    )
+    .unwrap();
+    let prefilter = Prefilter::bm25(&index, 100);
+    let mut opts = ExplainOptions::default();
+    opts.cite.template = template();
+    opts.cite.method = tda_context::Method::LeaveOneOut;
+    let mut total = RouteScore::default();
+    for case in fixture_world().cases.iter().take(8) {
+        let memory = Memory {
+            factors: &factors,
+            corpus: &corpus,
+            read: &read,
+            prefilter: Some(&prefilter),
+            trace: TraceOptions::default(),
+        };
+        let e = explain(
+            &m.model,
+            &m.tokenizer,
+            None,
+            &case.question,
+            &case.docs,
+            Some(&case.answer),
+            &opts,
+            Some(memory),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(e.answer, case.answer);
+        assert!(e.traced);
+        for t in &e.tokens {
+            if !t.layers.is_empty() {
+                assert!((t.layers.iter().map(|l| l.share).sum::<f64>() - 1.0).abs() < 1e-9);
+            }
+        }
+        let html = e.to_html();
+        assert!(html.starts_with("<!doctype html>") && !html.contains("<script"));
+        total.add(&score_routes(case, &routed(&e)));
+    }
+    eprintln!(
+        "8 cases: context P {:.2} R {:.2} (cited right {:.2}); memory P {:.2} R {:.2}, MRR {:.2}",
+        total.context_precision(),
+        total.context_recall(),
+        total.citation_accuracy(),
+        total.memory_precision(),
+        total.memory_recall(),
+        total.mrr()
+    );
+    assert_eq!(total.context_facts + total.memory_facts, 16);
+    assert!(total.context_recall() >= FLOOR_ROUTING && total.memory_recall() >= FLOOR_ROUTING, "{total:?}");
+    assert!(total.context_precision() >= FLOOR_ROUTING && total.memory_precision() >= FLOOR_ROUTING, "{total:?}");
+    assert!(total.mrr() >= FLOOR_MRR, "{total:?}");
+}
+
+/// Floors for 8 cases; measured values in benches/results/explain.md.
+const FLOOR_ROUTING: f64 = 0.6;
+const FLOOR_MRR: f64 = 0.3;
