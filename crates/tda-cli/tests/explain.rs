@@ -65,11 +65,18 @@ fn screenshot(html: &Path, fragment: &str, out: &Path) -> bool {
         ])
         .output()
     else {
-        assert!(std::env::var_os("CI").is_none(), "chromium is needed in CI (.ci/run installs it)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium is needed in CI (.ci/run installs it)"
+        );
         eprintln!("chromium not found: the screenshot check is skipped");
         return false;
     };
-    assert!(status.status.success(), "chromium failed: {}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     true
 }
 
@@ -79,8 +86,17 @@ fn explain_routes_tokens_and_the_page_renders_in_a_browser() {
     let docs = dir.path().join("docs.jsonl");
     std::fs::write(&docs, DOCS).unwrap();
     let html = dir.path().join("explain.html");
-    let out: serde_json::Value =
-        serde_json::from_str(&ok(explain_args(&docs, &["--method", "loo", "--json", "--html", html.to_str().unwrap()]))).unwrap();
+    let out: serde_json::Value = serde_json::from_str(&ok(explain_args(
+        &docs,
+        &[
+            "--method",
+            "loo",
+            "--json",
+            "--html",
+            html.to_str().unwrap(),
+        ],
+    )))
+    .unwrap();
     let tokens = out["tokens"].as_array().unwrap();
     let route = |word: &str| -> Vec<String> {
         tokens
@@ -90,7 +106,11 @@ fn explain_routes_tokens_and_the_page_renders_in_a_browser() {
             .collect()
     };
     // The name is copied from the question; the period is neither; some token is context-driven.
-    assert!(route("Z").iter().all(|r| r == "question"), "{:?}", route("Z"));
+    assert!(
+        route("Z").iter().all(|r| r == "question"),
+        "{:?}",
+        route("Z")
+    );
     assert!(route(".").iter().all(|r| r == "neither"));
     let ctx: Vec<&serde_json::Value> = tokens.iter().filter(|t| t["route"] == "context").collect();
     assert!(!ctx.is_empty(), "no context-driven token");
@@ -109,8 +129,15 @@ fn explain_routes_tokens_and_the_page_renders_in_a_browser() {
     let green = count_color(&shot, [0x7f, 0xd1, 0x8b]);
     let blue = count_color(&shot, [0x9f, 0xc5, 0xf8]);
     let orange = count_color(&shot, [0xf5, 0xa2, 0x5d]);
-    assert!(green > 300 && blue > 300 && orange > 100, "route colours on the page: green {green}, blue {blue}, orange {orange}");
-    assert_eq!(count_color(&shot, [0x6a, 0x3d, 0x9a]), 0, "no details box before a click");
+    assert!(
+        green > 300 && blue > 300 && orange > 100,
+        "route colours on the page: green {green}, blue {blue}, orange {orange}"
+    );
+    assert_eq!(
+        count_color(&shot, [0x6a, 0x3d, 0x9a]),
+        0,
+        "no details box before a click"
+    );
     // A click on a context token (its #fragment) opens its box with the layer bars.
     let first = ctx[0]["index"].as_u64().unwrap();
     let clicked = dir.path().join("clicked.png");
@@ -128,8 +155,24 @@ fn explain_refuses_bad_flags() {
     let dir = tempfile::tempdir().unwrap();
     let docs = dir.path().join("docs.jsonl");
     std::fs::write(&docs, DOCS).unwrap();
-    fails(explain_args(&docs, &["--memory-min-prob", "2"]), &["memory threshold", "[0, 1]"], &[]);
-    fails(explain_args(&docs, &["--temperature", "0.5"]), &["--answer", "--temperature"], &[]);
-    fails(explain_args(&docs, &["--factors", "/nonexistent"]), &["--corpus"], &[]);
-    fails(explain_args(&docs, &["--method", "mirage", "--masks", "8"]), &["--masks"], &[]);
+    fails(
+        explain_args(&docs, &["--memory-min-prob", "2"]),
+        &["memory threshold", "[0, 1]"],
+        &[],
+    );
+    fails(
+        explain_args(&docs, &["--temperature", "0.5"]),
+        &["--answer", "--temperature"],
+        &[],
+    );
+    fails(
+        explain_args(&docs, &["--factors", "/nonexistent"]),
+        &["--corpus"],
+        &[],
+    );
+    fails(
+        explain_args(&docs, &["--method", "mirage", "--masks", "8"]),
+        &["--masks"],
+        &[],
+    );
 }

@@ -286,7 +286,8 @@ pub fn masks_for(method: Method, n: usize) -> Vec<Vec<bool>> {
 mod tests {
     use super::*;
 
-    /// Ordinary least squares by the normal equations (Gaussian elimination), with intercept.
+    /// Ordinary least squares by the normal equations (Gauss–Jordan elimination), with intercept.
+    #[allow(clippy::needless_range_loop)]
     fn ols(x: &[Vec<f64>], y: &[f64]) -> Vec<f64> {
         let n = x[0].len() + 1;
         let rows: Vec<Vec<f64>> = x

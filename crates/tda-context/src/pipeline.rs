@@ -183,7 +183,14 @@ pub fn attribute<B: AutodiffBackend>(
         raw,
         spans,
         generated,
-    } = answer_tokens(&inference, tokenizer, &ctx.ids, req.answer, opts, &mut passes)?;
+    } = answer_tokens(
+        &inference,
+        tokenizer,
+        &ctx.ids,
+        req.answer,
+        opts,
+        &mut passes,
+    )?;
     let t_gen = t0.elapsed().as_secs_f64();
 
     // CTI: two forwards.

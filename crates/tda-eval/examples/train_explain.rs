@@ -34,10 +34,17 @@ fn main() {
         .iter()
         .map(|it| {
             let mut ids = vec![eot];
-            ids.extend(tok.encode(it.text.as_str(), false).expect("encode").get_ids());
+            ids.extend(
+                tok.encode(it.text.as_str(), false)
+                    .expect("encode")
+                    .get_ids(),
+            );
             ids.push(eot);
             let from = it.answer_at.map_or(1, |at| {
-                1 + tok.encode(it.text[..at].trim_end(), false).expect("encode").len()
+                1 + tok
+                    .encode(it.text[..at].trim_end(), false)
+                    .expect("encode")
+                    .len()
             });
             (ids, from)
         })
@@ -67,7 +74,10 @@ fn main() {
             .expect("batch");
         let (loss, _) = trainer.step(&batch).expect("step");
         if step % 100 == 0 || step + 1 == steps {
-            eprintln!("step {step:5}  loss {loss:.4}  {:.0} s", t0.elapsed().as_secs_f64());
+            eprintln!(
+                "step {step:5}  loss {loss:.4}  {:.0} s",
+                t0.elapsed().as_secs_f64()
+            );
         }
     }
     let model = trainer.into_model().valid();

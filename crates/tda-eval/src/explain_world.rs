@@ -165,8 +165,9 @@ pub fn explain_world(people: usize, recalls: usize, rag: usize, seed: u64) -> Ex
     for (i, p) in persons.iter().enumerate() {
         for r in 0..recalls {
             let (case, _) = recall(&mut rng, p);
-            let (prompt, _) = tda_context::prompt::render_prompt(&tpl, &case.question, &case.docs, None)
-                .expect("the planted template renders");
+            let (prompt, _) =
+                tda_context::prompt::render_prompt(&tpl, &case.question, &case.docs, None)
+                    .expect("the planted template renders");
             let at = prompt.len() + tpl.answer_separator.len();
             let id = format!("recall-{i}-{r}");
             stating[i].push(id.clone());
@@ -298,10 +299,15 @@ pub fn score_routes(case: &ExplainCase, tokens: &[RoutedToken]) -> RouteScore {
     let mut s = RouteScore::default();
     let mut at = 0;
     for (k, sentence) in case.sentences.iter().enumerate() {
-        let start = case.answer[at..].find(sentence.as_str()).map_or(at, |i| at + i);
+        let start = case.answer[at..]
+            .find(sentence.as_str())
+            .map_or(at, |i| at + i);
         at = start + sentence.len();
         let v = start + sentence.rfind(case.values[k].as_str()).unwrap_or(0);
-        let Some(tok) = tokens.iter().find(|t| t.end > v && t.start < v + case.values[k].len()) else {
+        let Some(tok) = tokens
+            .iter()
+            .find(|t| t.end > v && t.start < v + case.values[k].len())
+        else {
             continue;
         };
         let is_context = case.context_gold[k].is_some();
@@ -337,4 +343,47 @@ pub fn score_routes(case: &ExplainCase, tokens: &[RoutedToken]) -> RouteScore {
         }
     }
     s
+}
+
+impl ExplainWorld {
+    /// The training items as a jsonl corpus (`{"id", "text"}` per line), written atomically.
+    pub fn write_corpus(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let mut s = String::new();
+        for t in &self.train {
+            s.push_str(&serde_json::json!({"id": t.id, "text": t.text}).to_string());
+            s.push('\n');
+        }
+        tda_io::write_file(path, s.as_bytes())
+    }
+}
+
+/// The tokens of a `tda explain` JSON report (`tokens[]` with `start`, `end`, `route`,
+/// `documents[0].doc`, `span` into `memory_spans[].training[].doc_id`) as [`RoutedToken`]s.
+pub fn routed_tokens(report: &serde_json::Value) -> Vec<RoutedToken> {
+    let spans = report["memory_spans"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    report["tokens"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|t| RoutedToken {
+            start: t["start"].as_u64().unwrap_or(0) as usize,
+            end: t["end"].as_u64().unwrap_or(0) as usize,
+            route: t["route"].as_str().unwrap_or("").to_string(),
+            doc: t["documents"][0]["doc"].as_u64().map(|d| d as usize),
+            training: t["span"]
+                .as_u64()
+                .and_then(|s| spans.get(s as usize))
+                .and_then(|s| s["training"].as_array())
+                .map(|ds| {
+                    ds.iter()
+                        .filter_map(|d| d["doc_id"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect()
 }

@@ -42,7 +42,11 @@ fn shares(parts: Vec<(String, f64)>) -> Vec<LayerShare> {
     parts
         .into_iter()
         .map(|(layer, score)| LayerShare {
-            share: if total > 0.0 { score.abs() / total } else { 0.0 },
+            share: if total > 0.0 {
+                score.abs() / total
+            } else {
+                0.0
+            },
             layer,
             score,
         })
@@ -116,7 +120,10 @@ pub fn residual_write_shares<AD: AutodiffBackend>(
         ));
     }
     let lp = prompt.len();
-    if let Some(&t) = targets.iter().find(|&&t| t >= answer.len() || lp + t > model.config.max_positions) {
+    if let Some(&t) = targets
+        .iter()
+        .find(|&&t| t >= answer.len() || lp + t > model.config.max_positions)
+    {
         return Err(ExplainError::Usage(format!(
             "answer position {t} is outside the answer or the model's context"
         )));
@@ -149,7 +156,8 @@ pub fn residual_write_shares<AD: AutodiffBackend>(
             false,
             |logits: Tensor<AD, 3>| {
                 let v = logits.dims()[2];
-                let int1 = |x: Vec<i32>| Tensor::<AD, 1, Int>::from_data(TensorData::new(x, [k]), &device);
+                let int1 =
+                    |x: Vec<i32>| Tensor::<AD, 1, Int>::from_data(TensorData::new(x, [k]), &device);
                 let rows = logits.reshape([k * len, v]).select(0, int1(pos.clone()));
                 log_softmax(rows, 1)
                     .gather(1, int1(ys.clone()).reshape([k, 1]))
@@ -220,8 +228,17 @@ mod tests {
             ),
         };
         let rows = [
-            row(3.0, &[("model.layers.1.mlp.up_proj", 2.0), ("model.layers.0.self_attn.q_proj", 1.0)]),
-            row(1.0, &[("model.layers.1.mlp.down_proj", -1.0), ("lm_head", 2.0)]),
+            row(
+                3.0,
+                &[
+                    ("model.layers.1.mlp.up_proj", 2.0),
+                    ("model.layers.0.self_attn.q_proj", 1.0),
+                ],
+            ),
+            row(
+                1.0,
+                &[("model.layers.1.mlp.down_proj", -1.0), ("lm_head", 2.0)],
+            ),
             row(-5.0, &[("model.layers.0.mlp.up_proj", -5.0)]),
         ];
         let s = influence_shares(&rows);

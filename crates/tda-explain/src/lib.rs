@@ -107,7 +107,10 @@ pub fn explain<AD: AutodiffBackend>(
     }
     let tpl = &opts.cite.template;
     let (context, tokens) = if docs.is_empty() {
-        (None, route::answer_without_documents(model, tokenizer, chat, question, answer, &opts.cite)?)
+        (
+            None,
+            route::answer_without_documents(model, tokenizer, chat, question, answer, &opts.cite)?,
+        )
     } else {
         let req = Request {
             question,
@@ -162,7 +165,15 @@ pub fn explain<AD: AutodiffBackend>(
         let mut topts = mem.trace.clone();
         topts.per_layer = true;
         topts.aggregate = None;
-        let out = tda_trace::trace(model, tokenizer, mem.factors, &queries, &source, &topts, progress)?;
+        let out = tda_trace::trace(
+            model,
+            tokenizer,
+            mem.factors,
+            &queries,
+            &source,
+            &topts,
+            progress,
+        )?;
         for (sp, q) in memory_spans.iter_mut().zip(&out.queries) {
             sp.value = Some(q.value);
             sp.training = q.results.iter().map(TrainingDoc::from_row).collect();
@@ -186,8 +197,20 @@ pub fn explain<AD: AutodiffBackend>(
         .collect();
     if !ctx_tokens.is_empty() {
         let inference = model.valid();
-        let pt = tokenize_prompt(tokenizer, &inference.config, prompt_text.clone(), spans_docs, chat.is_some())?;
-        let shares = layers::residual_write_shares(model, &pt.ids, &tokens.ids, &ctx_tokens, opts.cite.max_batch_rows)?;
+        let pt = tokenize_prompt(
+            tokenizer,
+            &inference.config,
+            prompt_text.clone(),
+            spans_docs,
+            chat.is_some(),
+        )?;
+        let shares = layers::residual_write_shares(
+            model,
+            &pt.ids,
+            &tokens.ids,
+            &ctx_tokens,
+            opts.cite.max_batch_rows,
+        )?;
         for (t, s) in ctx_tokens.iter().zip(shares) {
             toks[*t].layers = s;
         }

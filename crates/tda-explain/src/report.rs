@@ -170,7 +170,10 @@ impl Explanation {
             if !t.documents.is_empty() {
                 h.push_str("<h2>Prompt documents</h2><table>");
                 for d in &t.documents {
-                    let text = self.documents.get(d.doc - 1).map_or("", |x| x.text.as_str());
+                    let text = self
+                        .documents
+                        .get(d.doc - 1)
+                        .map_or("", |x| x.text.as_str());
                     let _ = write!(
                         h,
                         "<tr><td>[{}]</td><td>{:.3}</td><td class=\"doc\">{}</td></tr>",
@@ -182,7 +185,11 @@ impl Explanation {
                 h.push_str("</table>");
             }
             if let Some(sp) = t.span.and_then(|s| self.memory_spans.get(s)) {
-                let _ = write!(h, "<h2>Training documents for “{}”</h2>", escape(sp.text.trim()));
+                let _ = write!(
+                    h,
+                    "<h2>Training documents for “{}”</h2>",
+                    escape(sp.text.trim())
+                );
                 if sp.training.is_empty() {
                     h.push_str("<p>not traced (no factors and corpus given)</p>");
                 } else {

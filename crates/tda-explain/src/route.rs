@@ -87,7 +87,14 @@ pub fn answer_without_documents<AD: AutodiffBackend>(
         raw,
         spans,
         generated,
-    } = answer_tokens(&inference, tokenizer, &prompt.ids, answer, opts, &mut passes)?;
+    } = answer_tokens(
+        &inference,
+        tokenizer,
+        &prompt.ids,
+        answer,
+        opts,
+        &mut passes,
+    )?;
     let lp = teacher_forced(&inference, &[prompt.ids], &ids, 1)?.remove(0);
     let lead = raw.len() - raw.trim_start().len();
     let answer = raw.trim().to_string();
@@ -156,7 +163,8 @@ fn word_of(answer: &str, span: (usize, usize)) -> Option<(usize, usize)> {
 pub fn route(v: &AnswerView, question: &str, memory_min_prob: f32) -> Vec<TokenExplanation> {
     let qwords: std::collections::HashSet<String> = words(question).into_iter().collect();
     let n = v.ids.len();
-    let word: Vec<Option<(usize, usize)>> = v.spans.iter().map(|&sp| word_of(&v.answer, sp)).collect();
+    let word: Vec<Option<(usize, usize)>> =
+        v.spans.iter().map(|&sp| word_of(&v.answer, sp)).collect();
     let best_doc = |t: usize| -> Option<usize> {
         let ds = v.doc_scores[t].as_ref()?;
         let (i, s) = ds
@@ -217,7 +225,9 @@ pub fn route(v: &AnswerView, question: &str, memory_min_prob: f32) -> Vec<TokenE
             tok.route = route;
         }
         if let Some(c) = docs_from {
-            let ds = v.doc_scores[c].as_ref().expect("a context token has document scores");
+            let ds = v.doc_scores[c]
+                .as_ref()
+                .expect("a context token has document scores");
             let mut order: Vec<usize> = (0..ds.len()).filter(|&i| ds[i] > 0.0).collect();
             order.sort_by(|&a, &b| ds[b].total_cmp(&ds[a]).then(a.cmp(&b)));
             let docs: Vec<DocScore> = order

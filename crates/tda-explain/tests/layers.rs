@@ -15,7 +15,8 @@ fn residual_write_scores_equal_finite_differences() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/rag");
     let m = tda_model::load_folder::<CpuAutodiff>(&dir, &Default::default()).unwrap();
     let enc = |s: &str| m.tokenizer.encode(s, false).unwrap().get_ids().to_vec();
-    let prompt = enc("Question: Where was Zek Bo born?\n\nDocument [1]: Zek Bo was born in Tarn.\nAnswer:");
+    let prompt =
+        enc("Question: Where was Zek Bo born?\n\nDocument [1]: Zek Bo was born in Tarn.\nAnswer:");
     let answer = enc(" Zek Bo was born in Tarn.");
     let targets = [0usize, 5, answer.len() - 2];
     let shares = residual_write_shares(&m.model, &prompt, &answer, &targets, 2).unwrap();
@@ -35,7 +36,9 @@ fn residual_write_scores_equal_finite_differences() {
             }
             let model =
                 Transformer::<Cpu>::from_weights(&inner.config, &w, &Default::default()).unwrap();
-            teacher_forced(&model, &[prompt.clone()], &answer, 1).unwrap().remove(0)
+            teacher_forced(&model, std::slice::from_ref(&prompt), &answer, 1)
+                .unwrap()
+                .remove(0)
         };
         let (up, down) = (lp_at(1.0 + eps), lp_at(1.0 - eps));
         for (r, &t) in targets.iter().enumerate() {

@@ -3,49 +3,22 @@
 //! facts only in the training data must be routed `memory` and traced to a training document that
 //! states them. Small fixed-seed version of `cargo bench -p tda-benches --bench explain`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tda_corpus::{CorpusIndex, IndexOptions, Progress, ReadOptions};
-use tda_eval::explain_world::fixture_world;
-use tda_eval::{score_routes, template, RouteScore, RoutedToken};
-use tda_explain::{explain, ExplainOptions, Explanation, Memory};
+use tda_eval::explain_world::{fixture_world, routed_tokens};
+use tda_eval::{score_routes, template, RouteScore};
+use tda_explain::{explain, ExplainOptions, Memory};
 use tda_model::device::CpuAutodiff;
 use tda_trace::{DocSource, FitOptions, Prefilter, TraceOptions, WindowOptions};
-
-/// The explanation's tokens in the form `score_routes` reads.
-pub fn routed(e: &Explanation) -> Vec<RoutedToken> {
-    e.tokens
-        .iter()
-        .map(|t| RoutedToken {
-            start: t.start,
-            end: t.end,
-            route: serde_json::to_value(t.route).unwrap().as_str().unwrap().to_string(),
-            doc: t.documents.first().map(|d| d.doc),
-            training: t
-                .span
-                .map(|s| e.memory_spans[s].training.iter().map(|d| d.doc_id.clone()).collect())
-                .unwrap_or_default(),
-        })
-        .collect()
-}
-
-fn write_corpus(dir: &Path) -> PathBuf {
-    let path = dir.join("train.jsonl");
-    let lines: Vec<String> = fixture_world()
-        .train
-        .iter()
-        .map(|t| serde_json::json!({"id": t.id, "text": t.text}).to_string())
-        .collect();
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    path
-}
 
 #[test]
 fn planted_world_routes_context_and_memory_facts() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/explain");
     let m = tda_model::load_folder::<CpuAutodiff>(&dir, &Default::default()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let corpus = write_corpus(tmp.path());
+    let corpus = tmp.path().join("train.jsonl");
+    fixture_world().write_corpus(&corpus).unwrap();
     let read = ReadOptions::default();
     let index = tmp.path().join("index");
     CorpusIndex::build(&corpus, &index, &IndexOptions::default(), Progress::Hidden).unwrap();
@@ -100,7 +73,10 @@ fn planted_world_routes_context_and_memory_facts() {
         }
         let html = e.to_html();
         assert!(html.starts_with("<!doctype html>") && !html.contains("<script"));
-        total.add(&score_routes(case, &routed(&e)));
+        total.add(&score_routes(
+            case,
+            &routed_tokens(&serde_json::to_value(&e).unwrap()),
+        ));
     }
     eprintln!(
         "8 cases: context P {:.2} R {:.2} (cited right {:.2}); memory P {:.2} R {:.2}, MRR {:.2}",
@@ -112,8 +88,14 @@ fn planted_world_routes_context_and_memory_facts() {
         total.mrr()
     );
     assert_eq!(total.context_facts + total.memory_facts, 16);
-    assert!(total.context_recall() >= FLOOR_ROUTING && total.memory_recall() >= FLOOR_ROUTING, "{total:?}");
-    assert!(total.context_precision() >= FLOOR_ROUTING && total.memory_precision() >= FLOOR_ROUTING, "{total:?}");
+    assert!(
+        total.context_recall() >= FLOOR_ROUTING && total.memory_recall() >= FLOOR_ROUTING,
+        "{total:?}"
+    );
+    assert!(
+        total.context_precision() >= FLOOR_ROUTING && total.memory_precision() >= FLOOR_ROUTING,
+        "{total:?}"
+    );
     assert!(total.mrr() >= FLOOR_MRR, "{total:?}");
 }
 

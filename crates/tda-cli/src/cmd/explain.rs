@@ -120,7 +120,10 @@ pub fn run(a: &ExplainArgs) -> anyhow::Result<()> {
         };
         let memory = factors.as_ref().map(|f| Memory {
             factors: f,
-            corpus: a.corpus.as_deref().expect("clap requires --corpus with --factors"),
+            corpus: a
+                .corpus
+                .as_deref()
+                .expect("clap requires --corpus with --factors"),
             read: &read,
             prefilter: prefilter.as_ref(),
             trace: TraceOptions {
@@ -184,8 +187,14 @@ pub fn run(a: &ExplainArgs) -> anyhow::Result<()> {
                 .layers
                 .iter()
                 .max_by(|x, y| x.share.total_cmp(&y.share))
-                .map_or(String::new(), |l| format!("  (mostly {}, {:.0} %)", l.layer, l.share * 100.0));
-            println!("  {:>3} {:<16} {what}{top}", t.index, format!("{:?}", t.text));
+                .map_or(String::new(), |l| {
+                    format!("  (mostly {}, {:.0} %)", l.layer, l.share * 100.0)
+                });
+            println!(
+                "  {:>3} {:<16} {what}{top}",
+                t.index,
+                format!("{:?}", t.text)
+            );
         }
         eprintln!("{:.2} s", e.timings.total_s);
         Ok(())
