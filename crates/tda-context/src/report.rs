@@ -333,7 +333,8 @@ impl Attribution {
         let p = &self.passes;
         let _ = write!(
             h,
-            "<p class=\"meta\">{} · threshold {:.3} nats · {} forward passes + {} backward batches ({} gradient rows){} · {:.2} s</p></body></html>",
+            "<p class=\"meta\">method {} · {} · threshold {:.3} nats · {} forward passes + {} backward batches ({} gradient rows){} · {:.2} s</p></body></html>",
+            self.settings.method.name(),
             escape(&self.settings.kl_direction),
             self.settings.threshold_value,
             p.forwards,

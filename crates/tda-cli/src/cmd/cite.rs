@@ -21,7 +21,8 @@ use crate::with_backend;
       --prompt-template 'Question: {question}\\n\\n{context}\\nAnswer:' --doc-template 'Document [{i}]: {text}\\n'
 
 Documents: jsonl with {\"id\", \"title\" (optional), \"text\"} per line, or parquet with those columns.
-Methods (--method):
+Methods (--method; context-cite is the default: on the planted benchmark it has the best
+citation F1 and faithfulness, see benches/results/cite.md):
   mirage        answer tokens whose next-token distribution changes most when the documents are
                 removed (KL(P_noctx || P_ctx) >= mean + k*std) are traced by the gradient of a
                 contrastive target to the document tokens, summed per answer sentence
@@ -77,8 +78,8 @@ pub struct ContextArgs {
     /// CCI filter: keep the k best document tokens instead.
     #[arg(long, conflicts_with = "cci_top_pct")]
     pub cci_top_k: Option<usize>,
-    /// Attribution method: mirage, context-cite or loo (see below).
-    #[arg(long, default_value = "mirage")]
+    /// Attribution method: context-cite, mirage or loo (see `tda cite --help`).
+    #[arg(long, default_value = "context-cite")]
     pub method: String,
     /// MIRAGE's gradient reduction: saliency (‖∂f/∂e‖) or input-x-gradient (‖e ⊙ ∂f/∂e‖).
     #[arg(long)]
@@ -97,9 +98,10 @@ pub struct ContextArgs {
     pub count_titles: bool,
     #[arg(long, default_value_t = 3)]
     pub max_citations: usize,
-    /// A cited document needs at least this share of the sentence's document mass.
-    #[arg(long, default_value_t = 0.0)]
-    pub min_share: f32,
+    /// A cited document needs at least this share of the sentence's positive document mass
+    /// [default: 0 for mirage (as the paper), 0.2 for context-cite and loo].
+    #[arg(long)]
+    pub min_share: Option<f32>,
     /// Give a sentence without context-sensitive token its highest-KL token.
     #[arg(long)]
     pub sentence_fallback: bool,
@@ -208,7 +210,13 @@ pub fn options(a: &ContextArgs) -> anyhow::Result<Options> {
     }
     o.count_titles = a.count_titles;
     o.max_citations = a.max_citations;
-    o.min_share = a.min_share;
+    o.min_share = a.min_share.unwrap_or(match o.method {
+        Method::Mirage => 0.0,
+        _ => 0.2,
+    });
+    if !(0.0..=1.0).contains(&o.min_share) {
+        anyhow::bail!("--min-share must be in [0, 1], got {}", o.min_share);
+    }
     o.sentence_fallback = a.sentence_fallback;
     o.max_batch_rows = a.batch_rows as usize;
     let unescape = |s: &str| s.replace("\\n", "\n");
