@@ -764,7 +764,7 @@ fn refused_flags() {
         v
     };
     fails(
-        cite(&["--masks", "16"]),
+        cite(&["--method", "mirage", "--masks", "16"]),
         &["--masks", "--method context-cite"],
         &[],
     );
