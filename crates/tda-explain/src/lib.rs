@@ -38,8 +38,8 @@ use tda_model::Transformer;
 use tda_trace::{candidate_source, Prefilter, Query, TraceOptions};
 use tokenizers::Tokenizer;
 
-pub use report::{Explanation, MemorySpan, TokenExplanation, TrainingDoc};
-pub use route::Route;
+pub use report::{Explanation, MemorySpan, TrainingDoc};
+pub use route::{DocScore, Route, TokenExplanation};
 
 /// An error of `tda explain`, one line.
 #[derive(Debug, thiserror::Error)]

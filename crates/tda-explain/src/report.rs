@@ -8,35 +8,7 @@ use tda_context::{Attribution, Document};
 use tda_trace::{Query, ResultRow};
 
 use crate::layers::LayerShare;
-use crate::route::Route;
-
-/// A prompt document driving a context token (1-based `doc`, as `Document [i]`).
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct DocScore {
-    pub doc: usize,
-    pub id: String,
-    pub score: f32,
-}
-
-/// One answer token. `start..end`: bytes of [`Explanation::answer`].
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct TokenExplanation {
-    pub index: usize,
-    pub text: String,
-    pub start: usize,
-    pub end: usize,
-    pub sentence: Option<usize>,
-    pub route: Route,
-    /// KL(P_noctx ‖ P_ctx) in nats (`None` without documents).
-    pub cti: Option<f32>,
-    pub logprob: f32,
-    pub logprob_without_documents: f32,
-    /// Context tokens: the documents that drive them, best first (≤ 3, positive scores).
-    pub documents: Vec<DocScore>,
-    /// Memory tokens: their span in [`Explanation::memory_spans`].
-    pub span: Option<usize>,
-    pub layers: Vec<LayerShare>,
-}
+use crate::route::{Route, TokenExplanation};
 
 /// A training document found for a memory span.
 #[derive(Clone, Debug, serde::Serialize)]

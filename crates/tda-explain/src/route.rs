@@ -12,7 +12,7 @@ use tda_context::{Attribution, ChatTemplate};
 use tda_model::Transformer;
 use tokenizers::Tokenizer;
 
-use crate::report::{DocScore, TokenExplanation};
+use crate::layers::LayerShare;
 use crate::Result;
 
 /// The source of one answer token.
@@ -26,6 +26,34 @@ pub enum Route {
     /// Said without the documents with probability ≥ the memory threshold: from the parameters.
     Memory,
     Neither,
+}
+
+/// A prompt document driving a context token (1-based `doc`, as `Document [i]`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DocScore {
+    pub doc: usize,
+    pub id: String,
+    pub score: f32,
+}
+
+/// One answer token. `start..end`: bytes of [`Explanation::answer`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TokenExplanation {
+    pub index: usize,
+    pub text: String,
+    pub start: usize,
+    pub end: usize,
+    pub sentence: Option<usize>,
+    pub route: Route,
+    /// KL(P_noctx ‖ P_ctx) in nats (`None` without documents).
+    pub cti: Option<f32>,
+    pub logprob: f32,
+    pub logprob_without_documents: f32,
+    /// Context tokens: the documents that drive them, best first (≤ 3, positive scores).
+    pub documents: Vec<DocScore>,
+    /// Memory tokens: their span in [`Explanation::memory_spans`].
+    pub span: Option<usize>,
+    pub layers: Vec<LayerShare>,
 }
 
 /// The answer's tokens and what context attribution measured on them. Vectors have length T.
