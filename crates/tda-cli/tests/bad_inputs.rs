@@ -642,8 +642,8 @@ fn refused_flags() {
         &[],
     );
     // 58: cite --answer with a sampling flag.
-    fails(
-        [
+    let cite = |extra: &[&str]| {
+        let mut v = vec![
             "cite",
             "--model",
             p(&fixture("rag")),
@@ -653,9 +653,12 @@ fn refused_flags() {
             "Q",
             "--answer",
             "A.",
-            "--temperature",
-            "0.7",
-        ],
+        ];
+        v.extend(extra.iter().map(|s| leak(s)));
+        v
+    };
+    fails(
+        cite(&["--temperature", "0.7"]),
         &["--answer", "--temperature"],
         &[],
     );
@@ -748,21 +751,6 @@ fn refused_flags() {
         &[],
     );
     // 102–105: cite settings of one method given to another, and the old --method values.
-    let cite = |extra: &[&str]| {
-        let mut v = vec![
-            "cite",
-            "--model",
-            p(&fixture("rag")),
-            "--docs",
-            corpus,
-            "--question",
-            "Q",
-            "--answer",
-            "A.",
-        ];
-        v.extend(extra.iter().map(|s| leak(s)));
-        v
-    };
     fails(
         cite(&["--method", "mirage", "--masks", "16"]),
         &["--masks", "--method context-cite"],

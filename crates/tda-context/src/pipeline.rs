@@ -103,6 +103,45 @@ pub struct AnswerTokens {
     pub generated: bool,
 }
 
+/// The answer as shown: `raw` without surrounding whitespace, the token spans shifted into it,
+/// its sentences and the sentence of each token.
+#[derive(Clone, Debug)]
+pub struct DisplayedAnswer {
+    pub text: String,
+    pub spans: Vec<(usize, usize)>,
+    pub sentences: Vec<std::ops::Range<usize>>,
+    pub sentence_of_token: Vec<Option<usize>>,
+}
+
+impl AnswerTokens {
+    pub fn displayed(&self) -> DisplayedAnswer {
+        let raw = &self.raw;
+        let lead = raw.len() - raw.trim_start().len();
+        let text = raw.trim().to_string();
+        let spans: Vec<(usize, usize)> = self
+            .spans
+            .iter()
+            .map(|&(s, e)| {
+                (
+                    s.saturating_sub(lead).min(text.len()),
+                    e.saturating_sub(lead).min(text.len()),
+                )
+            })
+            .collect();
+        let sentences = split_sentences(&text);
+        let sentence_of_token = spans
+            .iter()
+            .map(|&sp| sentence_of(&text, sp, &sentences))
+            .collect();
+        DisplayedAnswer {
+            text,
+            spans,
+            sentences,
+            sentence_of_token,
+        }
+    }
+}
+
 /// The given answer tokenized after the template's separator, or the model's generation after
 /// `prompt` (stopping at the EOS, which is not kept). Errors on an empty answer.
 pub fn answer_tokens<B: burn::tensor::backend::Backend>(
@@ -155,6 +194,28 @@ pub fn answer_tokens<B: burn::tensor::backend::Backend>(
     })
 }
 
+/// The model's answer (greedy unless `opts.generation` samples) to `question` with `docs` in
+/// the prompt, without attribution; surrounding whitespace trimmed.
+pub fn generate_answer<B: burn::tensor::backend::Backend>(
+    inference: &Transformer<B>,
+    tokenizer: &Tokenizer,
+    question: &str,
+    docs: &[Document],
+    opts: &Options,
+) -> Result<String> {
+    let (text, spans) = crate::prompt::render_prompt(&opts.template, question, docs, None)?;
+    let prompt = crate::prompt::tokenize_prompt(tokenizer, &inference.config, text, spans, false)?;
+    let a = answer_tokens(
+        inference,
+        tokenizer,
+        &prompt.ids,
+        None,
+        opts,
+        &mut Passes::default(),
+    )?;
+    Ok(a.raw.trim().to_string())
+}
+
 /// Attributes one answer to the documents. `model` is on an autodiff backend; inference uses
 /// its inner-backend copy. Errors: no documents, empty question/answer, a prompt or prompt +
 /// answer longer than the model's context.
@@ -178,12 +239,7 @@ pub fn attribute<B: AutodiffBackend>(
     }
     let inference = model.valid();
     let mut passes = Passes::default();
-    let AnswerTokens {
-        ids: answer_ids,
-        raw,
-        spans,
-        generated,
-    } = answer_tokens(
+    let tokens = answer_tokens(
         &inference,
         tokenizer,
         &ctx.ids,
@@ -191,6 +247,7 @@ pub fn attribute<B: AutodiffBackend>(
         opts,
         &mut passes,
     )?;
+    let (answer_ids, generated) = (tokens.ids.clone(), tokens.generated);
     let t_gen = t0.elapsed().as_secs_f64();
 
     // CTI: two forwards.
@@ -200,23 +257,12 @@ pub fn attribute<B: AutodiffBackend>(
     let (mut selected, threshold_value) = select_tokens(&stats.kl, opts.threshold);
     let t_cti = t1.elapsed().as_secs_f64();
 
-    // The displayed answer: `raw` without surrounding whitespace; spans shifted into it.
-    let lead = raw.len() - raw.trim_start().len();
-    let answer = raw.trim().to_string();
-    let spans: Vec<(usize, usize)> = spans
-        .iter()
-        .map(|&(s, e)| {
-            (
-                s.saturating_sub(lead).min(answer.len()),
-                e.saturating_sub(lead).min(answer.len()),
-            )
-        })
-        .collect();
-    let sentences = split_sentences(&answer);
-    let sentence_of_token: Vec<Option<usize>> = spans
-        .iter()
-        .map(|&sp| sentence_of(&answer, sp, &sentences))
-        .collect();
+    let DisplayedAnswer {
+        text: answer,
+        spans,
+        sentences,
+        sentence_of_token,
+    } = tokens.displayed();
     let mut fallback = Vec::new();
     if opts.sentence_fallback {
         for s in 0..sentences.len() {

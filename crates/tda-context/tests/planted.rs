@@ -9,6 +9,12 @@ use tda_context::{attribute, Method, Options, Request};
 use tda_eval::{citation_prf, lexical, rag_set, template};
 use tda_model::device::CpuAutodiff;
 
+/// The committed planted-truth reader.
+fn rag_model() -> tda_model::HfModel<CpuAutodiff> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/rag");
+    tda_model::load_folder::<CpuAutodiff>(&dir, &Default::default()).unwrap()
+}
+
 #[test]
 fn each_fact_is_stated_in_exactly_one_document() {
     let set = rag_set(300, 5);
@@ -51,8 +57,7 @@ fn score_counts_precision_and_recall() {
 
 #[test]
 fn trained_model_cites_the_planted_documents() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/rag");
-    let m = tda_model::load_folder::<CpuAutodiff>(&dir, &Default::default()).unwrap();
+    let m = rag_model();
     let opts = Options {
         template: template(),
         ..Options::default()
@@ -101,8 +106,7 @@ const F1_FLOOR: f64 = 0.25;
 /// vs single forwards (measured ≤ 2e-5).
 #[test]
 fn leave_one_out_equals_independent_log_probability_drops() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/rag");
-    let m = tda_model::load_folder::<CpuAutodiff>(&dir, &Default::default()).unwrap();
+    let m = rag_model();
     let inference = burn::module::AutodiffModule::valid(&m.model);
     let opts = Options {
         template: template(),
@@ -165,8 +169,7 @@ fn leave_one_out_equals_independent_log_probability_drops() {
 /// the pass counts the methods promise.
 #[test]
 fn ablation_methods_cite_the_planted_documents() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/rag");
-    let m = tda_model::load_folder::<CpuAutodiff>(&dir, &Default::default()).unwrap();
+    let m = rag_model();
     let set = rag_set(16, 777);
     for (method, floor) in [
         (Method::context_cite(), CONTEXT_CITE_F1_FLOOR),

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use tda_eval::rag::template;
+use tda_context::pipeline::generate_answer;
+use tda_eval::rag::answer_options;
 use tda_model::device::CpuAutodiff;
-use tda_model::infer::{encode_for_scoring, generate, GenerateOptions};
 use tda_model::TokenBatch;
 use tda_train::train::Trainer;
 use tda_train::TrainParams;
@@ -82,23 +82,14 @@ fn main() {
     }
     let model = trainer.into_model().valid();
     tda_model::save_folder(&model, &tok, &out).expect("save");
+    let opts = answer_options(eot);
     let mut exact = 0;
     for c in &w.cases {
-        let (prompt, _) =
-            tda_context::prompt::render_prompt(&template(), &c.question, &c.docs, None).unwrap();
-        let (ids, _) = encode_for_scoring(&tok, &model.config, &prompt).unwrap();
-        let opts = GenerateOptions {
-            max_new_tokens: 40,
-            stop_token: Some(eot),
-            ..Default::default()
-        };
-        let mut new = generate(&model, &ids, &opts).unwrap();
-        new.retain(|&t| t != eot);
-        let text = tok.decode(&new, false).unwrap();
-        if text.trim() == c.answer {
+        let got = generate_answer(&model, &tok, &c.question, &c.docs, &opts).unwrap_or_default();
+        if got == c.answer {
             exact += 1;
         } else {
-            eprintln!("want {:?}\n got {:?}", c.answer, text.trim());
+            eprintln!("want {:?}\n got {got:?}", c.answer);
         }
     }
     eprintln!(

@@ -17,9 +17,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
+use tda_context::pipeline::generate_answer;
+use tda_eval::rag::answer_options;
 use tda_eval::rag::{rag_set, template, training_text};
 use tda_model::device::CpuAutodiff;
-use tda_model::infer::{generate, GenerateOptions};
 use tda_model::TokenBatch;
 use tda_train::train::Trainer;
 use tda_train::{train_bpe, ModelShape, TrainParams, END_OF_TEXT};
@@ -132,32 +133,15 @@ fn main() {
     let model = trainer.into_model().valid();
     tda_model::save_folder(&model, &tok, &out).expect("save");
     // Held-out exact match of greedy answers.
-    let tpl = template();
     let test = rag_set(100, 99);
-    let mut exact = 0;
-    for ex in &test {
-        let (prompt, _) =
-            tda_context::prompt::render_prompt(&tpl, &ex.question, &ex.docs, None).unwrap();
-        let (ids, _) = tda_model::infer::encode_for_scoring(&tok, &cfg, &prompt).unwrap();
-        let opts = GenerateOptions {
-            max_new_tokens: 40,
-            stop_token: Some(eot),
-            ..Default::default()
-        };
-        let mut new = generate(&model, &ids, &opts).unwrap();
-        new.retain(|&t| t != eot);
-        let text = tok.decode(&new, false).unwrap();
-        if text.trim() == ex.answer {
-            exact += 1;
-        }
-    }
-    let readme = format!(
-        "# tests/fixtures/rag — planted-truth RAG model\n\nMade by `cargo run --release -p tda-eval --example train_rag -- tests/fixtures/rag {steps}` \
-         (deterministic). Llama-shaped, hidden 64, 3 layers, 4 heads, tied embeddings, 512-token byte-level BPE, \
-         trained {steps} steps on 6000 examples of `tda_eval::rag_set(6000, 1)` in the prompt form of \
-         `tda_eval::template()`. Greedy exact match on 100 held-out questions: {exact}/100.\n"
-    );
-    std::fs::write(out.join("README.md"), readme).expect("README");
+    let opts = answer_options(eot);
+    let exact = test
+        .iter()
+        .filter(|ex| {
+            generate_answer(&model, &tok, &ex.question, &ex.docs, &opts).unwrap_or_default()
+                == ex.answer
+        })
+        .count();
     eprintln!(
         "saved {} ; held-out exact match {exact}/{} ; {:.0} s",
         out.display(),

@@ -161,6 +161,18 @@ pub fn template() -> PromptTemplate {
     }
 }
 
+/// Context-attribution options for asking the planted models: the planted template, greedy
+/// answers of at most 40 tokens ending at `eos`.
+pub fn answer_options(eos: u32) -> tda_context::Options {
+    let mut o = tda_context::Options {
+        template: template(),
+        ..tda_context::Options::default()
+    };
+    o.generation.max_new_tokens = 40;
+    o.generation.stop_token = Some(eos);
+    o
+}
+
 /// The training text of an example: the prompt, the separator, the answer.
 pub fn training_text(ex: &RagExample) -> String {
     let tpl = template();

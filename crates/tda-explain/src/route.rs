@@ -5,8 +5,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use tda_context::ablation::teacher_forced;
 use tda_context::cci::Passes;
-use tda_context::cite::{sentence_of, split_sentences};
-use tda_context::pipeline::{answer_tokens, AnswerTokens};
+use tda_context::pipeline::{answer_tokens, DisplayedAnswer};
 use tda_context::prompt::{render_prompt, tokenize_prompt};
 use tda_context::{Attribution, ChatTemplate};
 use tda_model::Transformer;
@@ -110,12 +109,7 @@ pub fn answer_without_documents<AD: AutodiffBackend>(
     let (text, spans) = render_prompt(&opts.template, question, &[], chat)?;
     let prompt = tokenize_prompt(tokenizer, &inference.config, text, spans, chat.is_some())?;
     let mut passes = Passes::default();
-    let AnswerTokens {
-        ids,
-        raw,
-        spans,
-        generated,
-    } = answer_tokens(
+    let tokens = answer_tokens(
         &inference,
         tokenizer,
         &prompt.ids,
@@ -123,32 +117,24 @@ pub fn answer_without_documents<AD: AutodiffBackend>(
         opts,
         &mut passes,
     )?;
-    let lp = teacher_forced(&inference, &[prompt.ids], &ids, 1)?.remove(0);
-    let lead = raw.len() - raw.trim_start().len();
-    let answer = raw.trim().to_string();
-    let spans: Vec<(usize, usize)> = spans
-        .iter()
-        .map(|&(s, e)| {
-            (
-                s.saturating_sub(lead).min(answer.len()),
-                e.saturating_sub(lead).min(answer.len()),
-            )
-        })
-        .collect();
-    let sentences = split_sentences(&answer);
-    let n = ids.len();
+    let lp = teacher_forced(&inference, &[prompt.ids], &tokens.ids, 1)?.remove(0);
+    let DisplayedAnswer {
+        text,
+        spans,
+        sentence_of_token,
+        ..
+    } = tokens.displayed();
+    let n = tokens.ids.len();
     Ok(AnswerView {
-        texts: ids
+        texts: tokens
+            .ids
             .iter()
             .map(|&i| tokenizer.decode(&[i], false).unwrap_or_default())
             .collect(),
-        sentence: spans
-            .iter()
-            .map(|&sp| sentence_of(&answer, sp, &sentences))
-            .collect(),
-        answer,
-        generated,
-        ids,
+        sentence: sentence_of_token,
+        answer: text,
+        generated: tokens.generated,
+        ids: tokens.ids,
         spans,
         cti: vec![None; n],
         selected: vec![false; n],
