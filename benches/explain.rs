@@ -3,7 +3,7 @@
 //! Reports, per context method, the routing precision/recall of both kinds of facts, how often a
 //! context fact is cited to its document, and the MRR of the training documents stating a
 //! memory fact — traced by EK-FAC through the BM25 prefilter, beside BM25's own ranking of the
-//! same query — and the wall time per answer.
+//! same query — and the wall time per answer; the last rows trace with normalised scores.
 //!
 //! ```sh
 //! cargo bench -p tda-benches --bench explain     # 24 cases (EXPLAIN_N to change)
@@ -65,13 +65,14 @@ fn main() {
     );
     let prefilter = Prefilter::bm25(&index_dir, 100);
     let cases = &world.cases[..n.min(world.cases.len())];
-    for (name, method) in [
-        ("MIRAGE", tda_context::Method::Mirage),
-        (
-            "ContextCite (64 masks)",
-            tda_context::Method::context_cite(),
-        ),
-        ("leave-one-out", tda_context::Method::LeaveOneOut),
+    use tda_context::Method as M;
+    use tda_curvature::Normalization as N;
+    for (name, method, norm) in [
+        ("MIRAGE", M::Mirage, N::None),
+        ("ContextCite (64 masks)", M::context_cite(), N::None),
+        ("leave-one-out", M::LeaveOneOut, N::None),
+        ("leave-one-out, cosine", M::LeaveOneOut, N::Cosine),
+        ("leave-one-out, RelatIF", M::LeaveOneOut, N::RelatIF),
     ] {
         let mut opts = ExplainOptions::default();
         opts.cite.template = template();
@@ -86,6 +87,10 @@ fn main() {
                 prefilter: Some(&prefilter),
                 trace: TraceOptions {
                     top_k: Some(10),
+                    normalize: tda_curvature::NormalizeOptions {
+                        method: norm,
+                        per_token_count: false,
+                    },
                     ..TraceOptions::default()
                 },
             };
