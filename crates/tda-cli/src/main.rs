@@ -51,6 +51,9 @@ enum Command {
     Cite(cmd::cite::CiteArgs),
     /// Explain one generation token by token: prompt documents, question, training data (traced), layers.
     Explain(cmd::explain::ExplainArgs),
+    /// Are the attributions right? Quality against retrained models (LDS).
+    #[command(subcommand)]
+    Eval(cmd::eval::EvalCommand),
 }
 
 /// Parses the command line. `--help` and `--version` print and exit 0; a usage error is one line
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
         Command::Select(a) => cmd::select::run(&a),
         Command::Cite(a) => cmd::cite::run(&a),
         Command::Explain(a) => cmd::explain::run(&a),
+        Command::Eval(c) => cmd::eval::run(&c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

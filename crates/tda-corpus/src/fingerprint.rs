@@ -21,7 +21,13 @@ pub struct FileFingerprint {
 
 /// 64-bit FNV-1a (stable across Rust versions, unlike `DefaultHasher`).
 #[derive(Clone, Copy)]
-pub(crate) struct Fnv(pub u64);
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Fnv {
     pub fn new() -> Self {

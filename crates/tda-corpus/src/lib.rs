@@ -53,7 +53,7 @@ pub mod window;
 
 pub use doc::{Document, Format, SourceRef};
 pub use error::{CorpusError, Result};
-pub use fingerprint::{fingerprint_file, FileFingerprint};
+pub use fingerprint::{fingerprint_file, FileFingerprint, Fnv};
 #[cfg(feature = "index")]
 pub use index::{
     bm25_idf, AnalyzerSettings, BuildSummary, CorpusIndex, Hit, IndexInfo, IndexOptions,

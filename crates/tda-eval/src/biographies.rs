@@ -88,3 +88,34 @@ pub fn write_jsonl(docs: &[SyntheticDoc], path: &std::path::Path) -> std::io::Re
     }
     tda_io::write_file(path, s.as_bytes())
 }
+
+/// One fact of document `i` as a query, for the first `n` documents: fact `i mod 4` of
+/// (birth place and year, job, colour, pet), in the template of the documents, with the
+/// document's id as the query id (the planted truth of a fact-tracing query).
+pub fn fact_queries(docs: &[SyntheticDoc], n: usize) -> Vec<tda_trace::Query> {
+    docs.iter()
+        .take(n)
+        .enumerate()
+        .map(|(i, d)| {
+            let p = &d.person;
+            let first = p.name.split(' ').next().unwrap_or("");
+            let (prompt, completion) = match i % 4 {
+                0 => (
+                    format!("{} was born in", p.name),
+                    format!(" {} in {}.", p.city, p.year),
+                ),
+                1 => (format!("{first} works as a"), format!(" {}.", p.job)),
+                2 => (
+                    format!("The favourite colour of {} is", p.name),
+                    format!(" {}.", p.color),
+                ),
+                _ => (format!("{first} has a"), format!(" {} at home.", p.pet)),
+            };
+            tda_trace::Query {
+                id: d.id.clone(),
+                prompt,
+                completion,
+            }
+        })
+        .collect()
+}

@@ -12,14 +12,21 @@
 //! - [`lexical`]: the word-overlap citation baseline that context attribution must beat.
 //! - [`metrics`]: MRR, recall@k, Pearson / Spearman, LDS, citation precision / recall / F1.
 //! - [`words`]: the invented vocabulary both generators draw from.
+//! - [`bank`]: models retrained on random subsets of a corpus (cached, resumable).
+//! - [`methods`]: every attribution method as dense scores per (query, document): influence per
+//!   preconditioner and normalisation, BM25, TF-IDF.
+//! - [`lds`]: the linear datamodeling score of each method over a bank, with a bootstrap CI.
 //!
 //! Invariants: every generator is deterministic in its seed (same seed → same bytes, which models
 //! in `tests/fixtures` rely on). Only the CLI, the benches and tests depend on this crate; no
 //! library crate does (they may use it as a dev-dependency).
 
+pub mod bank;
 pub mod biographies;
 pub mod explain_world;
+pub mod lds;
 pub mod lexical;
+pub mod methods;
 pub mod metrics;
 pub mod rag;
 pub mod words;

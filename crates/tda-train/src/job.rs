@@ -9,7 +9,7 @@ use tda_model::{hf, Tokenizer, Transformer};
 
 use crate::config::TrainConfig;
 use crate::tokenizer::{train_bpe, END_OF_TEXT};
-use crate::train::{pack, train, StepInfo, TrainReport};
+use crate::train::{document_sequences, pack, train_subset, StepInfo, TrainReport};
 use crate::TrainError;
 
 /// Inputs of a training run.
@@ -48,9 +48,31 @@ pub fn read_texts(
     Ok((texts, stats))
 }
 
+/// How the documents become training sequences.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Examples {
+    /// One token stream cut into `seq_len` pieces ([`pack`]): what `tda train` does.
+    #[default]
+    Packed,
+    /// One example per document ([`document_sequences`]), and only the documents with
+    /// `keep[i]` (all when `None`) trained on, in the data order of the run with all of them
+    /// ([`train_subset`]).
+    Documents { keep: Option<Vec<bool>> },
+}
+
 /// Runs the job on backend `B`. Returns the report of the training loop.
 pub fn run<B: AutodiffBackend>(
     job: &TrainJob,
+    device: &B::Device,
+    on_step: &mut dyn FnMut(&StepInfo),
+) -> Result<TrainReport, TrainError> {
+    run_with::<B>(job, &Examples::Packed, device, on_step)
+}
+
+/// [`run`] with the documents turned into training sequences as `examples` says.
+pub fn run_with<B: AutodiffBackend>(
+    job: &TrainJob,
+    examples: &Examples,
     device: &B::Device,
     on_step: &mut dyn FnMut(&StepInfo),
 ) -> Result<TrainReport, TrainError> {
@@ -102,11 +124,31 @@ pub fn run<B: AutodiffBackend>(
                 .map_err(|e| TrainError::Tokenizer(e.to_string()))
         })
         .collect::<Result<_, _>>()?;
-    let sequences = pack(&docs, eot, job.config.train.seq_len);
-    let (_, mut report) = train(
+    let seq_len = job.config.train.seq_len;
+    let (sequences, keep) = match examples {
+        Examples::Packed => (pack(&docs, eot, seq_len), None),
+        Examples::Documents { keep } => {
+            let (seqs, owner) = document_sequences(&docs, eot, seq_len);
+            let keep = match keep {
+                Some(k) if k.len() != docs.len() => {
+                    return Err(TrainError::Config(format!(
+                        "{} keep flags for the {} documents of {}",
+                        k.len(),
+                        docs.len(),
+                        job.corpus.display()
+                    )))
+                }
+                Some(k) => Some(owner.iter().map(|&d| k[d]).collect::<Vec<bool>>()),
+                None => None,
+            };
+            (seqs, keep)
+        }
+    };
+    let (_, mut report) = train_subset(
         model,
         &tokenizer,
         &sequences,
+        keep.as_deref(),
         &job.config.train,
         &job.out,
         on_step,

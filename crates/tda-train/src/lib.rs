@@ -22,9 +22,12 @@ pub mod train;
 use std::path::PathBuf;
 
 pub use config::{ModelShape, TrainConfig, TrainParams};
-pub use job::{read_texts, TrainJob};
+pub use job::{read_texts, Examples, TrainJob};
 pub use tokenizer::{train_bpe, END_OF_TEXT};
-pub use train::{pack, train, StepInfo, TrainReport, Trainer, TrainingRecord, TRAINING_RECORD};
+pub use train::{
+    document_sequences, pack, train, train_subset, StepInfo, TrainReport, Trainer, TrainingRecord,
+    TRAINING_RECORD,
+};
 
 /// An error of training. One line, naming the file where there is one.
 #[derive(Debug, thiserror::Error)]

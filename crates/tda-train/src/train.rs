@@ -25,6 +25,33 @@ pub fn pack(docs: &[Vec<u32>], eot: u32, seq_len: usize) -> Vec<Vec<u32>> {
     stream.chunks_exact(seq_len).map(<[u32]>::to_vec).collect()
 }
 
+/// One training example per document instead of a packed stream: `eot` + the document's tokens
+/// + `eot`, cut into consecutive pieces of at most `seq_len` tokens (pieces of fewer than two
+/// tokens are dropped: they have no target). Returns the sequences and, for each, the index of
+/// its document. With examples aligned to documents, removing a document removes exactly its
+/// sequences ([`train_subset`]). Deterministic.
+pub fn document_sequences(
+    docs: &[Vec<u32>],
+    eot: u32,
+    seq_len: usize,
+) -> (Vec<Vec<u32>>, Vec<usize>) {
+    let mut seqs = Vec::new();
+    let mut owner = Vec::new();
+    for (i, d) in docs.iter().enumerate() {
+        let ids: Vec<u32> = std::iter::once(eot)
+            .chain(d.iter().copied())
+            .chain(std::iter::once(eot))
+            .collect();
+        for piece in ids.chunks(seq_len.max(2)) {
+            if piece.len() >= 2 {
+                seqs.push(piece.to_vec());
+                owner.push(i);
+            }
+        }
+    }
+    (seqs, owner)
+}
+
 /// What the caller sees after each step (for a progress bar).
 #[derive(Clone, Debug)]
 pub struct StepInfo {
@@ -159,6 +186,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.model.expect("model present between steps")
     }
 
+    /// Counts a step without an update (a batch whose every sequence was left out): the
+    /// learning-rate schedule stays aligned with a run that took it.
+    pub fn skip(&mut self) {
+        self.step += 1;
+    }
+
     /// One step on `batch`; returns (mean loss without the proximal term, learning rate).
     pub fn step(&mut self, batch: &TokenBatch) -> Result<(f64, f64), TrainError> {
         let model = self.model.take().expect("model present between steps");
@@ -195,9 +228,9 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 }
 
-/// Trains `model` on `sequences` (each exactly `params.seq_len` tokens) and saves it as an HF
-/// folder in `out_dir` (also every `checkpoint_every` steps, atomically). `on_step` is called
-/// after every step. Returns the trained model and a report.
+/// Trains `model` on `sequences` (each at most `params.seq_len` tokens; shorter ones are
+/// right-padded) and saves it as an HF folder in `out_dir` (also every `checkpoint_every` steps,
+/// atomically). `on_step` is called after every step. Returns the trained model and a report.
 pub fn train<B: AutodiffBackend>(
     model: Transformer<B>,
     tokenizer: &Tokenizer,
@@ -206,6 +239,33 @@ pub fn train<B: AutodiffBackend>(
     out_dir: &Path,
     on_step: &mut dyn FnMut(&StepInfo),
 ) -> Result<(Transformer<B>, TrainReport), TrainError> {
+    train_subset(model, tokenizer, sequences, None, params, out_dir, on_step)
+}
+
+/// [`train`] with the data order of the full run fixed: batches are drawn from all `sequences`
+/// exactly as [`train`] draws them, then the sequences with `keep[i] == false` are removed from
+/// their batch (the loss is the mean over the batch's remaining targets; a batch left empty
+/// takes no update but counts as a step). So a run without some documents sees the others in the
+/// same order, in the same steps, at the same learning rates (the "leave-some-out with a fixed
+/// data order" of Bae et al. 2024). `keep == None` is [`train`].
+pub fn train_subset<B: AutodiffBackend>(
+    model: Transformer<B>,
+    tokenizer: &Tokenizer,
+    sequences: &[Vec<u32>],
+    keep: Option<&[bool]>,
+    params: &TrainParams,
+    out_dir: &Path,
+    on_step: &mut dyn FnMut(&StepInfo),
+) -> Result<(Transformer<B>, TrainReport), TrainError> {
+    if let Some(k) = keep {
+        if k.len() != sequences.len() {
+            return Err(TrainError::Config(format!(
+                "{} keep flags for {} sequences",
+                k.len(),
+                sequences.len()
+            )));
+        }
+    }
     if sequences.is_empty() {
         return Err(TrainError::Config(format!(
             "the corpus is too small: it yields no sequence of {} tokens",
@@ -234,12 +294,21 @@ pub fn train<B: AutodiffBackend>(
                 order = (0..sequences.len()).collect();
                 order.shuffle(&mut rng);
             }
-            batch_seqs.push(sequences[order.pop().unwrap()].clone());
+            let i = order.pop().unwrap();
+            batch_seqs.push((i, &sequences[i]));
         }
-        let batch =
-            TokenBatch::new(&batch_seqs, 0).map_err(|e| TrainError::Config(e.to_string()))?;
+        let kept: Vec<Vec<u32>> = batch_seqs
+            .iter()
+            .filter(|(i, _)| keep.is_none_or(|k| k[*i]))
+            .map(|(_, s)| s.to_vec())
+            .collect();
+        if kept.is_empty() {
+            trainer.skip();
+            continue;
+        }
+        let batch = TokenBatch::new(&kept, 0).map_err(|e| TrainError::Config(e.to_string()))?;
         let (loss_value, lr) = trainer.step(&batch)?;
-        report.tokens_seen += batch.ids.len();
+        report.tokens_seen += batch.lengths.iter().sum::<usize>();
         if step == 0 {
             report.first_loss = loss_value;
         }

@@ -35,7 +35,9 @@ pub struct DemoArgs {
 }
 
 #[derive(Args)]
-#[command(after_help = "Example:\n  tda synth-corpus --out corpus.jsonl --docs 1000 --seed 0")]
+#[command(
+    after_help = "Examples:\n  tda synth-corpus --out corpus.jsonl --docs 1000 --seed 0\n  tda synth-corpus --out corpus.jsonl --docs 200 --queries queries.jsonl --n-queries 32   # fact queries for tda trace / tda eval"
+)]
 pub struct SynthArgs {
     #[arg(long)]
     pub out: PathBuf,
@@ -43,14 +45,41 @@ pub struct SynthArgs {
     pub docs: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also write fact queries (jsonl of {id, prompt, completion}; id = the stating document).
+    #[arg(long)]
+    pub queries: Option<PathBuf>,
+    /// Number of fact queries: one per document, from the first, cycling through the four facts.
+    #[arg(long, default_value_t = 32, requires = "queries")]
+    pub n_queries: usize,
 }
 
 pub fn synth(a: &SynthArgs) -> anyhow::Result<()> {
     crate::output::check_out(&a.out, tda_io::Output::File)?;
+    if let Some(q) = &a.queries {
+        crate::output::check_out(q, tda_io::Output::File)?;
+        if a.n_queries == 0 || a.n_queries > a.docs {
+            anyhow::bail!(
+                "--n-queries {}: must be between 1 and --docs ({})",
+                a.n_queries,
+                a.docs
+            );
+        }
+    }
     let docs = biographies(a.docs, a.seed);
     tda_eval::write_jsonl(&docs, &a.out)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.out.display()))?;
     eprintln!("wrote {} documents to {}", docs.len(), a.out.display());
+    if let Some(path) = &a.queries {
+        let queries = tda_eval::biographies::fact_queries(&docs, a.n_queries);
+        let mut s = String::new();
+        for q in &queries {
+            s.push_str(&serde_json::to_string(q)?);
+            s.push('\n');
+        }
+        tda_io::write_file(path, s.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        eprintln!("wrote {} fact queries to {}", queries.len(), path.display());
+    }
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 pub mod cite;
 pub mod demo;
+pub mod eval;
 pub mod explain;
 pub mod fit;
 pub mod index;
