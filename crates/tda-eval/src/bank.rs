@@ -196,6 +196,72 @@ fn write_subset(docs: &[Document], members: &[usize], path: &Path) -> Result<()>
     tda_io::write_file(path, s.as_bytes()).map_err(|e| file_err(path, e))
 }
 
+/// The recipe `recipe` (TOML text of a [`TrainConfig`]) checked for training from scratch.
+fn parse_recipe(dir: &Path, recipe: &str) -> Result<TrainConfig> {
+    let config: TrainConfig = toml::from_str(recipe)
+        .map_err(|e| file_err(dir, format!("the training recipe does not parse: {e}")))?;
+    config
+        .train
+        .validate()
+        .map_err(|e| file_err(dir, format!("the training recipe: {e}")))?;
+    if config.model.is_none() {
+        return Err(file_err(
+            dir,
+            "the training recipe needs a [model] section (models here are trained from scratch)",
+        ));
+    }
+    Ok(config)
+}
+
+/// One model trained by `recipe` on `corpus` into `dir/model`, cached: `dir/model.json` records
+/// the corpus fingerprint and the recipe; other inputs are an error naming `dir`. Returns the
+/// model folder, the documents, and whether it was trained now.
+pub fn ensure_model(
+    dir: &Path,
+    corpus: &Path,
+    read: &ReadOptions,
+    recipe: &str,
+    train: &mut dyn FnMut(&TrainJob, &Examples) -> Result<()>,
+) -> Result<(PathBuf, Vec<Document>, bool)> {
+    let mut config = parse_recipe(dir, recipe)?;
+    config.train.checkpoint_every = 0;
+    let docs = read_docs(corpus, read)?;
+    let record = serde_json::json!({ "corpus": corpus_fingerprint(&docs), "recipe": recipe });
+    let path = dir.join("model.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let old: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| file_err(&path, format!("not a model record: {e}")))?;
+            if old != record {
+                return Err(file_err(
+                    dir,
+                    "this folder's model was trained on another corpus or recipe; use another folder or delete it",
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+            tda_io::write_file(&path, record.to_string().as_bytes())
+                .map_err(|e| file_err(&path, e))?;
+        }
+        Err(e) => return Err(file_err(&path, e)),
+    }
+    let out = dir.join("model");
+    let done = is_done(&out, config.train.steps)?;
+    if !done {
+        let job = TrainJob {
+            corpus: corpus.to_path_buf(),
+            read_options: read.clone(),
+            config,
+            init: None,
+            tokenizer: None,
+            out: out.clone(),
+        };
+        train(&job, &Examples::Packed)?;
+    }
+    Ok((out, docs, !done))
+}
+
 /// Trains what is missing of the bank in `dir` for `corpus` (read with `read`) and the recipe
 /// `recipe` (TOML text of a [`TrainConfig`] with a `[model]` section): the full model, then one
 /// model per subset. `train` runs one training job (the caller's backend and progress display).
@@ -209,18 +275,7 @@ pub fn build(
     train: &mut dyn FnMut(&TrainJob, &Examples) -> Result<()>,
     progress: &mut dyn FnMut(BankProgress),
 ) -> Result<Bank> {
-    let config: TrainConfig = toml::from_str(recipe)
-        .map_err(|e| file_err(dir, format!("the training recipe does not parse: {e}")))?;
-    config
-        .train
-        .validate()
-        .map_err(|e| file_err(dir, format!("the training recipe: {e}")))?;
-    if config.model.is_none() {
-        return Err(file_err(
-            dir,
-            "the training recipe needs a [model] section (a bank trains from scratch)",
-        ));
-    }
+    let config = parse_recipe(dir, recipe)?;
     if !(spec.fraction > 0.0 && spec.fraction < 1.0) || spec.models < 2 {
         return Err(file_err(
             dir,

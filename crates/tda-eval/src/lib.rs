@@ -16,6 +16,8 @@
 //! - [`methods`]: every attribution method as dense scores per (query, document): influence per
 //!   preconditioner and normalisation, BM25, TF-IDF.
 //! - [`lds`]: the linear datamodeling score of each method over a bank, with a bootstrap CI.
+//! - [`facts`] and [`fact_tracing`]: planted facts in varied templates with hard negatives, and
+//!   the MRR / recall@k of their stating documents per method, stratified.
 //!
 //! Invariants: every generator is deterministic in its seed (same seed → same bytes, which models
 //! in `tests/fixtures` rely on). Only the CLI, the benches and tests depend on this crate; no
@@ -24,6 +26,8 @@
 pub mod bank;
 pub mod biographies;
 pub mod explain_world;
+pub mod fact_tracing;
+pub mod facts;
 pub mod lds;
 pub mod lexical;
 pub mod methods;

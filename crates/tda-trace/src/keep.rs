@@ -191,9 +191,23 @@ impl<'a> Keeper<'a> {
     }
 }
 
-fn token_strings(tokenizer: &Tokenizer, ids: &[u32]) -> Vec<String> {
+/// Per-token scores labelled with the token each position *predicts*. The score at position `t`
+/// comes from the loss term of token `t + 1` (`a_t` with the gradient of `−log p(x_{t+1} | x_≤t)`),
+/// so entry `t` is `(token t + 1, score t)`. The window's first token is never predicted and has
+/// no entry; the last position predicts nothing and scores 0, so the entries still sum to the
+/// window's score.
+fn predicted_token_scores(tokenizer: &Tokenizer, ids: &[u32], scores: &[f64]) -> Vec<TokenScore> {
+    debug_assert!(
+        scores.len() < ids.len() || scores[ids.len() - 1] == 0.0,
+        "the last position has no target"
+    );
     ids.iter()
-        .map(|&i| tokenizer.decode(&[i], false).unwrap_or_default())
+        .skip(1)
+        .zip(scores)
+        .map(|(&id, &score)| TokenScore {
+            token: tokenizer.decode(&[id], false).unwrap_or_default(),
+            score,
+        })
         .collect()
 }
 
@@ -246,13 +260,10 @@ pub(crate) fn to_row(
         score,
         windows: k.doc.map(|d| d.windows),
         best_window_score: k.doc.map(|d| d.best_window_score),
-        per_token: k.per_token.as_ref().map(|v| {
-            token_strings(tokenizer, &k.cand.ids)
-                .into_iter()
-                .zip(v)
-                .map(|(token, &score)| TokenScore { token, score })
-                .collect()
-        }),
+        per_token: k
+            .per_token
+            .as_ref()
+            .map(|v| predicted_token_scores(tokenizer, &k.cand.ids, v)),
         per_layer: k.per_layer.as_ref().map(|v| {
             specs
                 .iter()

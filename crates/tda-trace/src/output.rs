@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{io, Result, TraceError};
 use crate::measure::Measurement;
 
+/// The score of one loss term of a window: `token` is the token *predicted* there (position
+/// `t + 1`), `score` the part of the window's score that comes from predicting it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TokenScore {
     pub token: String,

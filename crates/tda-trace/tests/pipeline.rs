@@ -345,6 +345,28 @@ fn invariants_per_token_per_layer_rank_batching_multiquery() {
                 r.score
             );
             assert_eq!(r.per_layer.as_ref().unwrap().len(), f.layers.len());
+            // Each entry is labelled with the token predicted there: the window's tokens after
+            // its first (BOS, or the first token of a continuation window, which nothing in the
+            // window predicts), so they spell the end of the window's text.
+            let spelled: String = r
+                .per_token
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|t| t.token.as_str())
+                .collect();
+            assert!(
+                !spelled.trim().is_empty() && r.text.ends_with(spelled.trim_end()),
+                "per-token labels {spelled:?} are the predicted tokens of {:?}",
+                r.text
+            );
+            if r.window == 0 {
+                assert_eq!(
+                    spelled.trim_end(),
+                    r.text.trim_end(),
+                    "after BOS: the whole text"
+                );
+            }
             n += 1;
         }
     }

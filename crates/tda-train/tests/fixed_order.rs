@@ -47,7 +47,11 @@ fn params() -> TrainParams {
 
 fn seqs(salt: u32) -> Vec<Vec<u32>> {
     (0..8u32)
-        .map(|i| (0..12u32).map(|t| (i * 7 + t * 3 + salt) % 40 + 1).collect())
+        .map(|i| {
+            (0..12u32)
+                .map(|t| (i * 7 + t * 3 + salt) % 40 + 1)
+                .collect()
+        })
         .collect()
 }
 
@@ -68,7 +72,15 @@ fn run(seqs: &[Vec<u32>], keep: Option<&[bool]>) -> Vec<f32> {
     let dir = tempfile::tempdir().unwrap();
     let (m, _) = match keep {
         None => train(model, &tok, seqs, &params(), dir.path(), &mut |_| {}),
-        Some(k) => train_subset(model, &tok, seqs, Some(k), &params(), dir.path(), &mut |_| {}),
+        Some(k) => train_subset(
+            model,
+            &tok,
+            seqs,
+            Some(k),
+            &params(),
+            dir.path(),
+            &mut |_| {},
+        ),
     }
     .unwrap();
     probe(&m)

@@ -21,6 +21,44 @@ const TINY_TOML: &str = include_str!("../../../../configs/tiny.toml");
 pub enum EvalCommand {
     /// Linear datamodeling score of each method over models retrained on random subsets.
     Lds(LdsArgs),
+    /// MRR and recall@k of the documents that state planted facts, per method (paraphrased
+    /// queries, hard negatives, BM25 prefilter + influence).
+    FactTracing(FactArgs),
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "The world (written to --work DIR as corpus.jsonl and queries.jsonl, with each query's stating documents): one planted fact per person (birthplace, job or pet) stated by 1, 2 or 3 documents in different templates; hard negatives with the same person (other facts), the same object (other people, in the paraphrase's template) or both; two queries per fact, in a template a stating document uses and in one none uses. The model is trained on it by the recipe (--config, default configs/tiny.toml) and cached in DIR. Ranks are over the whole corpus; bm25@N→M re-ranks the BM25 top N by method M (the two stages of `tda trace --index`).\n\nExamples:\n  tda eval fact-tracing --work runs/facts\n  tda eval fact-tracing --work runs/facts --methods ekfac,ekfac+cosine,identity+cosine,bm25 --prefilter 20 --json --out facts.json"
+)]
+pub struct FactArgs {
+    /// Folder for the world, the model and the index (created; reused when it matches).
+    #[arg(long)]
+    pub work: PathBuf,
+    /// Training recipe (TOML with [model] and [train]); default: the embedded configs/tiny.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// People in the world (one planted fact each; 6–8 documents each).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(3..))]
+    pub people: u32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Methods, as `tda eval lds --methods`.
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Vec<Method>,
+    /// BM25 candidates re-ranked by each influence method (the two-stage rows).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefilter: u32,
+    /// Damping of the influence methods (as `tda trace --damping`).
+    #[arg(long, default_value = "heuristic", value_parser = super::trace::parse_damping)]
+    pub damping: Damping,
+    /// Print the report as JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceKind,
 }
 
 #[derive(Args)]
@@ -88,7 +126,152 @@ pub enum RegimeArg {
 pub fn run(c: &EvalCommand) -> anyhow::Result<()> {
     match c {
         EvalCommand::Lds(a) => run_lds(a),
+        EvalCommand::FactTracing(a) => run_facts(a),
     }
+}
+
+fn read_recipe(config: &Option<PathBuf>) -> anyhow::Result<String> {
+    match config {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read the recipe: {e}", p.display())),
+        None => Ok(TINY_TOML.to_string()),
+    }
+}
+
+fn recipe_name(config: &Option<PathBuf>) -> String {
+    config
+        .as_ref()
+        .map_or("configs/tiny.toml (embedded)".into(), |p| {
+            p.display().to_string()
+        })
+}
+
+/// Writes `value` as pretty JSON to `path` (atomically), the `--out` of every eval command.
+fn write_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        let bytes = serde_json::to_vec_pretty(value)?;
+        tda_io::write_file(path, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct FactOutput<'a> {
+    eval: &'static str,
+    settings: serde_json::Value,
+    #[serde(flatten)]
+    report: &'a tda_eval::fact_tracing::FactReport,
+}
+
+fn run_facts(a: &FactArgs) -> anyhow::Result<()> {
+    if let Some(out) = &a.out {
+        crate::output::check_out(out, tda_io::Output::File)?;
+    }
+    let recipe = read_recipe(&a.config)?;
+    let methods = if a.methods.is_empty() {
+        Method::defaults()
+    } else {
+        a.methods.clone()
+    };
+    let world = tda_eval::facts::fact_world(a.people as usize, a.seed);
+    std::fs::create_dir_all(&a.work)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create the folder: {e}", a.work.display()))?;
+    let corpus = a.work.join("corpus.jsonl");
+    let jsonl = world.corpus_jsonl();
+    let same = std::fs::read(&corpus).is_ok_and(|b| b == jsonl.as_bytes());
+    if !same && a.work.join("model.json").exists() {
+        anyhow::bail!(
+            "{}: this folder holds the world and model of other --people / --seed; use another --work folder or delete it",
+            a.work.display()
+        );
+    }
+    if !same {
+        tda_io::write_file(&corpus, jsonl.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", corpus.display()))?;
+    }
+    let mut q = String::new();
+    for fq in &world.queries {
+        q.push_str(&serde_json::to_string(fq)?);
+        q.push('\n');
+    }
+    let queries_path = a.work.join("queries.jsonl");
+    tda_io::write_file(&queries_path, q.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", queries_path.display()))?;
+    let read = tda_corpus::ReadOptions::default();
+    let report = with_backend!(a.device, |B, AD, device| {
+        let mut train = |job: &tda_train::TrainJob, ex: &tda_train::Examples| {
+            let pb = bar(
+                job.config.train.steps as u64,
+                "{spinner} train [{bar:30}] {pos}/{len} {msg} ({eta})",
+            );
+            let r = bank::train_on::<AD>(job, ex, &device, &mut |s| {
+                pb.set_position(s.step as u64);
+                pb.set_message(format!("loss {:.3}", s.loss));
+            });
+            pb.finish_and_clear();
+            r
+        };
+        let (model, docs, trained) =
+            bank::ensure_model(&a.work, &corpus, &read, &recipe, &mut train)?;
+        eprintln!(
+            "world: {} documents, {} queries → {}; model {} ({})",
+            docs.len(),
+            world.queries.len(),
+            corpus.display(),
+            model.display(),
+            if trained { "trained now" } else { "cached" }
+        );
+        let settings = InfluenceSettings {
+            trace: TraceOptions {
+                damping: a.damping,
+                ..TraceOptions::default()
+            },
+            ..InfluenceSettings::default()
+        };
+        tda_eval::fact_tracing::evaluate::<AD>(
+            &model,
+            &corpus,
+            &world.queries,
+            &methods,
+            settings,
+            a.prefilter as usize,
+            &a.work,
+            &device,
+            &mut |m| eprintln!("{m}"),
+        )?
+    });
+    let out = FactOutput {
+        eval: "fact-tracing",
+        settings: serde_json::json!({
+            "work": a.work,
+            "recipe": recipe_name(&a.config),
+            "people": a.people,
+            "seed": a.seed,
+            "prefilter": a.prefilter,
+            "damping": format!("{:?}", a.damping),
+            "measurement": "logprob",
+        }),
+        report: &report,
+    };
+    write_json(&a.out, &out)?;
+    if a.json {
+        return print_json(&out);
+    }
+    println!(
+        "fact tracing: {} queries over {} documents; mean log p(completion): same template {:.2}, paraphrase {:.2}",
+        report.queries, report.documents, report.mean_logprob_same_template, report.mean_logprob_paraphrase
+    );
+    println!(
+        "{:<28} {:<14} {:>4} {:>6} {:>6} {:>6}",
+        "method", "stratum", "n", "MRR", "R@10", "R@50"
+    );
+    for r in &report.rows {
+        println!(
+            "{:<28} {:<14} {:>4} {:>6.3} {:>6.3} {:>6.3}",
+            r.method, r.stratum, r.queries, r.mrr, r.recall_at_10, r.recall_at_50
+        );
+    }
+    Ok(())
 }
 
 /// The JSON of `tda eval lds`: the report and the settings it was made with.
@@ -111,11 +294,7 @@ fn run_lds(a: &LdsArgs) -> anyhow::Result<()> {
     if let Some(out) = &a.out {
         crate::output::check_out(out, tda_io::Output::File)?;
     }
-    let recipe = match &a.config {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read the recipe: {e}", p.display()))?,
-        None => TINY_TOML.to_string(),
-    };
+    let recipe = read_recipe(&a.config)?;
     let queries = tda_trace::read_queries(&a.queries, "--queries")?;
     let methods = if a.methods.is_empty() {
         Method::defaults()
@@ -186,7 +365,7 @@ fn run_lds(a: &LdsArgs) -> anyhow::Result<()> {
             "corpus": a.corpus,
             "queries": a.queries,
             "bank": a.bank,
-            "recipe": a.config.as_ref().map_or("configs/tiny.toml (embedded)".into(), |p| p.display().to_string()),
+            "recipe": recipe_name(&a.config),
             "models": a.models,
             "fraction": fraction,
             "regime": spec.regime,
@@ -197,10 +376,7 @@ fn run_lds(a: &LdsArgs) -> anyhow::Result<()> {
         }),
         report: &report,
     };
-    if let Some(path) = &a.out {
-        let bytes = serde_json::to_vec_pretty(&out)?;
-        tda_io::write_file(path, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    }
+    write_json(&a.out, &out)?;
     if a.json {
         return print_json(&out);
     }
