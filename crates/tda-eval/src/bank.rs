@@ -408,3 +408,16 @@ pub fn train_on<AD: AutodiffBackend>(
     tda_train::job::run_with::<AD>(job, examples, device, on_step)?;
     Ok(())
 }
+
+/// [`ensure_model`] trained on the autodiff backend `AD`, with `on_step` per training step.
+pub fn ensure_model_on<AD: AutodiffBackend>(
+    dir: &Path,
+    corpus: &Path,
+    read: &ReadOptions,
+    recipe: &str,
+    device: &AD::Device,
+    on_step: &mut dyn FnMut(&tda_train::StepInfo),
+) -> Result<(PathBuf, Vec<Document>, bool)> {
+    let mut train = |job: &TrainJob, ex: &Examples| train_on::<AD>(job, ex, device, on_step);
+    ensure_model(dir, corpus, read, recipe, &mut train)
+}

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::facts::{FactQuery, QueryKind};
+use crate::methods::{Method, MethodError};
 use crate::metrics::{mrr, recall_at_k};
 
 /// Document order by decreasing score, ties by index.
@@ -100,41 +101,44 @@ pub struct FactReport {
     pub seconds: HashMap<String, f64>,
 }
 
-/// Scores every method on `model`'s corpus and ranks each query's stating documents. The
-/// two-stage rankings `bm25@N→M` are added for every influence method `M` (needs `bm25` among
-/// `methods`) with `n = prefilter`.
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate<AD: burn::tensor::backend::AutodiffBackend>(
+/// A trained fact world loaded for evaluation: the model, the corpus documents, each query's
+/// stating documents as corpus indices, and `f` of each query on the model.
+pub struct Loaded<AD: burn::tensor::backend::AutodiffBackend> {
+    pub model: tda_model::HfModel<AD>,
+    pub fingerprint: String,
+    pub docs: Vec<tda_corpus::Document>,
+    pub truth: Vec<Vec<usize>>,
+    pub queries: Vec<tda_trace::Query>,
+    pub values: Vec<f64>,
+}
+
+/// Loads `model_dir` and `corpus` and resolves the truth of `queries`.
+/// Errors: a stating document missing from the corpus, an unreadable model or corpus.
+pub fn load<AD: burn::tensor::backend::AutodiffBackend>(
     model_dir: &std::path::Path,
     corpus: &std::path::Path,
     queries: &[FactQuery],
-    methods: &[crate::methods::Method],
-    settings: crate::methods::InfluenceSettings,
-    prefilter: usize,
-    work: &std::path::Path,
     device: &AD::Device,
-    progress: &mut dyn FnMut(&str),
-) -> Result<FactReport, crate::methods::MethodError> {
-    use crate::methods::{Method, Scorer};
+) -> Result<Loaded<AD>, MethodError> {
     use burn::module::AutodiffModule;
-    let m = tda_model::load_folder::<AD>(model_dir, device).map_err(tda_trace::TraceError::from)?;
+    let model =
+        tda_model::load_folder::<AD>(model_dir, device).map_err(tda_trace::TraceError::from)?;
     let fingerprint = tda_trace::model_fingerprint(model_dir)?;
-    let read = tda_corpus::ReadOptions::default();
-    let docs = crate::bank::read_docs(corpus, &read)
-        .map_err(|e| crate::methods::MethodError::Usage(e.to_string()))?;
+    let docs = crate::bank::read_docs(corpus, &tda_corpus::ReadOptions::default())
+        .map_err(|e| MethodError::Usage(e.to_string()))?;
     let index: HashMap<&str, usize> = docs
         .iter()
         .enumerate()
         .map(|(i, d)| (d.id.as_str(), i))
         .collect();
-    let truth: Vec<Vec<usize>> = queries
+    let truth = queries
         .iter()
         .map(|q| {
             q.truth
                 .iter()
                 .map(|id| {
                     index.get(id.as_str()).copied().ok_or_else(|| {
-                        crate::methods::MethodError::Usage(format!(
+                        MethodError::Usage(format!(
                             "{}: the stating document {id} of query {} is not in the corpus",
                             corpus.display(),
                             q.query.id
@@ -145,66 +149,115 @@ pub fn evaluate<AD: burn::tensor::backend::AutodiffBackend>(
         })
         .collect::<Result<_, _>>()?;
     let plain: Vec<tda_trace::Query> = queries.iter().map(|q| q.query.clone()).collect();
-    let values = crate::lds::measure(&m.model.valid(), &m.tokenizer, &plain)?;
-    let mean_of = |kind| {
-        let v: Vec<f64> = queries
-            .iter()
-            .zip(&values)
-            .filter(|(q, _)| q.kind == kind)
-            .map(|(_, v)| *v)
-            .collect();
-        v.iter().sum::<f64>() / v.len().max(1) as f64
-    };
-    let mut scorer = Scorer::new(
-        &m.model,
-        &m.tokenizer,
-        fingerprint.clone(),
+    let values = crate::lds::measure(&model.model.valid(), &model.tokenizer, &plain)?;
+    Ok(Loaded {
+        model,
+        fingerprint,
+        docs,
+        truth,
+        queries: plain,
+        values,
+    })
+}
+
+/// Dense scores of every method (see [`crate::methods`]) and the seconds each took.
+#[allow(clippy::type_complexity)]
+pub fn dense_scores<AD: burn::tensor::backend::AutodiffBackend>(
+    w: &Loaded<AD>,
+    corpus: &std::path::Path,
+    methods: &[Method],
+    settings: crate::methods::InfluenceSettings,
+    work: &std::path::Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Vec<(Method, Vec<Vec<f64>>)>, HashMap<String, f64>), MethodError> {
+    let mut scorer = crate::methods::Scorer::new(
+        &w.model.model,
+        &w.model.tokenizer,
+        w.fingerprint.clone(),
         corpus,
-        &read,
-        &docs,
+        &tda_corpus::ReadOptions::default(),
+        &w.docs,
         settings,
         work,
     );
-    let mut dense: Vec<(Method, Vec<Vec<f64>>)> = Vec::new();
+    let mut dense = Vec::with_capacity(methods.len());
     for &method in methods {
         progress(&format!("score {}", method.name()));
-        dense.push((method, scorer.scores(method, &plain)?));
+        dense.push((method, scorer.scores(method, &w.queries)?));
     }
-    let mut report_rows = Vec::new();
-    let mut all_ranks = Vec::new();
-    let mut add = |name: String, orders: Vec<Vec<usize>>| {
-        let ranks: Vec<Option<usize>> = orders
-            .iter()
-            .zip(&truth)
-            .map(|(o, t)| first_rank(o, t))
-            .collect();
-        report_rows.extend(rows(&name, queries, &ranks));
-        all_ranks.push((name, ranks));
-    };
-    for (method, scores) in &dense {
-        add(method.name(), scores.iter().map(|s| ranking(s)).collect());
-    }
+    Ok((dense, scorer.seconds))
+}
+
+/// Every ranking to evaluate: each method's own, and `bm25@N→M` (the BM25 top `prefilter`
+/// re-ranked by `M`) for every influence method `M` when `bm25` is among the methods.
+pub fn rankings(
+    dense: &[(Method, Vec<Vec<f64>>)],
+    prefilter: usize,
+) -> Vec<(String, Vec<Vec<usize>>)> {
+    let mut out: Vec<(String, Vec<Vec<usize>>)> = dense
+        .iter()
+        .map(|(m, scores)| (m.name(), scores.iter().map(|s| ranking(s)).collect()))
+        .collect();
     if let Some((_, lex)) = dense.iter().find(|(m, _)| *m == Method::Bm25) {
-        for (method, scores) in &dense {
+        for (method, scores) in dense {
             if let Method::Influence { .. } = method {
                 let orders = lex
                     .iter()
                     .zip(scores)
                     .map(|(l, s)| two_stage(l, s, prefilter))
                     .collect();
-                add(format!("bm25@{prefilter}→{}", method.name()), orders);
+                out.push((format!("bm25@{prefilter}→{}", method.name()), orders));
             }
         }
     }
+    out
+}
+
+/// Scores every method on the model's corpus and ranks each query's stating documents
+/// ([`rankings`]).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate<AD: burn::tensor::backend::AutodiffBackend>(
+    model_dir: &std::path::Path,
+    corpus: &std::path::Path,
+    queries: &[FactQuery],
+    methods: &[Method],
+    settings: crate::methods::InfluenceSettings,
+    prefilter: usize,
+    work: &std::path::Path,
+    device: &AD::Device,
+    progress: &mut dyn FnMut(&str),
+) -> Result<FactReport, MethodError> {
+    let w = load::<AD>(model_dir, corpus, queries, device)?;
+    let (dense, seconds) = dense_scores(&w, corpus, methods, settings, work, progress)?;
+    let mut report_rows = Vec::new();
+    let mut all_ranks = Vec::new();
+    for (name, orders) in rankings(&dense, prefilter) {
+        let ranks: Vec<Option<usize>> = orders
+            .iter()
+            .zip(&w.truth)
+            .map(|(o, t)| first_rank(o, t))
+            .collect();
+        report_rows.extend(rows(&name, queries, &ranks));
+        all_ranks.push((name, ranks));
+    }
+    let mean_of = |kind| {
+        let v: Vec<f64> = queries
+            .iter()
+            .zip(&w.values)
+            .filter(|(q, _)| q.kind == kind)
+            .map(|(_, v)| *v)
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
     Ok(FactReport {
-        documents: docs.len(),
+        documents: w.docs.len(),
         queries: queries.len(),
-        model: fingerprint,
-        corpus: crate::bank::corpus_fingerprint(&docs),
+        model: w.fingerprint.clone(),
+        corpus: crate::bank::corpus_fingerprint(&w.docs),
         mean_logprob_same_template: mean_of(QueryKind::SameTemplate),
         mean_logprob_paraphrase: mean_of(QueryKind::Paraphrase),
         rows: report_rows,
         ranks: all_ranks,
-        seconds: scorer.seconds,
+        seconds,
     })
 }

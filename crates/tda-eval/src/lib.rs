@@ -18,6 +18,8 @@
 //! - [`lds`]: the linear datamodeling score of each method over a bank, with a bootstrap CI.
 //! - [`facts`] and [`fact_tracing`]: planted facts in varied templates with hard negatives, and
 //!   the MRR / recall@k of their stating documents per method, stratified.
+//! - [`tail_patch`]: one training step on each method's top-k documents and the change of the
+//!   target's log-probability (TrackStar's causal check), beside a random control.
 //!
 //! Invariants: every generator is deterministic in its seed (same seed → same bytes, which models
 //! in `tests/fixtures` rely on). Only the CLI, the benches and tests depend on this crate; no
@@ -33,6 +35,7 @@ pub mod lexical;
 pub mod methods;
 pub mod metrics;
 pub mod rag;
+pub mod tail_patch;
 pub mod words;
 
 pub use biographies::{biographies, write_jsonl, Person, SyntheticDoc};

@@ -24,6 +24,21 @@ pub enum EvalCommand {
     /// MRR and recall@k of the documents that state planted facts, per method (paraphrased
     /// queries, hard negatives, BM25 prefilter + influence).
     FactTracing(FactArgs),
+    /// One training step on each method's top-k documents: how much each raises the target
+    /// (TrackStar's tail-patch), beside k random documents.
+    TailPatch(TailPatchArgs),
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Same world and model as `tda eval fact-tracing` (same --work folder, cached). For each query and each ranking: one AdamW step from a fresh optimiser state at the recipe's final learning rate (lr × min_lr_ratio, from the model's training record) on a batch of the top --top-k documents, then Δ log p(completion | prompt); every patch starts from the trained model. `random` patches with k uniformly drawn documents.\n\nExamples:\n  tda eval tail-patch --work runs/facts\n  tda eval tail-patch --work runs/facts --top-k 5 --methods ekfac,identity+cosine,bm25 --json"
+)]
+pub struct TailPatchArgs {
+    #[command(flatten)]
+    pub world: FactArgs,
+    /// Documents per patch.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub top_k: u32,
 }
 
 #[derive(Args)]
@@ -127,6 +142,7 @@ pub fn run(c: &EvalCommand) -> anyhow::Result<()> {
     match c {
         EvalCommand::Lds(a) => run_lds(a),
         EvalCommand::FactTracing(a) => run_facts(a),
+        EvalCommand::TailPatch(a) => run_tail_patch(a),
     }
 }
 
@@ -163,16 +179,8 @@ struct FactOutput<'a> {
     report: &'a tda_eval::fact_tracing::FactReport,
 }
 
-fn run_facts(a: &FactArgs) -> anyhow::Result<()> {
-    if let Some(out) = &a.out {
-        crate::output::check_out(out, tda_io::Output::File)?;
-    }
-    let recipe = read_recipe(&a.config)?;
-    let methods = if a.methods.is_empty() {
-        Method::defaults()
-    } else {
-        a.methods.clone()
-    };
+/// The fact world of `a` written to `a.work` (refusing a folder made for other settings).
+fn write_world(a: &FactArgs) -> anyhow::Result<(PathBuf, tda_eval::facts::FactWorld)> {
     let world = tda_eval::facts::fact_world(a.people as usize, a.seed);
     std::fs::create_dir_all(&a.work)
         .map_err(|e| anyhow::anyhow!("{}: cannot create the folder: {e}", a.work.display()))?;
@@ -197,37 +205,88 @@ fn run_facts(a: &FactArgs) -> anyhow::Result<()> {
     let queries_path = a.work.join("queries.jsonl");
     tda_io::write_file(&queries_path, q.as_bytes())
         .map_err(|e| anyhow::anyhow!("{}: {e}", queries_path.display()))?;
-    let read = tda_corpus::ReadOptions::default();
-    let report = with_backend!(a.device, |B, AD, device| {
-        let mut train = |job: &tda_train::TrainJob, ex: &tda_train::Examples| {
-            let pb = bar(
-                job.config.train.steps as u64,
-                "{spinner} train [{bar:30}] {pos}/{len} {msg} ({eta})",
-            );
-            let r = bank::train_on::<AD>(job, ex, &device, &mut |s| {
-                pb.set_position(s.step as u64);
-                pb.set_message(format!("loss {:.3}", s.loss));
-            });
-            pb.finish_and_clear();
-            r
-        };
-        let (model, docs, trained) =
-            bank::ensure_model(&a.work, &corpus, &read, &recipe, &mut train)?;
-        eprintln!(
-            "world: {} documents, {} queries → {}; model {} ({})",
-            docs.len(),
-            world.queries.len(),
-            corpus.display(),
-            model.display(),
-            if trained { "trained now" } else { "cached" }
-        );
-        let settings = InfluenceSettings {
+    Ok((corpus, world))
+}
+
+/// A bar for the training steps of a cached model (its length set by the first step).
+fn step_bar() -> indicatif::ProgressBar {
+    bar(0, "{spinner} train [{bar:30}] {pos}/{len} {msg} ({eta})")
+}
+
+fn on_step(pb: &indicatif::ProgressBar, s: &tda_train::StepInfo) {
+    pb.set_length(s.steps as u64);
+    pb.set_position(s.step as u64);
+    pb.set_message(format!("loss {:.3}", s.loss));
+}
+
+fn print_world(
+    world: &tda_eval::facts::FactWorld,
+    corpus: &std::path::Path,
+    model: &std::path::Path,
+    docs: usize,
+    trained: bool,
+) {
+    eprintln!(
+        "world: {docs} documents, {} queries → {}; model {} ({})",
+        world.queries.len(),
+        corpus.display(),
+        model.display(),
+        if trained { "trained now" } else { "cached" }
+    );
+}
+
+impl FactArgs {
+    fn methods(&self) -> Vec<Method> {
+        if self.methods.is_empty() {
+            Method::defaults()
+        } else {
+            self.methods.clone()
+        }
+    }
+
+    fn settings(&self) -> InfluenceSettings {
+        InfluenceSettings {
             trace: TraceOptions {
-                damping: a.damping,
+                damping: self.damping,
                 ..TraceOptions::default()
             },
             ..InfluenceSettings::default()
-        };
+        }
+    }
+
+    fn settings_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "work": self.work,
+            "recipe": recipe_name(&self.config),
+            "people": self.people,
+            "seed": self.seed,
+            "prefilter": self.prefilter,
+            "damping": format!("{:?}", self.damping),
+            "measurement": "logprob",
+        })
+    }
+}
+
+fn run_facts(a: &FactArgs) -> anyhow::Result<()> {
+    if let Some(out) = &a.out {
+        crate::output::check_out(out, tda_io::Output::File)?;
+    }
+    let methods = a.methods();
+    let recipe = read_recipe(&a.config)?;
+    let (corpus, world) = write_world(a)?;
+    let report = with_backend!(a.device, |B, AD, device| {
+        let pb = step_bar();
+        let (model, docs, trained) = bank::ensure_model_on::<AD>(
+            &a.work,
+            &corpus,
+            &tda_corpus::ReadOptions::default(),
+            &recipe,
+            &device,
+            &mut |s| on_step(&pb, s),
+        )?;
+        pb.finish_and_clear();
+        print_world(&world, &corpus, &model, docs.len(), trained);
+        let settings = a.settings();
         tda_eval::fact_tracing::evaluate::<AD>(
             &model,
             &corpus,
@@ -242,15 +301,7 @@ fn run_facts(a: &FactArgs) -> anyhow::Result<()> {
     });
     let out = FactOutput {
         eval: "fact-tracing",
-        settings: serde_json::json!({
-            "work": a.work,
-            "recipe": recipe_name(&a.config),
-            "people": a.people,
-            "seed": a.seed,
-            "prefilter": a.prefilter,
-            "damping": format!("{:?}", a.damping),
-            "measurement": "logprob",
-        }),
+        settings: a.settings_json(),
         report: &report,
     };
     write_json(&a.out, &out)?;
@@ -400,6 +451,80 @@ fn run_lds(a: &LdsArgs) -> anyhow::Result<()> {
             r.score.ci95[0],
             r.score.ci95[1],
             r.seconds
+        );
+    }
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct PatchOutput<'a> {
+    eval: &'static str,
+    settings: serde_json::Value,
+    #[serde(flatten)]
+    report: &'a tda_eval::tail_patch::PatchReport,
+}
+
+fn run_tail_patch(t: &TailPatchArgs) -> anyhow::Result<()> {
+    let a = &t.world;
+    if let Some(out) = &a.out {
+        crate::output::check_out(out, tda_io::Output::File)?;
+    }
+    let methods = a.methods();
+    let recipe = read_recipe(&a.config)?;
+    let (corpus, world) = write_world(a)?;
+    let report = with_backend!(a.device, |B, AD, device| {
+        let pb = step_bar();
+        let (model, docs, trained) = bank::ensure_model_on::<AD>(
+            &a.work,
+            &corpus,
+            &tda_corpus::ReadOptions::default(),
+            &recipe,
+            &device,
+            &mut |s| on_step(&pb, s),
+        )?;
+        pb.finish_and_clear();
+        print_world(&world, &corpus, &model, docs.len(), trained);
+        tda_eval::tail_patch::evaluate::<AD>(
+            &model,
+            &corpus,
+            &world.queries,
+            &methods,
+            a.settings(),
+            a.prefilter as usize,
+            t.top_k as usize,
+            a.seed,
+            &a.work,
+            &device,
+            &mut |m| eprintln!("{m}"),
+        )?
+    });
+    let mut settings = a.settings_json();
+    settings["top_k"] = t.top_k.into();
+    let out = PatchOutput {
+        eval: "tail-patch",
+        settings,
+        report: &report,
+    };
+    write_json(&a.out, &out)?;
+    if a.json {
+        return print_json(&out);
+    }
+    println!(
+        "tail-patch: {} queries, one step at lr {:.2e} on the top {} documents",
+        report.queries, report.lr, report.k
+    );
+    println!(
+        "{:<28} {:>10}  {:>21}  {:>7}",
+        "ranking", "mean Δ", "95 % CI", "raised"
+    );
+    for r in &report.rows {
+        println!(
+            "{:<28} {:>+10.4}  [{:>+9.4}, {:>+9.4}]  {:>6.0}%",
+            r.method,
+            r.mean_delta,
+            r.ci95[0],
+            r.ci95[1],
+            100.0 * r.raised
         );
     }
     Ok(())
