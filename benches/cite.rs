@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use tda_context::ablation::Ablator;
 use tda_context::{attribute, CciFilter, Gradient, Method, Options, Request};
 use tda_eval::{citation_prf, lexical, rag_set, template, Prf};
 use tda_model::device::{Cpu, CpuAutodiff};
@@ -107,60 +106,6 @@ fn line(name: &str, p: &Prf) {
         "  {name:<56} P {:.3}  R {:.3}  F1 {:.3}  ({} sentences, {} citations)",
         p.precision, p.recall, p.f1, p.sentences, p.citations
     );
-}
-
-/// Per sentence of `a`, summed: the drop of the sentence's log-probability when its top-1
-/// document (by the method's scores) is removed, when a random one is, and the same for top-3.
-fn faithfulness(
-    m: &tda_model::HfModel<CpuAutodiff>,
-    inference: &Transformer<Cpu>,
-    ex: &tda_eval::RagExample,
-    a: &tda_context::Attribution,
-    rng: &mut u64,
-) -> [f64; 4] {
-    let tpl = template();
-    let ablator = Ablator {
-        tokenizer: &m.tokenizer,
-        template: &tpl,
-        chat: None,
-        question: &ex.question,
-        docs: &ex.docs,
-    };
-    let n = ex.docs.len();
-    let answer: Vec<u32> = a.tokens.iter().map(|t| t.id).collect();
-    let full: Vec<f32> = a.tokens.iter().map(|t| t.logprob_ctx).collect();
-    let mut masks = Vec::new();
-    for s in &a.sentences {
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&i, &j| s.doc_scores[j].total_cmp(&s.doc_scores[i]).then(i.cmp(&j)));
-        for k in [1, 3] {
-            masks.push(
-                (0..n)
-                    .map(|i| !order[..k].contains(&i))
-                    .collect::<Vec<bool>>(),
-            );
-            // A random k-subset (xorshift, deterministic over the run).
-            let mut pool: Vec<usize> = (0..n).collect();
-            for i in (1..n).rev() {
-                *rng ^= *rng << 13 ^ (*rng >> 7) ^ 0x9E37_79B9_7F4A_7C15;
-                pool.swap(i, (*rng % (i as u64 + 1)) as usize);
-            }
-            masks.push((0..n).map(|i| !pool[..k].contains(&i)).collect());
-        }
-    }
-    let mut p = tda_context::cci::Passes::default();
-    let lp = ablator
-        .answer_logprobs(inference, &masks, &answer, 16, &mut p)
-        .expect("ablated forwards");
-    let mut out = [0.0; 4];
-    for (si, s) in a.sentences.iter().enumerate() {
-        let v = |l: &[f32]| s.tokens.iter().map(|&t| l[t] as f64).sum::<f64>();
-        for (j, o) in out.iter_mut().enumerate() {
-            *o += v(&full) - v(&lp[si * 4 + j]);
-        }
-    }
-    // Order of `out`: top-1, random-1, top-3, random-3.
-    out
 }
 
 /// inseq-style CTI: one forward per answer token and prompt (for the pass-count comparison).
@@ -281,7 +226,8 @@ fn main() {
                 cites.push(s.citations.clone());
                 gold.push(*g);
             }
-            let f = faithfulness(&m, &inference, ex, &a, &mut rng);
+            let f = tda_eval::cite_eval::faithfulness(&m, &inference, ex, &a, &mut rng)
+                .expect("ablated forwards");
             for (d, x) in drops.iter_mut().zip(f) {
                 *d += x;
             }

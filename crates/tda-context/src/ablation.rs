@@ -37,6 +37,15 @@ pub enum Method {
 }
 
 impl Method {
+    /// The default `Options::min_share` of `tda cite`: 0 for MIRAGE (as the paper), 0.2 for
+    /// the ablation methods (chosen on a separate planted set, `CITE_SEED=5`).
+    pub fn default_min_share(&self) -> f32 {
+        match self {
+            Method::Mirage => 0.0,
+            _ => 0.2,
+        }
+    }
+
     /// ContextCite with its published defaults (64 masks, LASSO α = 0.01).
     pub fn context_cite() -> Self {
         Method::ContextCite {

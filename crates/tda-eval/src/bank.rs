@@ -398,6 +398,50 @@ pub fn build(
     })
 }
 
+/// The full model's training run again with `count` evenly spaced checkpoints (in
+/// `dir/full-checkpoints/`), for checkpoint ensembles: the same recipe, seed and data order as
+/// `full/`, so its last state is the full model. Returns the checkpoint folders, earliest first,
+/// the final model last. Trained only if not done.
+pub fn ensure_checkpoints(
+    bank: &Bank,
+    corpus: &Path,
+    read: &ReadOptions,
+    recipe: &str,
+    count: usize,
+    train: &mut dyn FnMut(&TrainJob, &Examples) -> Result<()>,
+) -> Result<Vec<PathBuf>> {
+    let mut config = parse_recipe(&bank.dir, recipe)?;
+    let steps = config.train.steps;
+    let every = (steps / count.max(1)).max(1);
+    config.train.checkpoint_every = every;
+    let out = bank.dir.join(format!("full-checkpoints-{count}"));
+    if !is_done(&out, steps)? {
+        let spec: BankSpec = read_manifest(&bank.dir)?.spec;
+        let job = TrainJob {
+            corpus: corpus.to_path_buf(),
+            read_options: read.clone(),
+            config,
+            init: None,
+            tokenizer: None,
+            out: out.clone(),
+        };
+        train(&job, &spec.full_examples())?;
+    }
+    let mut dirs: Vec<PathBuf> = (1..)
+        .map(|i| i * every)
+        .take_while(|&s| s < steps)
+        .map(|s| out.join("checkpoints").join(format!("step-{s:06}")))
+        .collect();
+    dirs.push(out);
+    Ok(dirs)
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join("bank.json");
+    let bytes = std::fs::read(&path).map_err(|e| file_err(&path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| file_err(&path, format!("not a bank manifest: {e}")))
+}
+
 /// Runs `job` on the autodiff backend `AD` (for [`build`]'s `train`), with `on_step` per step.
 pub fn train_on<AD: AutodiffBackend>(
     job: &TrainJob,

@@ -92,10 +92,23 @@ pub fn lds_with_ci(
     }
 }
 
+impl LdsRow {
+    /// `ekfac`, or `ekfac+ckpt4` for a checkpoint ensemble.
+    pub fn name(&self) -> String {
+        match self.ensemble {
+            Some(k) => format!("{}+ckpt{k}", self.method.name()),
+            None => self.method.name(),
+        }
+    }
+}
+
 /// One method's LDS in an evaluation, with the time its scores took.
 #[derive(Clone, Debug, Serialize)]
 pub struct LdsRow {
     pub method: crate::methods::Method,
+    /// Checkpoint ensembles: the number of training states averaged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<usize>,
     #[serde(flatten)]
     pub score: LdsScore,
     pub seconds: f64,
@@ -122,6 +135,10 @@ pub struct LdsReport {
 
 /// Scores every method on the bank's full model and computes its LDS against the measurements
 /// of the bank's models. `resamples` bootstrap draws for the interval (seeded by `seed`).
+/// With `checkpoints` (folders of the full run's checkpoints, the final model last), every
+/// influence method `M` also gets the row `M+ckptK`: the mean over the K states of `M`'s scores,
+/// each state's scores of a query divided by their standard deviation over documents (so that
+/// every state weighs the same; a TracIn-CP-style ensemble with each state's own factors).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate<AD: burn::tensor::backend::AutodiffBackend>(
     bank: &crate::bank::Bank,
@@ -130,6 +147,7 @@ pub fn evaluate<AD: burn::tensor::backend::AutodiffBackend>(
     queries: &[Query],
     methods: &[crate::methods::Method],
     settings: crate::methods::InfluenceSettings,
+    checkpoints: &[std::path::PathBuf],
     resamples: usize,
     seed: u64,
     device: &AD::Device,
@@ -168,7 +186,7 @@ pub fn evaluate<AD: burn::tensor::backend::AutodiffBackend>(
         corpus,
         read,
         &bank.docs,
-        settings,
+        settings.clone(),
         &bank.dir,
     );
     let mut rows = Vec::with_capacity(methods.len());
@@ -177,9 +195,61 @@ pub fn evaluate<AD: burn::tensor::backend::AutodiffBackend>(
         let scores = scorer.scores(method, queries)?;
         rows.push(LdsRow {
             method,
+            ensemble: None,
             score: lds_with_ci(&scores, &bank.subsets, &outputs, resamples, seed),
             seconds: scorer.seconds[&method.name()],
         });
+    }
+    let influence: Vec<crate::methods::Method> = methods
+        .iter()
+        .copied()
+        .filter(|m| matches!(m, crate::methods::Method::Influence { .. }))
+        .collect();
+    if !checkpoints.is_empty() && !influence.is_empty() {
+        let mut sums: Vec<Vec<Vec<f64>>> =
+            vec![vec![vec![0.0; bank.docs.len()]; queries.len()]; influence.len()];
+        let t1 = std::time::Instant::now();
+        for (c, dir) in checkpoints.iter().enumerate() {
+            progress(&format!(
+                "checkpoint {}/{}: {}",
+                c + 1,
+                checkpoints.len(),
+                dir.display()
+            ));
+            let m =
+                tda_model::load_folder::<AD>(dir, device).map_err(tda_trace::TraceError::from)?;
+            let fp = tda_trace::model_fingerprint(dir)?;
+            let mut s = Scorer::new(
+                &m.model,
+                &m.tokenizer,
+                fp,
+                corpus,
+                read,
+                &bank.docs,
+                settings.clone(),
+                &bank.dir,
+            );
+            for (k, &method) in influence.iter().enumerate() {
+                for (acc, row) in sums[k].iter_mut().zip(s.scores(method, queries)?) {
+                    let n = row.len() as f64;
+                    let mean = row.iter().sum::<f64>() / n;
+                    let sd = (row.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt();
+                    let sd = if sd > 0.0 { sd } else { 1.0 };
+                    for (a, x) in acc.iter_mut().zip(&row) {
+                        *a += x / sd;
+                    }
+                }
+            }
+        }
+        let per = t1.elapsed().as_secs_f64() / influence.len() as f64;
+        for (k, method) in influence.iter().enumerate() {
+            rows.push(LdsRow {
+                method: *method,
+                ensemble: Some(checkpoints.len()),
+                score: lds_with_ci(&sums[k], &bank.subsets, &outputs, resamples, seed),
+                seconds: per,
+            });
+        }
     }
     Ok(LdsReport {
         models: bank.models.len(),

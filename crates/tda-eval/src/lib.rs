@@ -18,6 +18,8 @@
 //! - [`lds`]: the linear datamodeling score of each method over a bank, with a bootstrap CI.
 //! - [`facts`] and [`fact_tracing`]: planted facts in varied templates with hard negatives, and
 //!   the MRR / recall@k of their stating documents per method, stratified.
+//! - [`cite_eval`]: citation P/R/F1 (all sentences, tie sentences), faithfulness and cost of
+//!   each context-attribution method on the planted RAG set, beside word overlap.
 //! - [`tail_patch`]: one training step on each method's top-k documents and the change of the
 //!   target's log-probability (TrackStar's causal check), beside a random control.
 //!
@@ -27,6 +29,7 @@
 
 pub mod bank;
 pub mod biographies;
+pub mod cite_eval;
 pub mod explain_world;
 pub mod fact_tracing;
 pub mod facts;

@@ -31,6 +31,27 @@ pub struct PatchRow {
     pub ci95: [f64; 2],
     /// Share of queries whose target went up.
     pub raised: f64,
+    /// Paired with BM25's patches on the same queries: mean of `Δ_method − Δ_bm25` and its
+    /// bootstrap 95 % interval (absent without a `bm25` ranking).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minus_bm25: Option<[f64; 3]>,
+}
+
+/// Mean of `d` and the bootstrap 95 % interval of the mean (1000 resamples, seeded).
+fn mean_ci(d: &[f64], seed: u64) -> [f64; 3] {
+    let n = d.len();
+    let mean = d.iter().sum::<f64>() / n.max(1) as f64;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut means: Vec<f64> = (0..1000)
+        .map(|_| {
+            (0..n)
+                .map(|_| d[rand::Rng::random_range(&mut rng, 0..n)])
+                .sum::<f64>()
+                / n as f64
+        })
+        .collect();
+    means.sort_by(f64::total_cmp);
+    [mean, means[25], means[974]]
 }
 
 /// The one-step settings derived from the model's training record.
@@ -96,27 +117,21 @@ pub fn random_picks(n: usize, k: usize, queries: usize, seed: u64) -> Vec<Vec<us
         .collect()
 }
 
-/// The row of one method from its per-query deltas.
-pub fn row(method: &str, k: usize, d: &[f64], seed: u64) -> PatchRow {
+/// The row of one method from its per-query deltas (and BM25's on the same queries).
+pub fn row(method: &str, k: usize, d: &[f64], bm25: Option<&[f64]>, seed: u64) -> PatchRow {
     let n = d.len();
-    let mean = d.iter().sum::<f64>() / n.max(1) as f64;
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut means: Vec<f64> = (0..1000)
-        .map(|_| {
-            (0..n)
-                .map(|_| d[rand::Rng::random_range(&mut rng, 0..n)])
-                .sum::<f64>()
-                / n as f64
-        })
-        .collect();
-    means.sort_by(f64::total_cmp);
+    let [mean, lo, hi] = mean_ci(d, seed);
     PatchRow {
         method: method.to_string(),
         k,
         queries: n,
         mean_delta: mean,
-        ci95: [means[25], means[974]],
+        ci95: [lo, hi],
         raised: d.iter().filter(|&&x| x > 0.0).count() as f64 / n.max(1) as f64,
+        minus_bm25: bm25.map(|b| {
+            let diff: Vec<f64> = d.iter().zip(b).map(|(x, y)| x - y).collect();
+            mean_ci(&diff, seed)
+        }),
     }
 }
 
@@ -187,10 +202,10 @@ pub fn evaluate<AD: AutodiffBackend>(
         "random".into(),
         random_picks(w.docs.len(), k, queries.len(), seed),
     ));
-    let mut rows = Vec::with_capacity(all.len());
+    let mut all_deltas = Vec::with_capacity(all.len());
     for (name, picks) in &all {
         progress(&format!("tail-patch {name}"));
-        let d = deltas(
+        all_deltas.push(deltas(
             &w.model.model,
             &w.model.tokenizer,
             &doc_ids,
@@ -198,9 +213,17 @@ pub fn evaluate<AD: AutodiffBackend>(
             &w.values,
             picks,
             &params,
-        )?;
-        rows.push(row(name, k, &d, seed));
+        )?);
     }
+    let bm25 = all
+        .iter()
+        .position(|(n, _)| n == "bm25")
+        .map(|i| all_deltas[i].clone());
+    let rows = all
+        .iter()
+        .zip(&all_deltas)
+        .map(|((name, _), d)| row(name, k, d, bm25.as_deref(), seed))
+        .collect();
     Ok(PatchReport {
         documents: w.docs.len(),
         queries: queries.len(),

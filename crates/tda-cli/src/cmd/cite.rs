@@ -210,10 +210,7 @@ pub fn options(a: &ContextArgs) -> anyhow::Result<Options> {
     }
     o.count_titles = a.count_titles;
     o.max_citations = a.max_citations;
-    o.min_share = a.min_share.unwrap_or(match o.method {
-        Method::Mirage => 0.0,
-        _ => 0.2,
-    });
+    o.min_share = a.min_share.unwrap_or(o.method.default_min_share());
     if !(0.0..=1.0).contains(&o.min_share) {
         anyhow::bail!("--min-share must be in [0, 1], got {}", o.min_share);
     }
