@@ -48,6 +48,8 @@ pub struct BankSpec {
     /// Share of the documents each model is trained on, in (0, 1).
     pub fraction: f64,
     pub seed: u64,
+    /// Absent in banks made before the regimes existed: `random`.
+    #[serde(default)]
     pub regime: Regime,
 }
 

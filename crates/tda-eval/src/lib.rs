@@ -20,6 +20,8 @@
 //!   the MRR / recall@k of their stating documents per method, stratified.
 //! - [`cite_eval`]: citation P/R/F1 (all sentences, tie sentences), faithfulness and cost of
 //!   each context-attribution method on the planted RAG set, beside word overlap.
+//! - [`curation_eval`]: recall of planted corrupted documents (shuffled, wrong-fact swaps) at
+//!   the top of the self-influence ranking, beside ‖∇L‖² and the token loss.
 //! - [`tail_patch`]: one training step on each method's top-k documents and the change of the
 //!   target's log-probability (TrackStar's causal check), beside a random control.
 //!
@@ -30,6 +32,7 @@
 pub mod bank;
 pub mod biographies;
 pub mod cite_eval;
+pub mod curation_eval;
 pub mod explain_world;
 pub mod fact_tracing;
 pub mod facts;
