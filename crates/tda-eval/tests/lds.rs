@@ -182,8 +182,9 @@ fn a_bank_resumes_and_refuses_other_inputs() {
     assert_eq!(runs, 5);
 
     // The same folder with another recipe or other settings: refused, nothing touched.
-    let mut never =
-        |_: &tda_train::TrainJob| -> Result<(), bank::BankError> { panic!("must not train") };
+    let mut never = |_: &tda_train::TrainJob,
+                     _: &tda_train::Examples|
+     -> Result<(), bank::BankError> { panic!("must not train") };
     let other = MICRO.replace("steps = 6", "steps = 7");
     let e = bank::build(
         &bank_dir,
