@@ -178,7 +178,6 @@ fn a_bank_resumes_and_refuses_other_inputs() {
     .unwrap();
     assert_eq!(again.trained, 1);
     assert_eq!(again.subsets, b.subsets);
-    drop(train);
     assert_eq!(runs, 5);
 
     // The same folder with another recipe or other settings: refused, nothing touched.

@@ -25,8 +25,8 @@ pub fn pack(docs: &[Vec<u32>], eot: u32, seq_len: usize) -> Vec<Vec<u32>> {
     stream.chunks_exact(seq_len).map(<[u32]>::to_vec).collect()
 }
 
-/// One training example per document instead of a packed stream: `eot` + the document's tokens
-/// + `eot`, cut into consecutive pieces of at most `seq_len` tokens (pieces of fewer than two
+/// One training example per document instead of a packed stream: `eot`, the document's tokens,
+/// `eot`, cut into consecutive pieces of at most `seq_len` tokens (pieces of fewer than two
 /// tokens are dropped: they have no target). Returns the sequences and, for each, the index of
 /// its document. With examples aligned to documents, removing a document removes exactly its
 /// sequences ([`train_subset`]). Deterministic.
