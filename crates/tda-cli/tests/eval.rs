@@ -130,6 +130,32 @@ fn eval_lds_bank_is_cached_and_checked() {
     fails(v, &["--models", "1"], &[]);
     fails(args(&["--out", p(&bank)]), &[p(&bank), "is a folder"], &[]);
 
+    // Checkpoint ensembles: the run again with checkpoints (cached in the bank), one row per
+    // influence method.
+    let ck = json(&ok(args(&["--checkpoints", "2", "--json"])));
+    let names: Vec<String> = ck["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| match r["ensemble"].as_u64() {
+            Some(k) => format!("{}+ckpt{k}", r["method"].as_str().unwrap()),
+            None => r["method"].as_str().unwrap().to_string(),
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ekfac",
+            "identity+cosine",
+            "bm25",
+            "ekfac+ckpt2",
+            "identity+cosine+ckpt2"
+        ]
+    );
+    assert!(bank
+        .join("full-checkpoints-2/checkpoints/step-000004")
+        .is_dir());
+
     // The fixed-order regime: its own bank, one example per document.
     let fixed = r.join("fixed");
     let mut v = args(&["--regime", "fixed-order", "--fraction", "0.9", "--json"]);
@@ -219,4 +245,81 @@ fn eval_fact_tracing_and_tail_patch() {
     v[7] = "10";
     fails(v, &[p(&work), "--people"], &[]);
     assert_eq!(std::fs::read(work.join("corpus.jsonl")).unwrap(), before);
+}
+
+#[test]
+fn eval_cite_and_curation() {
+    let c = json(&ok([
+        "eval",
+        "cite",
+        "--model",
+        p(&common::fixture("rag")),
+        "--examples",
+        "3",
+        "--methods",
+        "loo,mirage",
+        "--json",
+    ]));
+    assert_eq!(c["eval"], "cite");
+    let names: Vec<&str> = c["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "lexical overlap (ties cited)",
+            "lexical overlap, first of ties",
+            "loo",
+            "mirage"
+        ]
+    );
+    let loo = &c["rows"][2];
+    assert!(loo["all"]["f1"].as_f64().unwrap() >= 0.0);
+    assert_eq!(loo["faithfulness"].as_array().unwrap().len(), 4);
+    // leave-one-out: n + 2 forwards per answer (4 or 5 documents).
+    let fwd = loo["cost"][0].as_f64().unwrap();
+    assert!((6.0..=7.0).contains(&fwd), "{loo}");
+    fails(
+        [
+            "eval",
+            "cite",
+            "--model",
+            p(&common::fixture("rag")),
+            "--methods",
+            "bm25",
+        ],
+        &["--methods", "bm25"],
+        &[],
+    );
+
+    let r = scratch();
+    let recipe = r.join("micro.toml");
+    std::fs::write(&recipe, MICRO).unwrap();
+    let work = r.join("cur");
+    let cur = json(&ok([
+        "eval",
+        "curation",
+        "--work",
+        p(&work),
+        "--config",
+        p(&recipe),
+        "--people",
+        "10",
+        "--seeds",
+        "1",
+        "--json",
+    ]));
+    assert_eq!(
+        cur["documents"][0], 10,
+        "10 biographies, 1 of them shuffled (swaps add documents)"
+    );
+    let rows = cur["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        let all = row["all"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&all), "{row}");
+    }
 }

@@ -137,11 +137,20 @@ pub fn rankings<AD: AutodiffBackend>(
     let docs = crate::bank::read_docs(corpus, &tda_corpus::ReadOptions::default())
         .map_err(|e| MethodError::Usage(e.to_string()))?;
     let mut by_loss = Vec::with_capacity(docs.len());
+    let max = inference.config.max_positions.max(2);
     for d in &docs {
-        let lp = tda_model::infer::score_text(&inference, tokenizer, &d.text)
+        // Long documents in model-length pieces (the first token of each piece is not scored).
+        let (ids, _) = tda_model::infer::encode_for_scoring(tokenizer, &inference.config, &d.text)
             .map_err(tda_trace::TraceError::from)?;
-        let n = lp.iter().filter(|t| t.logprob.is_some()).count().max(1);
-        let nll = -lp.iter().filter_map(|t| t.logprob).sum::<f32>() as f64 / n as f64;
+        let pieces: Vec<Vec<u32>> = ids
+            .chunks(max)
+            .filter(|c| c.len() >= 2)
+            .map(<[u32]>::to_vec)
+            .collect();
+        let lps = tda_model::infer::sequence_logprobs(&inference, &pieces)
+            .map_err(tda_trace::TraceError::from)?;
+        let n = lps.iter().map(Vec::len).sum::<usize>().max(1);
+        let nll = -lps.iter().flatten().sum::<f32>() as f64 / n as f64;
         by_loss.push((nll, d.id.clone()));
     }
     by_loss.sort_by(|a, b| b.0.total_cmp(&a.0));
