@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use tda_context::{attribute, CciFilter, Gradient, Method, Options, Request};
-use tda_eval::{citation_prf, lexical, rag_set, template, Prf};
+use tda_eval::{citation_prf, rag_set, template, Prf};
 use tda_model::device::{Cpu, CpuAutodiff};
 use tda_model::infer::encode_for_scoring;
 use tda_model::{TokenBatch, Transformer};
@@ -145,118 +145,50 @@ fn main() {
         model_dir().display()
     );
 
-    // Lexical baseline on the reference sentences.
-    let mut lex_cites = Vec::new();
-    let mut gold = Vec::new();
-    for ex in &set {
-        let docs: Vec<&str> = ex.docs.iter().map(|d| d.text.as_str()).collect();
-        for (s, g) in ex.sentences.iter().zip(&ex.gold) {
-            lex_cites.push(lexical::cite(s, &docs, 3));
-            gold.push(*g);
-        }
-    }
-    println!("\ncitations of the reference answers (teacher-forced):");
-    line(
-        "lexical overlap (idf-weighted, ties cited, ≤ 3)",
-        &citation_prf(&lex_cites, &gold),
-    );
-    let lex1: Vec<Vec<usize>> = lex_cites
-        .iter()
-        .map(|c| c.iter().take(1).copied().collect())
+    // Every method and the lexical baseline on the reference answers (tda_eval::cite_eval, the
+    // same code as `tda eval cite`).
+    let methods: Vec<(String, Options)> = variants()
+        .into_iter()
+        .map(|v| (v.name.to_string(), v.opts))
         .collect();
-    line(
-        "lexical overlap, first of the ties only",
-        &citation_prf(&lex1, &gold),
-    );
-
-    let ties: Vec<bool> = set.iter().flat_map(|ex| ex.ties.clone()).collect();
-    let subset = |c: &[Vec<usize>], g: &[usize]| {
-        let (c, g): (Vec<Vec<usize>>, Vec<usize>) = c
-            .iter()
-            .zip(g)
-            .zip(&ties)
-            .filter(|(_, &t)| t)
-            .map(|((c, g), _)| (c.clone(), *g))
-            .unzip();
-        citation_prf(&c, &g)
-    };
+    let report =
+        tda_eval::cite_eval::evaluate(&m, n, seed, &methods, &mut |_| {}).expect("cite evaluation");
     println!(
-        "  on the {} sentences with a tie distractor:",
-        ties.iter().filter(|&&t| t).count()
+        "\ncitations of the reference answers (teacher-forced), {} sentences, {} with a tie distractor:",
+        report.sentences, report.tie_sentences
     );
-    line(
-        "    lexical overlap (ties cited)",
-        &subset(&lex_cites, &gold),
-    );
-    line(
-        "    lexical overlap, first of the ties",
-        &subset(&lex1, &gold),
-    );
+    println!("per method: F1 all / F1 ties; faithfulness = mean drop of the sentence log-prob (nats) when its top-1 / top-3 documents are removed vs. as many random ones; passes and ms per answer");
+    for r in &report.rows {
+        line(&r.method, &r.all);
+        let f = r.faithfulness.map_or(String::new(), |f| {
+            format!(
+                " | top-1 {:.2} vs random {:.2}, top-3 {:.2} vs random {:.2}",
+                f[0], f[1], f[2], f[3]
+            )
+        });
+        let c = r.cost.map_or(String::new(), |c| {
+            format!(" | {:.1} fwd + {:.1} bwd, {:.1} ms", c[0], c[1], c[2])
+        });
+        println!("      ties F1 {:.3}{f}{c}", r.ties.f1);
+    }
 
-    let inference = m.model.valid();
+    // The default method's passes and latency per answer.
     let mut default_latency = Vec::new();
     let mut default_passes = (0usize, 0usize, 0usize, 0usize);
-    println!("\nper method: F1 all / F1 ties; faithfulness = mean drop of the sentence log-prob (nats) when its top-1 / top-3 documents are removed vs. as many random ones; passes and ms per answer");
-    for (k, v) in variants().iter().enumerate() {
-        let mut cites = Vec::new();
-        let mut gold = Vec::new();
-        let mut drops = [0.0f64; 4];
-        let mut passes = (0usize, 0usize);
-        let mut wall = 0.0;
-        let mut rng = 0u64;
-        for ex in &set {
-            let req = Request {
-                question: &ex.question,
-                docs: &ex.docs,
-                answer: Some(&ex.answer),
-            };
-            let t0 = Instant::now();
-            let a = attribute(&m.model, &m.tokenizer, None, &req, &v.opts).expect("attribute");
-            let dt = t0.elapsed().as_secs_f64();
-            wall += dt;
-            passes.0 += a.passes.forwards;
-            passes.1 += a.passes.backwards;
-            assert_eq!(
-                a.sentences.len(),
-                ex.sentences.len(),
-                "sentence split of {:?}",
-                ex.answer
-            );
-            for (s, g) in a.sentences.iter().zip(&ex.gold) {
-                cites.push(s.citations.clone());
-                gold.push(*g);
-            }
-            let f = tda_eval::cite_eval::faithfulness(&m, &inference, ex, &a, &mut rng)
-                .expect("ablated forwards");
-            for (d, x) in drops.iter_mut().zip(f) {
-                *d += x;
-            }
-            if k == 0 {
-                default_latency.push(dt);
-                default_passes.0 += a.passes.forwards;
-                default_passes.1 += a.passes.backwards;
-                default_passes.2 += a.passes.gradient_rows;
-                default_passes.3 += a.tokens.len();
-            }
-        }
-        let p = citation_prf(&cites, &gold);
-        let ns = gold.len() as f64;
-        let nn = set.len() as f64;
-        println!(
-            "  {:<40} P {:.3} R {:.3} F1 {:.3} | ties F1 {:.3} | top-1 {:.2} vs random {:.2}, top-3 {:.2} vs random {:.2} | {:.1} fwd + {:.1} bwd, {:.1} ms",
-            v.name,
-            p.precision,
-            p.recall,
-            p.f1,
-            subset(&cites, &gold).f1,
-            drops[0] / ns,
-            drops[1] / ns,
-            drops[2] / ns,
-            drops[3] / ns,
-            passes.0 as f64 / nn,
-            passes.1 as f64 / nn,
-            wall / nn * 1e3
-        );
+    let defaults = variants().remove(0).opts;
+    for ex in &set {
+        let req = Request {
+            question: &ex.question,
+            docs: &ex.docs,
+            answer: Some(&ex.answer),
+        };
+        let t0 = Instant::now();
+        let a = attribute(&m.model, &m.tokenizer, None, &req, &defaults).expect("attribute");
+        default_latency.push(t0.elapsed().as_secs_f64());
+        default_passes.0 += a.passes.forwards;
+        default_passes.1 += a.passes.backwards;
+        default_passes.2 += a.passes.gradient_rows;
+        default_passes.3 += a.tokens.len();
     }
 
     // Generated answers: exact match, and citations when the model answers correctly.

@@ -10,25 +10,7 @@ fn json(s: &str) -> serde_json::Value {
 }
 
 /// A model recipe that trains in well under a second.
-const MICRO: &str = r#"
-[model]
-arch = "gpt2"
-hidden = 16
-n_layers = 1
-n_heads = 2
-intermediate = 32
-max_positions = 64
-vocab_size = 300
-
-[train]
-seq_len = 32
-batch_size = 4
-steps = 8
-lr = 3e-3
-warmup_steps = 1
-seed = 0
-checkpoint_every = 0
-"#;
+const MICRO: &str = include_str!("../../../configs/micro.toml");
 
 #[test]
 fn eval_lds_bank_is_cached_and_checked() {

@@ -184,6 +184,24 @@ pub fn corpus_fingerprint(docs: &[Document]) -> String {
     format!("{:016x}", h.0)
 }
 
+/// A from-scratch training job of `config` on `corpus` into `out`.
+fn scratch_job(
+    corpus: &Path,
+    read: &ReadOptions,
+    config: TrainConfig,
+    tokenizer: Option<PathBuf>,
+    out: &Path,
+) -> TrainJob {
+    TrainJob {
+        corpus: corpus.to_path_buf(),
+        read_options: read.clone(),
+        config,
+        init: None,
+        tokenizer,
+        out: out.to_path_buf(),
+    }
+}
+
 fn is_done(dir: &Path, steps: usize) -> Result<bool> {
     Ok(TrainingRecord::read(dir)?.is_some_and(|r| r.steps_done == steps))
 }
@@ -251,14 +269,7 @@ pub fn ensure_model(
     let out = dir.join("model");
     let done = is_done(&out, config.train.steps)?;
     if !done {
-        let job = TrainJob {
-            corpus: corpus.to_path_buf(),
-            read_options: read.clone(),
-            config,
-            init: None,
-            tokenizer: None,
-            out: out.clone(),
-        };
+        let job = scratch_job(corpus, read, config, None, &out);
         train(&job, &Examples::Packed)?;
     }
     Ok((out, docs, !done))
@@ -332,14 +343,7 @@ pub fn build(
     if !full_done {
         let mut job_config = config.clone();
         job_config.train.checkpoint_every = 0;
-        let job = TrainJob {
-            corpus: corpus.to_path_buf(),
-            read_options: read.clone(),
-            config: job_config,
-            init: None,
-            tokenizer: None,
-            out: full.clone(),
-        };
+        let job = scratch_job(corpus, read, job_config, None, &full);
         train(&job, &spec.full_examples())?;
         trained += 1;
     }
@@ -358,14 +362,13 @@ pub fn build(
             write_subset(&docs, members, &docs_path)?;
             let mut job_config = config.clone();
             job_config.train.checkpoint_every = 0;
-            let mut job = TrainJob {
-                corpus: docs_path,
-                read_options: ReadOptions::default(),
-                config: job_config,
-                init: None,
-                tokenizer: Some(tokenizer.clone()),
-                out: out.clone(),
-            };
+            let mut job = scratch_job(
+                &docs_path,
+                &ReadOptions::default(),
+                job_config,
+                Some(tokenizer.clone()),
+                &out,
+            );
             let examples = match spec.regime {
                 Regime::Random => Examples::Packed,
                 Regime::FixedOrder => {
@@ -419,14 +422,7 @@ pub fn ensure_checkpoints(
     let out = bank.dir.join(format!("full-checkpoints-{count}"));
     if !is_done(&out, steps)? {
         let spec: BankSpec = read_manifest(&bank.dir)?.spec;
-        let job = TrainJob {
-            corpus: corpus.to_path_buf(),
-            read_options: read.clone(),
-            config,
-            init: None,
-            tokenizer: None,
-            out: out.clone(),
-        };
+        let job = scratch_job(corpus, read, config, None, &out);
         train(&job, &spec.full_examples())?;
     }
     let mut dirs: Vec<PathBuf> = (1..)

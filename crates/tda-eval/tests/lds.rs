@@ -104,25 +104,7 @@ fn lds_of_a_planted_datamodel() {
     );
 }
 
-const MICRO: &str = r#"
-[model]
-arch = "gpt2"
-hidden = 16
-n_layers = 1
-n_heads = 2
-intermediate = 32
-max_positions = 64
-vocab_size = 300
-
-[train]
-seq_len = 32
-batch_size = 4
-steps = 6
-lr = 3e-3
-warmup_steps = 1
-seed = 0
-checkpoint_every = 0
-"#;
+const MICRO: &str = include_str!("../../../configs/micro.toml");
 
 #[test]
 fn a_bank_resumes_and_refuses_other_inputs() {
@@ -184,7 +166,7 @@ fn a_bank_resumes_and_refuses_other_inputs() {
     let mut never = |_: &tda_train::TrainJob,
                      _: &tda_train::Examples|
      -> Result<(), bank::BankError> { panic!("must not train") };
-    let other = MICRO.replace("steps = 6", "steps = 7");
+    let other = MICRO.replace("steps = 8", "steps = 9");
     let e = bank::build(
         &bank_dir,
         &corpus,

@@ -3,31 +3,8 @@
 
 use burn::prelude::*;
 use tda_model::device::CpuAutodiff;
-use tda_model::{Arch, ModelConfig, Transformer};
+use tda_model::{ModelConfig, Transformer};
 use tda_train::{document_sequences, train, train_bpe, train_subset, TrainParams};
-
-fn config(vocab: usize) -> ModelConfig {
-    ModelConfig {
-        arch: Arch::Gpt2,
-        vocab_size: vocab,
-        hidden: 16,
-        n_layers: 1,
-        n_heads: 2,
-        n_kv_heads: 2,
-        head_dim: 8,
-        intermediate: 32,
-        max_positions: 32,
-        norm_eps: 1e-5,
-        rope_theta: 0.0,
-        tie_embeddings: true,
-        qkv_bias: true,
-        o_bias: true,
-        mlp_bias: true,
-        bos_token_id: Some(0),
-        eos_token_id: Some(0),
-        sliding_window: None,
-    }
-}
 
 fn params() -> TrainParams {
     TrainParams {
@@ -68,7 +45,7 @@ fn probe(m: &Transformer<CpuAutodiff>) -> Vec<f32> {
 fn run(seqs: &[Vec<u32>], keep: Option<&[bool]>) -> Vec<f32> {
     let device = Default::default();
     let tok = train_bpe(["a b c d e f g h"].iter(), 260).unwrap();
-    let model = Transformer::<CpuAutodiff>::init(&config(64), 1, &device);
+    let model = Transformer::<CpuAutodiff>::init(&ModelConfig::gpt2(16, 1, 2, 64, 32), 1, &device);
     let dir = tempfile::tempdir().unwrap();
     let (m, _) = match keep {
         None => train(model, &tok, seqs, &params(), dir.path(), &mut |_| {}),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use tda_curvature::Damping;
 use tda_eval::bank::{self, BankSpec};
-use tda_eval::lds::{self, LdsReport};
+use tda_eval::lds;
 use tda_eval::methods::{InfluenceSettings, Method};
 use tda_model::device::DeviceKind;
 use tda_trace::TraceOptions;
@@ -16,6 +16,47 @@ use crate::with_backend;
 
 /// The tiny model recipe (`configs/tiny.toml`), the bank's default.
 const TINY_TOML: &str = include_str!("../../../../configs/tiny.toml");
+
+/// The JSON of every eval command: which evaluation, the settings it ran with (model and corpus
+/// fingerprints are in the report), and the report.
+#[derive(serde::Serialize)]
+struct Output<'a, R: serde::Serialize> {
+    eval: &'static str,
+    settings: serde_json::Value,
+    #[serde(flatten)]
+    report: &'a R,
+}
+
+/// How every eval command reports: a table, or JSON; optionally the JSON to a file as well.
+#[derive(Args)]
+pub struct ReportArgs {
+    /// Print the report as JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the JSON report to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl ReportArgs {
+    /// Fails before any work when `--out` cannot be written.
+    fn check(&self) -> anyhow::Result<()> {
+        if let Some(out) = &self.out {
+            crate::output::check_out(out, tda_io::Output::File)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `value` to `--out`; prints it with `--json` and returns true (the caller then
+    /// prints no table).
+    fn emit(&self, value: &impl serde::Serialize) -> anyhow::Result<bool> {
+        write_json(&self.out, value)?;
+        if self.json {
+            print_json(value)?;
+        }
+        Ok(self.json)
+    }
+}
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -52,12 +93,8 @@ pub struct CurationArgs {
     /// Worlds (seeds 0..N), each with its own model.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     pub seeds: u32,
-    /// Print the report as JSON instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the JSON report to this file.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub report: ReportArgs,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
 }
@@ -80,12 +117,8 @@ pub struct CiteEvalArgs {
     /// Methods, comma-separated: context-cite, mirage, loo (default: all three).
     #[arg(long, value_delimiter = ',', value_parser = ["context-cite", "mirage", "loo"])]
     pub methods: Vec<String>,
-    /// Print the report as JSON instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the JSON report to this file.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub report: ReportArgs,
 }
 
 #[derive(Args)]
@@ -125,12 +158,8 @@ pub struct FactArgs {
     /// Damping of the influence methods (as `tda trace --damping`).
     #[arg(long, default_value = "heuristic", value_parser = super::trace::parse_damping)]
     pub damping: Damping,
-    /// Print the report as JSON instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the JSON report to this file.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub report: ReportArgs,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
 }
@@ -186,12 +215,8 @@ pub struct LdsArgs {
     /// Bootstrap resamples of the subsets for the 95 % interval.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub resamples: u32,
-    /// Print the report as JSON instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the JSON report to this file.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub report: ReportArgs,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
 }
@@ -237,14 +262,6 @@ fn write_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> anyhow::
     Ok(())
 }
 
-#[derive(serde::Serialize)]
-struct FactOutput<'a> {
-    eval: &'static str,
-    settings: serde_json::Value,
-    #[serde(flatten)]
-    report: &'a tda_eval::fact_tracing::FactReport,
-}
-
 /// The fact world of `a` written to `a.work` (refusing a folder made for other settings).
 fn write_world(a: &FactArgs) -> anyhow::Result<(PathBuf, tda_eval::facts::FactWorld)> {
     let world = tda_eval::facts::fact_world(a.people as usize, a.seed);
@@ -283,6 +300,29 @@ fn on_step(pb: &indicatif::ProgressBar, s: &tda_train::StepInfo) {
     pb.set_length(s.steps as u64);
     pb.set_position(s.step as u64);
     pb.set_message(format!("loss {:.3}", s.loss));
+}
+
+/// The world's model, trained by the recipe if not cached in `a.work`.
+fn world_model(
+    a: &FactArgs,
+    corpus: &std::path::Path,
+    world: &tda_eval::facts::FactWorld,
+) -> anyhow::Result<PathBuf> {
+    let recipe = read_recipe(&a.config)?;
+    let pb = step_bar();
+    let (model, docs, trained) = with_backend!(a.device, |B, AD, device| {
+        bank::ensure_model_on::<AD>(
+            &a.work,
+            corpus,
+            &tda_corpus::ReadOptions::default(),
+            &recipe,
+            &device,
+            &mut |s| on_step(&pb, s),
+        )?
+    });
+    pb.finish_and_clear();
+    print_world(world, corpus, &model, docs.len(), trained);
+    Ok(model)
 }
 
 fn print_world(
@@ -334,24 +374,11 @@ impl FactArgs {
 }
 
 fn run_facts(a: &FactArgs) -> anyhow::Result<()> {
-    if let Some(out) = &a.out {
-        crate::output::check_out(out, tda_io::Output::File)?;
-    }
+    a.report.check()?;
     let methods = a.methods();
-    let recipe = read_recipe(&a.config)?;
     let (corpus, world) = write_world(a)?;
+    let model = world_model(a, &corpus, &world)?;
     let report = with_backend!(a.device, |B, AD, device| {
-        let pb = step_bar();
-        let (model, docs, trained) = bank::ensure_model_on::<AD>(
-            &a.work,
-            &corpus,
-            &tda_corpus::ReadOptions::default(),
-            &recipe,
-            &device,
-            &mut |s| on_step(&pb, s),
-        )?;
-        pb.finish_and_clear();
-        print_world(&world, &corpus, &model, docs.len(), trained);
         let settings = a.settings();
         tda_eval::fact_tracing::evaluate::<AD>(
             &model,
@@ -365,14 +392,13 @@ fn run_facts(a: &FactArgs) -> anyhow::Result<()> {
             &mut |m| eprintln!("{m}"),
         )?
     });
-    let out = FactOutput {
+    let out = Output {
         eval: "fact-tracing",
         settings: a.settings_json(),
         report: &report,
     };
-    write_json(&a.out, &out)?;
-    if a.json {
-        return print_json(&out);
+    if a.report.emit(&out)? {
+        return Ok(());
     }
     println!(
         "fact tracing: {} queries over {} documents; mean log p(completion): same template {:.2}, paraphrase {:.2}",
@@ -391,15 +417,6 @@ fn run_facts(a: &FactArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The JSON of `tda eval lds`: the report and the settings it was made with.
-#[derive(serde::Serialize)]
-struct LdsOutput<'a> {
-    eval: &'static str,
-    settings: serde_json::Value,
-    #[serde(flatten)]
-    report: &'a LdsReport,
-}
-
 fn run_lds(a: &LdsArgs) -> anyhow::Result<()> {
     let (regime, fraction) = match a.regime {
         RegimeArg::Random => (bank::Regime::Random, a.fraction.unwrap_or(0.5)),
@@ -408,9 +425,7 @@ fn run_lds(a: &LdsArgs) -> anyhow::Result<()> {
     if !(fraction > 0.0 && fraction < 1.0) {
         anyhow::bail!("--fraction {fraction}: must be in (0, 1)");
     }
-    if let Some(out) = &a.out {
-        crate::output::check_out(out, tda_io::Output::File)?;
-    }
+    a.report.check()?;
     let recipe = read_recipe(&a.config)?;
     let queries = tda_trace::read_queries(&a.queries, "--queries")?;
     let methods = if a.methods.is_empty() {
@@ -495,7 +510,7 @@ fn run_lds(a: &LdsArgs) -> anyhow::Result<()> {
             &mut |m| eprintln!("{m}"),
         )?
     });
-    let out = LdsOutput {
+    let out = Output {
         eval: "lds",
         settings: serde_json::json!({
             "corpus": a.corpus,
@@ -513,9 +528,8 @@ fn run_lds(a: &LdsArgs) -> anyhow::Result<()> {
         }),
         report: &report,
     };
-    write_json(&a.out, &out)?;
-    if a.json {
-        return print_json(&out);
+    if a.report.emit(&out)? {
+        return Ok(());
     }
     println!(
         "LDS over {} models ({:.0} % subsets of {} documents, {:?} regime), {} queries; 95 % bootstrap interval over subsets",
@@ -542,34 +556,13 @@ fn run_lds(a: &LdsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(serde::Serialize)]
-struct PatchOutput<'a> {
-    eval: &'static str,
-    settings: serde_json::Value,
-    #[serde(flatten)]
-    report: &'a tda_eval::tail_patch::PatchReport,
-}
-
 fn run_tail_patch(t: &TailPatchArgs) -> anyhow::Result<()> {
     let a = &t.world;
-    if let Some(out) = &a.out {
-        crate::output::check_out(out, tda_io::Output::File)?;
-    }
+    a.report.check()?;
     let methods = a.methods();
-    let recipe = read_recipe(&a.config)?;
     let (corpus, world) = write_world(a)?;
+    let model = world_model(a, &corpus, &world)?;
     let report = with_backend!(a.device, |B, AD, device| {
-        let pb = step_bar();
-        let (model, docs, trained) = bank::ensure_model_on::<AD>(
-            &a.work,
-            &corpus,
-            &tda_corpus::ReadOptions::default(),
-            &recipe,
-            &device,
-            &mut |s| on_step(&pb, s),
-        )?;
-        pb.finish_and_clear();
-        print_world(&world, &corpus, &model, docs.len(), trained);
         tda_eval::tail_patch::evaluate::<AD>(
             &model,
             &corpus,
@@ -586,14 +579,13 @@ fn run_tail_patch(t: &TailPatchArgs) -> anyhow::Result<()> {
     });
     let mut settings = a.settings_json();
     settings["top_k"] = t.top_k.into();
-    let out = PatchOutput {
+    let out = Output {
         eval: "tail-patch",
         settings,
         report: &report,
     };
-    write_json(&a.out, &out)?;
-    if a.json {
-        return print_json(&out);
+    if a.report.emit(&out)? {
+        return Ok(());
     }
     println!(
         "tail-patch: {} queries, one step at lr {:.2e} on the top {} documents",
@@ -620,20 +612,9 @@ fn run_tail_patch(t: &TailPatchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(serde::Serialize)]
-struct CiteOutput<'a> {
-    eval: &'static str,
-    settings: serde_json::Value,
-    model: String,
-    #[serde(flatten)]
-    report: &'a tda_eval::cite_eval::CiteReport,
-}
-
 fn run_cite(a: &CiteEvalArgs) -> anyhow::Result<()> {
     use tda_context::{Method as CiteMethod, Options};
-    if let Some(out) = &a.out {
-        crate::output::check_out(out, tda_io::Output::File)?;
-    }
+    a.report.check()?;
     let names: Vec<String> = if a.methods.is_empty() {
         vec!["context-cite".into(), "mirage".into(), "loo".into()]
     } else {
@@ -662,15 +643,18 @@ fn run_cite(a: &CiteEvalArgs) -> anyhow::Result<()> {
         tda_eval::cite_eval::evaluate(&m, a.examples as usize, a.seed, &methods, &mut |s| {
             eprintln!("{s}")
         })?;
-    let out = CiteOutput {
+    let out = Output {
         eval: "cite",
-        settings: serde_json::json!({ "model": a.model, "examples": a.examples, "seed": a.seed }),
-        model: fingerprint,
+        settings: serde_json::json!({
+            "model": a.model,
+            "model_fingerprint": fingerprint,
+            "examples": a.examples,
+            "seed": a.seed,
+        }),
         report: &report,
     };
-    write_json(&a.out, &out)?;
-    if a.json {
-        return print_json(&out);
+    if a.report.emit(&out)? {
+        return Ok(());
     }
     println!(
         "citations on {} planted RAG examples ({} sentences, {} with a tie distractor), reference answers teacher-forced",
@@ -697,9 +681,7 @@ fn run_cite(a: &CiteEvalArgs) -> anyhow::Result<()> {
 
 fn run_curation(a: &CurationArgs) -> anyhow::Result<()> {
     use tda_eval::curation_eval::{corrupted_world, rankings, rows};
-    if let Some(out) = &a.out {
-        crate::output::check_out(out, tda_io::Output::File)?;
-    }
+    a.report.check()?;
     let recipe = read_recipe(&a.config)?;
     let mut worlds = Vec::with_capacity(a.seeds as usize);
     with_backend!(a.device, |B, AD, device| {
@@ -758,9 +740,8 @@ fn run_curation(a: &CurationArgs) -> anyhow::Result<()> {
         "chance": 0.1,
         "rows": rows,
     });
-    write_json(&a.out, &out)?;
-    if a.json {
-        return print_json(&out);
+    if a.report.emit(&out)? {
+        return Ok(());
     }
     println!(
         "curation: recall of the corrupted documents in the top 10 % of each ranking, {} world(s) of {} biographies + 10 % corrupted (chance 0.10)",
