@@ -89,6 +89,7 @@ pub fn write_jsonl(docs: &[SyntheticDoc], path: &std::path::Path) -> std::io::Re
     tda_io::write_file(path, s.as_bytes())
 }
 
+#[cfg(feature = "runs")]
 /// One fact of document `i` as a query, for the first `n` documents: fact `i mod 4` of
 /// (birth place and year, job, colour, pet), in the template of the documents, with the
 /// document's id as the query id (the planted truth of a fact-tracing query).

@@ -29,18 +29,25 @@
 //! in `tests/fixtures` rely on). Only the CLI, the benches and tests depend on this crate; no
 //! library crate does (they may use it as a dev-dependency).
 
+#[cfg(feature = "runs")]
 pub mod bank;
 pub mod biographies;
 pub mod cite_eval;
+#[cfg(feature = "runs")]
 pub mod curation_eval;
 pub mod explain_world;
+#[cfg(feature = "runs")]
 pub mod fact_tracing;
+#[cfg(feature = "runs")]
 pub mod facts;
+#[cfg(feature = "runs")]
 pub mod lds;
 pub mod lexical;
+#[cfg(feature = "runs")]
 pub mod methods;
 pub mod metrics;
 pub mod rag;
+#[cfg(feature = "runs")]
 pub mod tail_patch;
 pub mod words;
 
