@@ -326,7 +326,7 @@ pub fn build(
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir.join("subsets")).map_err(|e| file_err(dir, e))?;
+            // (write_file creates the folder.)
             let bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
             tda_io::write_file(&manifest_path, &bytes).map_err(|e| file_err(&manifest_path, e))?;
         }

@@ -13,7 +13,7 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 use tda_corpus::{CorpusIndex, Document, IndexOptions, Progress, Ranking, ReadOptions};
 use tda_curvature::normalize::{Normalization, NormalizeOptions};
-use tda_curvature::{Damping, Factors, Strategy};
+use tda_curvature::{Factors, Strategy};
 use tda_model::{Tokenizer, Transformer};
 use tda_trace::{fit, DocSource, FitOptions, Query, TraceOptions};
 
@@ -132,25 +132,13 @@ pub enum MethodError {
     Usage(String),
 }
 
-/// Settings shared by the influence methods.
-#[derive(Clone, Debug)]
+/// Settings shared by the influence methods (default: `tda fit` and `tda trace`'s defaults).
+#[derive(Clone, Debug, Default)]
 pub struct InfluenceSettings {
     /// Fit settings (`strategy` is replaced by each method's).
     pub fit: FitOptions,
     /// Trace settings (`normalize`, `top_k` and `granularity` are set per method).
     pub trace: TraceOptions,
-}
-
-impl Default for InfluenceSettings {
-    fn default() -> Self {
-        Self {
-            fit: FitOptions::default(),
-            trace: TraceOptions {
-                damping: Damping::default(),
-                ..TraceOptions::default()
-            },
-        }
-    }
 }
 
 /// Computes dense scores of one model's training corpus, fitting each preconditioner once and
