@@ -6,8 +6,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
+use common::browser::{count_color, screenshot};
 use common::*;
 
 const DOCS: &str = "{\"id\": \"d1\", \"text\": \"Zekum Braneil was born in Northmoor.\"}\n{\"id\": \"d2\", \"text\": \"Mira Tolven works as a potter.\"}\n{\"id\": \"d3\", \"text\": \"Zekum Braneil likes the colour orange.\"}\n{\"id\": \"d4\", \"text\": \"Oskar Vell was born in Tarn.\"}\n";
@@ -37,47 +37,6 @@ fn explain_args(docs: &Path, extra: &[&str]) -> Vec<String> {
     .collect();
     v.extend(extra.iter().map(|s| s.to_string()));
     v
-}
-
-/// Pixels of `png` within 6 of `rgb` on every channel.
-fn count_color(png: &Path, rgb: [u8; 3]) -> usize {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png).unwrap()));
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let step = info.color_type.samples();
-    buf[..info.buffer_size()]
-        .chunks(step)
-        .filter(|p| (0..3).all(|c| p[c].abs_diff(rgb[c]) <= 6))
-        .count()
-}
-
-fn screenshot(html: &Path, fragment: &str, out: &Path) -> bool {
-    let Ok(status) = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--window-size=1000,800",
-            &format!("--screenshot={}", out.display()),
-            &format!("file://{}{fragment}", html.display()),
-        ])
-        .output()
-    else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "chromium is needed in CI (.ci/run installs it)"
-        );
-        eprintln!("chromium not found: the screenshot check is skipped");
-        return false;
-    };
-    assert!(
-        status.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    true
 }
 
 #[test]

@@ -164,7 +164,8 @@ pub fn escape(s: &str) -> String {
     o
 }
 
-const CSS: &str = r#"
+/// The page style of [`Attribution::to_html`] (also for pages that embed [`Attribution::html_sections`]).
+pub const CSS: &str = r#"
 body{font:15px/1.55 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ddd}
 .q{background:#f6f6f6;padding:.6em .9em;border-radius:6px}
@@ -193,14 +194,19 @@ impl Attribution {
     /// every selected token coloured by its top document, the sentence × document scores, and the
     /// documents with their attributed spans highlighted.
     pub fn to_html(&self) -> String {
+        format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>tda cite</title><style>{CSS}</style></head><body><h1>Context attribution</h1>{}</body></html>",
+            self.html_sections()
+        )
+    }
+
+    /// The body of [`Self::to_html`] without the page around it (styled by [`CSS`]): the
+    /// question, the answer with its citations, the sentence × document scores, the documents.
+    pub fn html_sections(&self) -> String {
         let mut h = String::new();
         let _ = write!(
             h,
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>tda cite</title><style>{CSS}</style></head><body>"
-        );
-        let _ = write!(
-            h,
-            "<h1>Context attribution</h1><div class=\"q\"><b>Question.</b> {}</div>",
+            "<div class=\"q\"><b>Question.</b> {}</div>",
             escape(&self.question)
         );
         // Legend.
@@ -333,7 +339,7 @@ impl Attribution {
         let p = &self.passes;
         let _ = write!(
             h,
-            "<p class=\"meta\">method {} · {} · threshold {:.3} nats · {} forward passes + {} backward batches ({} gradient rows){} · {:.2} s</p></body></html>",
+            "<p class=\"meta\">method {} · {} · threshold {:.3} nats · {} forward passes + {} backward batches ({} gradient rows){} · {:.2} s</p>",
             self.settings.method.name(),
             escape(&self.settings.kl_direction),
             self.settings.threshold_value,

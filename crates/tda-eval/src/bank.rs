@@ -260,6 +260,14 @@ pub fn ensure_model(
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // The record is written before training starts, so a model without one was made
+            // by something else: never take it for this corpus's.
+            if dir.join("model").exists() {
+                return Err(file_err(
+                    dir,
+                    "holds a model folder without its record (model.json), made by something else; use another folder or delete it",
+                ));
+            }
             std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
             tda_io::write_file(&path, record.to_string().as_bytes())
                 .map_err(|e| file_err(&path, e))?;

@@ -58,6 +58,9 @@ const FILLER: &[&str] = &[
     "Local stories say the hills were once a forest.",
 ];
 
+/// The world's corpus in a folder written by [`FactWorld::write_to`].
+pub const CORPUS_FILE: &str = "corpus.jsonl";
+
 /// A document of the world.
 #[derive(Clone, Debug, Serialize)]
 pub struct FactDoc {
@@ -81,6 +84,8 @@ pub struct FactQuery {
     #[serde(flatten)]
     pub query: tda_trace::Query,
     pub relation: &'static str,
+    /// The person the fact is about.
+    pub subject: String,
     pub kind: QueryKind,
     /// Ids of the documents that state the fact (`1..=3`).
     pub truth: Vec<String>,
@@ -184,6 +189,7 @@ pub fn fact_world(people: usize, seed: u64) -> FactWorld {
                     completion: format!(" {object}."),
                 },
                 relation,
+                subject: name.clone(),
                 kind,
                 truth: truth.clone(),
             });
@@ -200,6 +206,41 @@ pub fn fact_world(people: usize, seed: u64) -> FactWorld {
 }
 
 impl FactWorld {
+    /// Writes the world into `dir` (created): `corpus.jsonl` and `queries.jsonl` (each query with
+    /// its truth); returns the corpus path. A folder whose corpus differs while it holds a model
+    /// record (`model.json`) is refused before anything is written, so a cached model never meets
+    /// a corpus it was not trained on.
+    pub fn write_to(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<std::path::PathBuf, crate::methods::MethodError> {
+        use crate::methods::MethodError::Usage;
+        let err =
+            |p: &std::path::Path, e: &dyn std::fmt::Display| Usage(format!("{}: {e}", p.display()));
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(dir, &format!("cannot create the folder: {e}")))?;
+        let corpus = dir.join(CORPUS_FILE);
+        let jsonl = self.corpus_jsonl();
+        let same = std::fs::read(&corpus).is_ok_and(|b| b == jsonl.as_bytes());
+        if !same && dir.join("model.json").exists() {
+            return Err(err(
+                dir,
+                &"this folder holds another world (other --people / --seed) and its model; use another folder or delete it",
+            ));
+        }
+        if !same {
+            tda_io::write_file(&corpus, jsonl.as_bytes()).map_err(|e| err(&corpus, &e))?;
+        }
+        let mut q = String::new();
+        for fq in &self.queries {
+            q.push_str(&serde_json::to_string(fq).expect("a query serialises"));
+            q.push('\n');
+        }
+        let queries = dir.join("queries.jsonl");
+        tda_io::write_file(&queries, q.as_bytes()).map_err(|e| err(&queries, &e))?;
+        Ok(corpus)
+    }
+
     /// The documents as jsonl (`{"id", "text"}` per line).
     pub fn corpus_jsonl(&self) -> String {
         let mut s = String::new();

@@ -22,6 +22,8 @@
 //!   each context-attribution method on the planted RAG set, beside word overlap.
 //! - [`curation_eval`]: recall of planted corrupted documents (shuffled, wrong-fact swaps) at
 //!   the top of the self-influence ranking, beside ‖∇L‖² and the token loss.
+//! - [`demo`]: `tda demo` — a fact world traced end to end (generations, EK-FAC, BM25 ranks,
+//!   citations) and its one-page HTML report.
 //! - [`tail_patch`]: one training step on each method's top-k documents and the change of the
 //!   target's log-probability (TrackStar's causal check), beside a random control.
 //!
@@ -35,6 +37,8 @@ pub mod biographies;
 pub mod cite_eval;
 #[cfg(feature = "runs")]
 pub mod curation_eval;
+#[cfg(feature = "runs")]
+pub mod demo;
 pub mod explain_world;
 #[cfg(feature = "runs")]
 pub mod fact_tracing;

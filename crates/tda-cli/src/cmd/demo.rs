@@ -1,35 +1,68 @@
-//! `tda demo` (the main job on the embedded default) and `tda synth-corpus`.
+//! `tda demo` (the main job on the embedded default: a planted fact world traced end to end,
+//! one HTML report) and `tda synth-corpus`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use tda_corpus::ReadOptions;
 use tda_eval::biographies;
 use tda_model::device::DeviceKind;
-use tda_model::infer::{self, GenerateOptions};
-use tda_train::{TrainConfig, TrainJob};
+use tda_train::TrainConfig;
 
 use crate::with_backend;
 
 /// The tiny model config, embedded so the demo runs from any directory.
 const TINY_TOML: &str = include_str!("../../../../configs/tiny.toml");
 
+/// The RAG reader shipped in the binary (`tests/fixtures/rag`, 627 KB): the demo's citation view.
+const READER: [(&str, &[u8]); 5] = [
+    (
+        "config.json",
+        include_bytes!("../../../../tests/fixtures/rag/config.json"),
+    ),
+    (
+        "generation_config.json",
+        include_bytes!("../../../../tests/fixtures/rag/generation_config.json"),
+    ),
+    (
+        "model.safetensors",
+        include_bytes!("../../../../tests/fixtures/rag/model.safetensors"),
+    ),
+    (
+        "tokenizer.json",
+        include_bytes!("../../../../tests/fixtures/rag/tokenizer.json"),
+    ),
+    (
+        "tokenizer_config.json",
+        include_bytes!("../../../../tests/fixtures/rag/tokenizer_config.json"),
+    ),
+];
+
 #[derive(Args)]
 #[command(
-    after_help = "Example:\n  tda demo                    # corpus + tiny model under runs/demo, generation, log-probs, EK-FAC factors and the trace of the completion\n  tda demo --steps 50 --out /tmp/demo"
+    after_help = "What it does, in --out (default runs/demo): writes a world of planted facts (corpus.jsonl, queries.jsonl), trains configs/tiny.toml on it (cached: a re-run reuses the model), completes every fact prompt, fits EK-FAC factors (cached), traces a factual and a wrong generation back to the training documents (per token and per layer, the BM25 rank beside the influence rank; the index in index/), cites a RAG answer of the embedded reader, and writes one self-contained page, report.html.\n\nExamples:\n  tda demo                                # first run a few minutes on 2 cores, re-runs seconds; open runs/demo/report.html\n  tda demo --out /tmp/demo --people 12 --steps 60 --json"
 )]
 pub struct DemoArgs {
-    /// Working folder for the corpus and the model.
+    /// Working folder: the world, the model, the factors, the index and report.html (created;
+    /// reused when it holds the same world and recipe).
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
-    /// Number of generated biographies.
-    #[arg(long, default_value_t = 400)]
-    pub docs: usize,
+    /// People in the world (one planted fact each, 6–8 documents each).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(3..))]
+    pub people: u32,
     /// Override the training steps of configs/tiny.toml.
-    #[arg(long)]
-    pub steps: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub steps: Option<u32>,
+    /// Seed of the world (the recipe's own seed trains the model).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// RAG reader for the citation view (an HF folder); default: the reader embedded in the
+    /// binary, written to OUT/reader.
+    #[arg(long)]
+    pub reader: Option<PathBuf>,
+    /// Print the demo's data as JSON on stdout (report.html is written as well).
+    #[arg(long)]
+    pub json: bool,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
 }
@@ -83,163 +116,160 @@ pub fn synth(a: &SynthArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
-    crate::output::check_out(&a.out, tda_io::Output::Folder)?;
-    let corpus = a.out.join("corpus.jsonl");
-    let model_dir = a.out.join("model");
-    let docs = biographies(a.docs, a.seed);
-    tda_eval::write_jsonl(&docs, &corpus)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", corpus.display()))?;
-    eprintln!(
-        "1/5 corpus: {} biographies → {}",
-        docs.len(),
-        corpus.display()
-    );
-
-    let mut config: TrainConfig = toml::from_str(TINY_TOML)?;
-    if let Some(s) = a.steps {
-        config.train.steps = s;
+/// The recipe: configs/tiny.toml with `--steps`.
+fn recipe(a: &DemoArgs) -> anyhow::Result<String> {
+    let mut v: toml::Value = toml::from_str(TINY_TOML)?;
+    if let Some(steps) = a.steps {
+        v["train"]["steps"] = toml::Value::Integer(steps.into());
     }
-    config.train.seed = a.seed;
-    let job = TrainJob {
-        corpus: corpus.clone(),
-        read_options: ReadOptions::default(),
-        config,
-        init: None,
-        tokenizer: None,
-        out: model_dir.clone(),
-    };
-    let report = super::train::train_job(&job, a.device)?;
-    eprintln!(
-        "2/5 trained configs/tiny.toml for {} steps: loss {:.3} → {:.3}, {:.0} tokens/s → {}",
-        report.steps,
-        report.first_loss,
-        report.final_loss,
-        report.tokens_per_s,
-        model_dir.display()
-    );
-
-    let person = &docs[0].person;
-    let prompt = format!("{} was born in", person.name);
-    let completion: String = with_backend!(a.device, |B, AD, device| {
-        let m = tda_model::load_folder::<B>(&model_dir, &device)?;
-        let (ids, _) = infer::encode_for_scoring(&m.tokenizer, &m.model.config, &prompt)?;
-        let opts = GenerateOptions {
-            max_new_tokens: 12,
-            stop_token: m.model.config.eos_token_id,
-            ..Default::default()
-        };
-        let new = infer::generate(&m.model, &ids, &opts)?;
-        let completion = m.tokenizer.decode(&new, true).map_err(anyhow::Error::msg)?;
-        eprintln!("3/5 generation and log-probs");
-        println!("prompt:     {prompt}");
-        println!("completion: {}", completion.trim_end());
-        println!(
-            "truth:      {} was born in {} in {}.",
-            person.name, person.city, person.year
-        );
-        let fact = format!(
-            "{} was born in {} in {}.",
-            person.name, person.city, person.year
-        );
-        let tokens = infer::score_text(&m.model, &m.tokenizer, &fact)?;
-        println!("log-probs of the true sentence:");
-        for t in &tokens {
-            if let Some(lp) = t.logprob {
-                println!("  {:>9.4}  {:?}", lp, t.token);
-            }
-        }
-        let total: f32 = tokens.iter().filter_map(|t| t.logprob).sum();
-        println!("  total {total:.3} over {} tokens", tokens.len() - 1);
-        completion
-    });
-    trace_demo(a, &corpus, &model_dir, &prompt, &completion, &docs[0].id)
+    Ok(toml::to_string(&v)?)
 }
 
-/// Steps 4 and 5: EK-FAC factors on the corpus, then the generated completion traced back to the
-/// training documents; prints the top documents and the rank of the true biography.
-fn trace_demo(
-    a: &DemoArgs,
-    corpus: &std::path::Path,
-    model_dir: &std::path::Path,
-    prompt: &str,
-    completion: &str,
-    truth_id: &str,
-) -> anyhow::Result<()> {
-    use tda_trace::{fit, DocSource, FitOptions, Query, TraceOptions};
-    let factors_dir = a.out.join("factors");
-    let completion = completion.trim_end();
-    let completion = if completion.trim().is_empty() {
-        " "
-    } else {
-        completion
-    };
-    with_backend!(a.device, |B, AD, device| {
-        let m = tda_model::load_folder::<AD>(model_dir, &device)?;
-        let fp = tda_trace::model_fingerprint(model_dir)?;
-        let source = DocSource::corpus(corpus);
-        let (factors, report) = fit::fit(
-            &m.model,
-            &m.tokenizer,
-            &source,
-            &FitOptions::default(),
-            &fp,
-            &mut |_| {},
-        )?;
-        fit::save(&factors, &report, &factors_dir)?;
-        eprintln!(
-            "4/5 EK-FAC factors of {} layers on {} windows ({} tokens): covariance pass {:.1}s, eigendecompositions {:.1}s, Λ pass {:.1}s → {}",
-            report.layers.len(),
-            report.windows,
-            report.tokens,
-            report.covariance_pass_s,
-            report.eigen_s,
-            report.lambda_pass_s,
-            factors_dir.display()
-        );
-        let query = Query {
-            id: "demo".into(),
-            prompt: prompt.to_string(),
-            completion: completion.to_string(),
-        };
-        let opts = TraceOptions {
-            top_k: None,
-            ..Default::default()
-        };
-        let out = tda_trace::trace(
-            &m.model,
-            &m.tokenizer,
-            &factors,
-            std::slice::from_ref(&query),
-            &source,
-            &opts,
-            &mut |_, _| {},
-        )?;
-        let q = &out.queries[0];
-        eprintln!(
-            "5/5 traced the completion over {} windows in {:.1}s ({:.0} candidate tokens/s)",
-            out.report.candidates, out.report.total_s, out.report.candidate_tokens_per_s
-        );
-        println!("top training documents for {prompt:?} → {completion:?} (positive = raised its log-probability):");
-        for r in q.results.iter().take(5) {
-            println!(
-                "  {:>3}. {:+.4e}  {}  {}",
-                r.rank,
-                r.score,
-                r.doc_id,
-                r.text.chars().take(90).collect::<String>()
+/// The embedded reader written to `out/reader` (files rewritten only when they differ).
+fn write_reader(out: &Path) -> anyhow::Result<PathBuf> {
+    let dir = out.join("reader");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| anyhow::anyhow!("{}: cannot create the folder: {e}", dir.display()))?;
+    for (name, bytes) in READER {
+        let p = dir.join(name);
+        if std::fs::read(&p).ok().as_deref() != Some(bytes) {
+            tda_io::write_file(&p, bytes).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        }
+    }
+    Ok(dir)
+}
+
+pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
+    crate::output::check_out(&a.out, tda_io::Output::Folder)?;
+    if let Some(r) = &a.reader {
+        if !r.join("config.json").is_file() {
+            anyhow::bail!(
+                "--reader {}: not a model folder (no config.json)",
+                r.display()
             );
         }
-        match q.results.iter().find(|r| r.doc_id == truth_id) {
-            Some(r) => println!(
-                "the true biography {truth_id} ranks {} of {} (score {:+.4e})",
-                r.rank,
-                q.results.len(),
-                r.score
-            ),
-            None => println!("the true biography {truth_id} was not scored"),
-        }
-        Ok::<(), anyhow::Error>(())
-    })?;
+    }
+    let recipe = recipe(a)?;
+    let steps = toml::from_str::<TrainConfig>(&recipe)?.train.steps;
+    let world = tda_eval::facts::fact_world(a.people as usize, a.seed);
+    let corpus = world.write_to(&a.out)?;
+    eprintln!(
+        "1/6 world: {} people, {} documents, {} fact prompts → {}",
+        a.people,
+        world.docs.len(),
+        world.queries.len(),
+        corpus.display()
+    );
+    let pb = crate::output::bar(0, "{spinner} train [{bar:30}] {pos}/{len} {msg} ({eta})");
+    let mut loss: Option<[f32; 2]> = None;
+    let t0 = std::time::Instant::now();
+    let (model_dir, _, trained) = with_backend!(a.device, |B, AD, device| {
+        tda_eval::bank::ensure_model_on::<AD>(
+            &a.out,
+            &corpus,
+            &ReadOptions::default(),
+            &recipe,
+            &device,
+            &mut |s| {
+                pb.set_length(s.steps as u64);
+                pb.set_position(s.step as u64);
+                pb.set_message(format!("loss {:.3}", s.loss));
+                let l = loss.get_or_insert([s.loss as f32; 2]);
+                l[1] = s.loss as f32;
+            },
+        )?
+    });
+    pb.finish_and_clear();
+    let train_s = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "2/6 model: configs/tiny.toml, {steps} steps, {} → {}",
+        match (trained, loss) {
+            (true, Some([f, l])) => format!("trained now in {train_s:.0} s, loss {f:.3} → {l:.3}"),
+            _ => "cached".into(),
+        },
+        model_dir.display()
+    );
+    let reader = match &a.reader {
+        Some(r) => r.clone(),
+        None => write_reader(&a.out)?,
+    };
+    let info = tda_eval::demo::ModelInfo {
+        dir: model_dir,
+        recipe: "configs/tiny.toml".into(),
+        steps,
+        parameters: 0,
+        trained_now: trained,
+        loss: if trained { loss } else { None },
+        train_s,
+    };
+    let mut stage = 2;
+    let demo = with_backend!(a.device, |B, AD, device| {
+        tda_eval::demo::run::<AD>(
+            &a.out,
+            &world,
+            a.seed,
+            info,
+            Some(&reader),
+            &device,
+            &mut |m| {
+                stage += 1;
+                eprintln!("{stage}/6 {m}");
+            },
+        )?
+    });
+    let html = a.out.join("report.html");
+    tda_io::write_file(&html, tda_eval::demo::report::to_html(&demo).as_bytes())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", html.display()))?;
+    if a.json {
+        crate::output::print_json(&demo)?;
+    } else {
+        print_demo(&demo);
+    }
+    eprintln!("report: {}", html.display());
     Ok(())
+}
+
+fn print_demo(d: &tda_eval::demo::Demo) {
+    for t in &d.traced {
+        println!(
+            "{} {:?} → {:?} ({}; log p {:.3})",
+            if t.correct { "factual:" } else { "wrong:  " },
+            t.prompt,
+            t.generated,
+            if t.correct {
+                "right".to_string()
+            } else {
+                format!("the planted fact is {:?}", t.truth)
+            },
+            t.logprob
+        );
+        println!(
+            "  {:>9} {:>9} {:>11}  document",
+            "influence", "BM25 rank", "score"
+        );
+        for s in &t.top {
+            println!(
+                "  {:>9} {:>9} {:>+11.3e}  [{}{}] {}",
+                s.influence_rank,
+                s.bm25_rank,
+                s.score,
+                s.role.label(),
+                if s.names_generated {
+                    ", names the generated object"
+                } else {
+                    ""
+                },
+                s.text
+            );
+        }
+        for s in &t.stating {
+            println!(
+                "  stating document {}: influence rank {}, BM25 rank {}",
+                s.doc_id, s.influence_rank, s.bm25_rank
+            );
+        }
+    }
+    if let Some(c) = &d.citation {
+        println!("cited: {}", c.attribution.answer_with_citations);
+    }
 }
