@@ -305,3 +305,57 @@ fn eval_cite_and_curation() {
         assert!((0.0..=1.0).contains(&all), "{row}");
     }
 }
+
+#[test]
+fn eval_selection_against_random() {
+    let r = scratch();
+    let work = r.join("sel");
+    let s = json(&ok([
+        "eval",
+        "selection",
+        "--work",
+        p(&work),
+        "--seeds",
+        "1",
+        "--base-steps",
+        "5",
+        "--projection-dim",
+        "256",
+        "--json",
+    ]));
+    assert_eq!(s["eval"], "selection");
+    assert_eq!(s["selected"], 20, "5 % of a 400-document pool");
+    let rows = s["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["arm"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "base (no fine-tuning)",
+            "all",
+            "random 5%",
+            "ekfac 5%",
+            "grad-cosine 5%",
+            "repsim 5%",
+            "bm25 5%"
+        ]
+    );
+    assert!(rows[0]["qa_fraction"].is_null());
+    assert_eq!(rows[2]["minus_random"][0], 0.0);
+    for row in &rows[1..] {
+        let qa = row["qa_fraction"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&qa), "{row}");
+        assert!(row["target_nll"][0].as_f64().unwrap().is_finite(), "{row}");
+    }
+    // BM25 matches the targets' question words: the QA documents.
+    assert!(
+        rows[6]["qa_fraction"].as_f64().unwrap() > 0.5,
+        "{}",
+        rows[6]
+    );
+    assert!(work.join("pool-0.jsonl").exists());
+    fails(
+        ["eval", "selection", "--work", p(&work), "--pct", "0"],
+        &["--pct"],
+        &[],
+    );
+}

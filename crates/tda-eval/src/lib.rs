@@ -24,6 +24,8 @@
 //!   the top of the self-influence ranking, beside ‖∇L‖² and the token loss.
 //! - [`demo`]: `tda demo` — a fact world traced end to end (generations, EK-FAC, BM25 ranks,
 //!   citations) and its one-page HTML report.
+//! - [`selection_eval`]: fine-tuning on what `tda select` picks vs on random documents, and the
+//!   loss on a held-out target skill.
 //! - [`tail_patch`]: one training step on each method's top-k documents and the change of the
 //!   target's log-probability (TrackStar's causal check), beside a random control.
 //!
@@ -51,6 +53,8 @@ pub mod lexical;
 pub mod methods;
 pub mod metrics;
 pub mod rag;
+#[cfg(feature = "runs")]
+pub mod selection_eval;
 #[cfg(feature = "runs")]
 pub mod tail_patch;
 pub mod words;

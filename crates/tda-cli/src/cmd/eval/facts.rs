@@ -37,6 +37,14 @@ pub struct FactArgs {
     /// BM25 candidates re-ranked by each influence method (the two-stage rows).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub prefilter: u32,
+    /// What the influence methods measure on each query's completion (as `tda trace
+    /// --measurement`: logprob, margin or loss).
+    #[arg(long, default_value = "logprob")]
+    pub measurement: Measurement,
+    /// Measure the fact's own tokens only: each completion without its final "." (the period
+    /// is predicted the same way for every fact).
+    #[arg(long)]
+    pub fact_tokens_only: bool,
     /// Damping of the influence methods (as `tda trace --damping`).
     #[arg(long, default_value = "heuristic", value_parser = crate::cmd::trace::parse_damping)]
     pub damping: Damping,
@@ -48,30 +56,14 @@ pub struct FactArgs {
 
 /// The fact world of `a` written to `a.work` (refusing a folder made for other settings).
 fn write_world(a: &FactArgs) -> anyhow::Result<(PathBuf, tda_eval::facts::FactWorld)> {
-    let world = tda_eval::facts::fact_world(a.people as usize, a.seed);
-    std::fs::create_dir_all(&a.work)
-        .map_err(|e| anyhow::anyhow!("{}: cannot create the folder: {e}", a.work.display()))?;
-    let corpus = a.work.join("corpus.jsonl");
-    let jsonl = world.corpus_jsonl();
-    let same = std::fs::read(&corpus).is_ok_and(|b| b == jsonl.as_bytes());
-    if !same && a.work.join("model.json").exists() {
-        anyhow::bail!(
-            "{}: this folder holds the world and model of other --people / --seed; use another --work folder or delete it",
-            a.work.display()
-        );
+    let mut world = tda_eval::facts::fact_world(a.people as usize, a.seed);
+    let corpus = world.write_to(&a.work)?;
+    if a.fact_tokens_only {
+        for q in &mut world.queries {
+            let c = &mut q.query.completion;
+            *c = c.strip_suffix('.').unwrap_or(c).to_string();
+        }
     }
-    if !same {
-        tda_io::write_file(&corpus, jsonl.as_bytes())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", corpus.display()))?;
-    }
-    let mut q = String::new();
-    for fq in &world.queries {
-        q.push_str(&serde_json::to_string(fq)?);
-        q.push('\n');
-    }
-    let queries_path = a.work.join("queries.jsonl");
-    tda_io::write_file(&queries_path, q.as_bytes())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", queries_path.display()))?;
     Ok((corpus, world))
 }
 
@@ -127,6 +119,7 @@ impl FactArgs {
         InfluenceSettings {
             trace: TraceOptions {
                 damping: self.damping,
+                measurement: self.measurement,
                 ..TraceOptions::default()
             },
             ..InfluenceSettings::default()
@@ -141,7 +134,8 @@ impl FactArgs {
             "seed": self.seed,
             "prefilter": self.prefilter,
             "damping": format!("{:?}", self.damping),
-            "measurement": "logprob",
+            "measurement": format!("{:?}", self.measurement).to_lowercase(),
+            "fact_tokens_only": self.fact_tokens_only,
         })
     }
 }

@@ -5,11 +5,13 @@ mod cite;
 mod curation;
 mod facts;
 mod lds;
+mod selection;
 
 pub use cite::CiteEvalArgs;
 pub use curation::CurationArgs;
 pub use facts::{FactArgs, TailPatchArgs};
 pub use lds::LdsArgs;
+pub use selection::SelectionArgs;
 
 use std::path::PathBuf;
 
@@ -19,7 +21,7 @@ use tda_eval::bank::{self, BankSpec};
 
 use tda_eval::methods::{InfluenceSettings, Method};
 use tda_model::device::DeviceKind;
-use tda_trace::TraceOptions;
+use tda_trace::{Measurement, TraceOptions};
 
 use crate::cmd::CorpusArgs;
 use crate::output::{bar, print_json};
@@ -85,6 +87,9 @@ pub enum EvalCommand {
     /// Recall of planted corrupted documents at the top of the self-influence ranking, beside
     /// the gradient norm and the token loss.
     Curation(CurationArgs),
+    /// Fine-tuning on the documents each `tda select` method picks vs on as many random ones:
+    /// the loss on a held-out target skill.
+    Selection(SelectionArgs),
 }
 
 pub fn run(c: &EvalCommand) -> anyhow::Result<()> {
@@ -94,6 +99,7 @@ pub fn run(c: &EvalCommand) -> anyhow::Result<()> {
         EvalCommand::TailPatch(a) => facts::run_tail_patch(a),
         EvalCommand::Cite(a) => cite::run_cite(a),
         EvalCommand::Curation(a) => curation::run_curation(a),
+        EvalCommand::Selection(a) => selection::run_selection(a),
     }
 }
 
