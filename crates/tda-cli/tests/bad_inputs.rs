@@ -676,6 +676,13 @@ fn refused_flags() {
         &[],
     );
     fails(
+        trace(&["--corpus", corpus, "--damping", "heuristic:0"])
+            .into_iter()
+            .chain(Q),
+        &["damping", "heuristic:S"],
+        &[],
+    );
+    fails(
         trace(&["--corpus", corpus, "--top-k", "many"])
             .into_iter()
             .chain(Q),

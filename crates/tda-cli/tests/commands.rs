@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fixture, ok, p, repo, run, run_env, scratch, world};
+use common::{fixture, leak, ok, p, repo, run, run_env, scratch, world};
 use std::path::Path;
 use tda_model::hf::read_safetensors;
 
@@ -171,6 +171,22 @@ fn trace_ranks_documents_and_writes_parquet() {
     assert!(out["report"]["corpus"]["windows"].as_u64().unwrap() >= 40);
     let bytes = std::fs::read(&parquet).unwrap();
     assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"));
+    // `--damping heuristic:S` scales the default heuristic: 0.1 is the default itself, and a
+    // larger λ scores differently.
+    let q = [
+        "--prompt",
+        "Mira Tolven was born in",
+        "--completion",
+        " Kestrel Bay",
+    ];
+    let with = |d: &'static str| {
+        let mut a = q.to_vec();
+        a.extend(["--damping", d]);
+        ranking(&json(&ok(trace_args(&a))))
+    };
+    let default = ranking(&json(&ok(trace_args(&q))));
+    assert_eq!(with("heuristic:0.1"), default);
+    assert_ne!(with("heuristic:10"), default);
 }
 
 #[test]
@@ -1134,4 +1150,94 @@ fn select_every_method_keeps_records() {
         assert!(texts.contains(&v["text"].as_str().unwrap().to_string()));
         assert_eq!(v["tda_rank"], k + 1);
     }
+}
+
+#[test]
+fn trace_ensemble_averages_standardised_states() {
+    let w = world();
+    let dir = scratch();
+    // A second training state of the same model: 3 fine-tuning steps on the corpus, own factors.
+    let cfg = dir.join("ft.toml");
+    std::fs::write(
+        &cfg,
+        "[train]\nseq_len = 32\nbatch_size = 4\nsteps = 3\nlr = 1e-3\nwarmup_steps = 1\nmin_lr_ratio = 0.1\nweight_decay = 0.0\ngrad_clip = 1.0\nseed = 0\ncheckpoint_every = 0\n",
+    )
+    .unwrap();
+    let (state, state_f) = (dir.join("state"), dir.join("state-factors"));
+    ok([
+        "train",
+        "--config",
+        p(&cfg),
+        "--init",
+        p(&w.model),
+        "--corpus",
+        p(&w.corpus),
+        "--out",
+        p(&state),
+    ]);
+    ok([
+        "fit",
+        "--model",
+        p(&state),
+        "--corpus",
+        p(&w.corpus),
+        "--out",
+        p(&state_f),
+    ]);
+    let q = [
+        "--prompt",
+        "Mira Tolven was born in",
+        "--completion",
+        " Kestrel Bay",
+    ];
+    let with = |extra: &[&'static str]| {
+        let mut a = q.to_vec();
+        a.extend_from_slice(extra);
+        json(&ok(trace_args(&a)))
+    };
+    let a = ranking(&with(&["--top-k", "all"]));
+    let mut b_args = vec![
+        "trace",
+        "--model",
+        p(&state),
+        "--factors",
+        p(&state_f),
+        "--corpus",
+    ];
+    b_args.extend([p(&w.corpus), "--json", "--top-k", "all"]);
+    b_args.extend(q);
+    let b = ranking(&json(&ok(b_args)));
+    let state_arg = leak(&format!("{}={}", p(&state), p(&state_f)));
+    let e = with(&["--top-k", "5", "--ensemble", state_arg]);
+    assert_eq!(e["ensemble"]["states"].as_array().unwrap().len(), 2);
+    // Expected: the mean over the two states of score / (std over the candidates).
+    let sd = |r: &[(String, u64, f64)]| {
+        let n = r.len() as f64;
+        let m = r.iter().map(|x| x.2).sum::<f64>() / n;
+        (r.iter().map(|x| (x.2 - m).powi(2)).sum::<f64>() / n).sqrt()
+    };
+    let (sa, sb) = (sd(&a), sd(&b));
+    let mut want: Vec<(String, f64)> = a
+        .iter()
+        .map(|(id, _, s)| {
+            let sb_doc = b.iter().find(|x| &x.0 == id).expect("same candidates").2;
+            (id.clone(), (s / sa + sb_doc / sb) / 2.0)
+        })
+        .collect();
+    want.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let got = ranking(&e);
+    assert_eq!(got.len(), 5);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.0, w.0, "ensemble order: {got:?} vs {want:?}");
+        assert!(
+            (g.2 - w.1).abs() <= 1e-9 * w.1.abs().max(1.0),
+            "{g:?} vs {w:?}"
+        );
+    }
+    assert_ne!(a[0].2, b[0].2, "the two states differ");
+    // A state whose factors belong to another model is refused.
+    let wrong = leak(&format!("{}={}", p(&state), p(&w.factors)));
+    let mut v = trace_args(&q);
+    v.extend(["--ensemble", wrong]);
+    common::fails(v, &["another model"], &[]);
 }

@@ -32,6 +32,7 @@
 //!   checked by [`fit::load_checked`]); every artifact is written atomically through `tda-io`.
 
 pub mod candidates;
+pub mod ensemble;
 pub mod error;
 pub mod fingerprint;
 pub mod fit;

@@ -107,6 +107,9 @@ pub struct TraceOutput {
     /// Multi-stage tracing: which preconditioners and which fine-tuning damping.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stages: Option<crate::stages::StagesInfo>,
+    /// An ensemble over training states ([`crate::ensemble`]): which states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<crate::ensemble::EnsembleInfo>,
     pub queries: Vec<QueryResult>,
     pub report: TraceReport,
     /// Sharded traces: a fingerprint of the preconditioned queries' f32 bits, equal in every shard

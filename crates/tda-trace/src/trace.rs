@@ -376,6 +376,7 @@ pub(crate) fn run<AD: AutodiffBackend>(
         granularity: opts.granularity,
         aggregate: opts.aggregate,
         stages: None,
+        ensemble: None,
         queries: results_by_query,
         report,
         queries_fingerprint,

@@ -8,6 +8,7 @@ pub mod fit;
 pub mod index;
 pub mod infer;
 pub mod merge;
+pub mod parse;
 pub mod search;
 pub mod select;
 pub mod self_influence;

@@ -12,77 +12,10 @@ use tda_trace::{
     Query, RelabelRow, TraceOptions,
 };
 
+pub use super::parse::{parse_damping, parse_rank, parse_top_k, TopKArg};
+use super::parse::{parse_ensemble_state, parse_ft_damping, parse_norm, FtDampingArg};
 use crate::output::{bar, print_json};
 use crate::with_backend;
-
-pub fn parse_damping(s: &str) -> Result<Damping, String> {
-    if s == "heuristic" {
-        return Ok(Damping::default());
-    }
-    match s.parse::<f64>() {
-        Ok(v) if v >= 0.0 && v.is_finite() => Ok(Damping::Absolute(v)),
-        _ => Err(format!(
-            "damping {s:?}: `heuristic` or a non-negative number"
-        )),
-    }
-}
-
-pub fn parse_rank(s: &str) -> Result<Rank, String> {
-    if s == "full" {
-        return Ok(Rank::Full);
-    }
-    match s.parse::<usize>() {
-        Ok(r) if r > 0 => Ok(Rank::Truncated(r)),
-        _ => Err(format!("rank {s:?}: `full` or a positive integer")),
-    }
-}
-
-/// `--top-k K` or `all` (a newtype: clap reads a bare `Option` field as "flag may be absent").
-#[derive(Clone, Copy, Debug)]
-pub struct TopKArg(pub Option<usize>);
-
-pub fn parse_top_k(s: &str) -> Result<TopKArg, String> {
-    if s == "all" {
-        return Ok(TopKArg(None));
-    }
-    s.parse::<usize>()
-        .map(|k| TopKArg(Some(k)))
-        .map_err(|_| format!("top-k {s:?}: `all` or an integer"))
-}
-
-/// `--ft-damping`: the recorded proximal coefficient, or a damping as `--damping`.
-#[derive(Clone, Copy, Debug)]
-pub enum FtDampingArg {
-    Proximal,
-    Damping(Damping),
-}
-
-fn parse_ft_damping(s: &str) -> Result<FtDampingArg, String> {
-    if s == "proximal" {
-        return Ok(FtDampingArg::Proximal);
-    }
-    match parse_damping(s) {
-        Ok(Damping::Absolute(0.0)) => Err(format!(
-            "ft-damping {s:?}: α must be positive (it is also the fine-tuning proximity)"
-        )),
-        Ok(d) => Ok(FtDampingArg::Damping(d)),
-        Err(_) => Err(format!(
-            "ft-damping {s:?}: `proximal`, `heuristic` or a positive number"
-        )),
-    }
-}
-
-fn parse_norm(s: &str) -> Result<Normalization, String> {
-    match s {
-        "none" => Ok(Normalization::None),
-        "train-grad-norm" => Ok(Normalization::TrainGradNorm),
-        "relatif" => Ok(Normalization::RelatIF),
-        "cosine" => Ok(Normalization::Cosine),
-        _ => Err(format!(
-            "normalization {s:?}: none, train-grad-norm, relatif or cosine"
-        )),
-    }
-}
 
 /// What `--relabel` does not use: the corpus, the ranking and its breakdowns, the parquet output.
 const RELABEL_CONFLICTS: [&str; 24] = [
@@ -185,7 +118,7 @@ pub struct TraceArgs {
     /// logprob (log p(completion | prompt)), loss or margin.
     #[arg(long, default_value = "logprob")]
     pub measurement: Measurement,
-    /// `heuristic` (0.1 × mean Λ per layer) or an absolute λ.
+    /// `heuristic` (0.1 × mean Λ per layer), `heuristic:S` (S × mean Λ) or an absolute λ.
     #[arg(long, default_value = "heuristic", value_parser = parse_damping, allow_hyphen_values = true)]
     pub damping: Damping,
     /// Rank of each preconditioned query per layer, or `full`.
@@ -224,6 +157,12 @@ pub struct TraceArgs {
     pub relabel: Option<PathBuf>,
     #[command(flatten)]
     pub windows: super::WindowArgs,
+    /// Ensemble over training states (TracIn-CP-style): another checkpoint of the same run and
+    /// its factors, CHECKPOINT_DIR=FACTORS_DIR (repeat for more). Every state traces the same
+    /// candidates; each state's scores of a query are divided by their standard deviation over
+    /// the candidates, and the states (--model first) are averaged.
+    #[arg(long, value_name = "CHECKPOINT=FACTORS", value_parser = parse_ensemble_state, conflicts_with_all = ["relabel", "pretrain_model", "shard", "per_token", "per_layer"], help_heading = "Ensembles")]
+    pub ensemble: Vec<(PathBuf, PathBuf)>,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
     /// JSON to stdout.
@@ -349,19 +288,50 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        // An ensemble keeps every candidate of each state, then ranks their combination.
+        let state_opts = TraceOptions {
+            top_k: if a.ensemble.is_empty() {
+                opts.top_k
+            } else {
+                None
+            },
+            ..opts.clone()
+        };
+        let mut on_pass = |n: usize, bytes: u64| {
+            pb.set_position(bytes);
+            pb.set_message(format!("{n} windows"));
+        };
         let out = tda_trace::trace(
             &m.model,
             &m.tokenizer,
             &factors,
             &queries,
             &source,
-            &opts,
-            &mut |n, bytes| {
-                pb.set_position(bytes);
-                pb.set_message(format!("{n} windows"));
-            },
+            &state_opts,
+            &mut on_pass,
         )?;
+        if a.ensemble.is_empty() {
+            pb.finish_and_clear();
+            return report(a, &out);
+        }
+        let (mut outs, mut fps) = (vec![out], vec![fp]);
+        for (ckpt, fdir) in &a.ensemble {
+            let c = tda_model::load_folder::<AD>(ckpt, &device)?;
+            let cfp = model_fingerprint(ckpt)?;
+            let cf = load_checked(fdir, &cfp, &c.model.linear_layers())?;
+            outs.push(tda_trace::trace(
+                &c.model,
+                &c.tokenizer,
+                &cf,
+                &queries,
+                &source,
+                &state_opts,
+                &mut on_pass,
+            )?);
+            fps.push(cfp);
+        }
         pb.finish_and_clear();
+        let out = tda_trace::ensemble::combine(outs, fps, opts.top_k, opts.opponents)?;
         report(a, &out)
     })
 }
