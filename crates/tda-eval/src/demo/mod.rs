@@ -227,11 +227,11 @@ fn choose(queries: &[FactQuery], generated: &[String], values: &[f64]) -> Vec<(u
                 .to_string(),
         ));
     }
+    let taken = out.first().map(|(i, _)| *i);
     let wrong = (0..queries.len())
-        .find(|i| {
-            !right(i) && generated[*i].ends_with('.') && !object_of(&generated[*i]).is_empty()
-        })
-        .or_else(|| (0..queries.len()).find(|i| !right(i)));
+        .filter(|i| Some(*i) != taken && !right(i))
+        .find(|i| generated[*i].ends_with('.') && !object_of(&generated[*i]).is_empty())
+        .or_else(|| (0..queries.len()).find(|i| Some(*i) != taken && !right(i)));
     if let Some(i) = wrong {
         out.push((i, "the first prompt the model completes wrong".to_string()));
     }
