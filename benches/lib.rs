@@ -42,7 +42,7 @@ pub fn bench_train_params(seq_len: usize, batch_size: usize) -> tda_train::Train
 
 /// The tiny GPT-2 shape of the planted-fact benches (2 layers, hidden 64, 128 positions).
 pub fn tiny_gpt2(vocab_size: usize, eot: u32) -> tda_model::ModelConfig {
-    tda_eval::selection_eval::base_config(vocab_size, eot)
+    tda_eval::tiny_gpt2(vocab_size, eot)
 }
 
 /// Settings of the planted-fact benches: 64-token sequences, batches of 16, warm-up 10 %.

@@ -120,3 +120,28 @@ pub fn fact_queries(docs: &[SyntheticDoc], n: usize) -> Vec<tda_trace::Query> {
         })
         .collect()
 }
+
+/// The tiny GPT-2 shape that the planted-fact tests and benches train on biographies (2 layers,
+/// hidden 64, 128 positions, tied embeddings; `eot` is BOS and EOS).
+pub fn tiny_gpt2(vocab_size: usize, eot: u32) -> tda_model::ModelConfig {
+    tda_model::ModelConfig {
+        arch: tda_model::Arch::Gpt2,
+        vocab_size,
+        hidden: 64,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: 4,
+        head_dim: 16,
+        intermediate: 256,
+        max_positions: 128,
+        norm_eps: 1e-5,
+        rope_theta: 0.0,
+        tie_embeddings: true,
+        qkv_bias: true,
+        o_bias: true,
+        mlp_bias: true,
+        bos_token_id: Some(eot),
+        eos_token_id: Some(eot),
+        sliding_window: None,
+    }
+}

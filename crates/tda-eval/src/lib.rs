@@ -59,7 +59,7 @@ pub mod selection_eval;
 pub mod tail_patch;
 pub mod words;
 
-pub use biographies::{biographies, write_jsonl, Person, SyntheticDoc};
+pub use biographies::{biographies, tiny_gpt2, write_jsonl, Person, SyntheticDoc};
 pub use explain_world::{
     explain_world, score_routes, ExplainCase, ExplainWorld, RouteScore, RoutedToken, TrainItem,
 };

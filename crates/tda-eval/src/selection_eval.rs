@@ -3,7 +3,7 @@
 //!
 //! Per seed (the data, the tokenizer, the base model, the random subset and the batch order all
 //! depend on it):
-//! 1. People from `biographies(400, 1000 + seed)`. A **base** GPT-2-shaped model ([`base_config`])
+//! 1. People from `biographies(400, 1000 + seed)`. A **base** GPT-2-shaped model ([`crate::tiny_gpt2`])
 //!    is pretrained from scratch on all 400 plain biographies: it knows the facts but has never
 //!    seen the question/answer format.
 //! 2. The **pool** (400 documents, written to `work/pool-SEED.jsonl`): 340 plain biographies,
@@ -99,30 +99,6 @@ pub struct SelectionReport {
     pub rows: Vec<ArmRow>,
     /// Per method: scoring seconds summed over seeds.
     pub seconds: Vec<(String, f64)>,
-}
-
-/// The tiny GPT-2 shape of the planted-fact benches (2 layers, hidden 64, 128 positions).
-pub fn base_config(vocab_size: usize, eot: u32) -> tda_model::ModelConfig {
-    tda_model::ModelConfig {
-        arch: tda_model::Arch::Gpt2,
-        vocab_size,
-        hidden: 64,
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 4,
-        head_dim: 16,
-        intermediate: 256,
-        max_positions: 128,
-        norm_eps: 1e-5,
-        rope_theta: 0.0,
-        tie_embeddings: true,
-        qkv_bias: true,
-        o_bias: true,
-        mlp_bias: true,
-        bos_token_id: Some(eot),
-        eos_token_id: Some(eot),
-        sliding_window: None,
-    }
 }
 
 fn first(d: &SyntheticDoc) -> &str {
@@ -341,7 +317,7 @@ pub fn evaluate(
             .ok_or_else(|| err("the trained tokenizer has no end-of-text token"))?;
         let bios: Vec<String> = people.iter().map(|d| d.text.clone()).collect();
         let base = train(
-            Transformer::<AD>::init(&base_config(512, eot), seed, &Default::default()),
+            Transformer::<AD>::init(&crate::tiny_gpt2(512, eot), seed, &Default::default()),
             &tok,
             &bios,
             &params(spec.base_steps, 16, 3e-3, 30, seed),

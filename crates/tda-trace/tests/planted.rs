@@ -5,7 +5,7 @@
 
 use tda_eval::biographies;
 use tda_model::device::CpuAutodiff;
-use tda_model::{ModelConfig, TokenBatch, Transformer};
+use tda_model::{TokenBatch, Transformer};
 use tda_trace::{fit, DocSource, FitOptions, Query, TraceOptions, WindowOptions};
 use tda_train::{pack, train_bpe, TrainParams, Trainer};
 
@@ -17,26 +17,7 @@ fn tracing_a_fact_finds_its_biography() {
     let docs = biographies(n_docs, 11);
     let tok = train_bpe(docs.iter().map(|d| d.text.clone()), 512).unwrap();
     let eot = tok.token_to_id(tda_train::END_OF_TEXT).unwrap();
-    let cfg = ModelConfig {
-        arch: tda_model::Arch::Gpt2,
-        vocab_size: 512,
-        hidden: 64,
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 4,
-        head_dim: 16,
-        intermediate: 256,
-        max_positions: 128,
-        norm_eps: 1e-5,
-        rope_theta: 0.0,
-        tie_embeddings: true,
-        qkv_bias: true,
-        o_bias: true,
-        mlp_bias: true,
-        bos_token_id: Some(eot),
-        eos_token_id: Some(eot),
-        sliding_window: None,
-    };
+    let cfg = tda_eval::tiny_gpt2(512, eot);
     let ids: Vec<Vec<u32>> = docs
         .iter()
         .map(|d| {

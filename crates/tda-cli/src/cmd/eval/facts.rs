@@ -45,6 +45,10 @@ pub struct FactArgs {
     /// is predicted the same way for every fact).
     #[arg(long)]
     pub fact_tokens_only: bool,
+    /// Tracked layers of the influence methods (as `tda fit --modules`: all, blocks, mlp, or
+    /// name patterns).
+    #[arg(long, default_value = "all")]
+    pub modules: tda_trace::ModuleSelection,
     /// Damping of the influence methods (as `tda trace --damping`).
     #[arg(long, default_value = "heuristic", value_parser = crate::cmd::trace::parse_damping)]
     pub damping: Damping,
@@ -122,7 +126,10 @@ impl FactArgs {
                 measurement: self.measurement,
                 ..TraceOptions::default()
             },
-            ..InfluenceSettings::default()
+            fit: tda_trace::FitOptions {
+                modules: self.modules.clone(),
+                ..Default::default()
+            },
         }
     }
 
@@ -134,6 +141,7 @@ impl FactArgs {
             "seed": self.seed,
             "prefilter": self.prefilter,
             "damping": format!("{:?}", self.damping),
+            "modules": format!("{:?}", self.modules),
             "measurement": format!("{:?}", self.measurement).to_lowercase(),
             "fact_tokens_only": self.fact_tokens_only,
         })

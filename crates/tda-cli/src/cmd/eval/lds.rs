@@ -42,6 +42,10 @@ pub struct LdsArgs {
     /// cosine, BM25 and TF-IDF.
     #[arg(long, value_delimiter = ',')]
     pub methods: Vec<Method>,
+    /// Tracked layers of the influence methods (as `tda fit --modules`: all, blocks, mlp, or
+    /// name patterns).
+    #[arg(long, default_value = "all")]
+    pub modules: tda_trace::ModuleSelection,
     /// Damping of the influence methods (as `tda trace --damping`).
     #[arg(long, default_value = "heuristic", value_parser = crate::cmd::trace::parse_damping)]
     pub damping: Damping,
@@ -124,7 +128,10 @@ pub(super) fn run_lds(a: &LdsArgs) -> anyhow::Result<()> {
                 damping: a.damping,
                 ..TraceOptions::default()
             },
-            ..InfluenceSettings::default()
+            fit: tda_trace::FitOptions {
+                modules: a.modules.clone(),
+                ..Default::default()
+            },
         };
         let checkpoints = if a.checkpoints > 0 {
             let pb = step_bar();
@@ -170,6 +177,7 @@ pub(super) fn run_lds(a: &LdsArgs) -> anyhow::Result<()> {
             "regime": spec.regime,
             "seed": a.seed,
             "damping": format!("{:?}", a.damping),
+            "modules": format!("{:?}", a.modules),
             "resamples": a.resamples,
             "checkpoints": a.checkpoints,
             "measurement": "logprob",
