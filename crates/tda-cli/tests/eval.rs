@@ -112,16 +112,26 @@ fn eval_lds_bank_is_cached_and_checked() {
     fails(v, &["--models", "1"], &[]);
     fails(args(&["--out", p(&bank)]), &[p(&bank), "is a folder"], &[]);
 
-    // Checkpoint ensembles: the run again with checkpoints (cached in the bank), one row per
-    // influence method.
-    let ck = json(&ok(args(&["--checkpoints", "2", "--json"])));
+    // Checkpoint and seed ensembles: the run again with checkpoints, and with the next seed
+    // (both cached in the bank), one row per influence method each.
+    let ck = json(&ok(args(&[
+        "--checkpoints",
+        "2",
+        "--seed-ensemble",
+        "2",
+        "--json",
+    ])));
     let names: Vec<String> = ck["rows"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| match r["ensemble"].as_u64() {
-            Some(k) => format!("{}+ckpt{k}", r["method"].as_str().unwrap()),
-            None => r["method"].as_str().unwrap().to_string(),
+        .map(|r| {
+            let m = r["method"].as_str().unwrap();
+            match (r["ensemble"].as_u64(), r["seeds"].as_u64()) {
+                (Some(k), _) => format!("{m}+ckpt{k}"),
+                (None, Some(k)) => format!("{m}+seeds{k}"),
+                (None, None) => m.to_string(),
+            }
         })
         .collect();
     assert_eq!(
@@ -131,12 +141,21 @@ fn eval_lds_bank_is_cached_and_checked() {
             "identity+cosine",
             "bm25",
             "ekfac+ckpt2",
-            "identity+cosine+ckpt2"
+            "identity+cosine+ckpt2",
+            "ekfac+seeds2",
+            "identity+cosine+seeds2"
         ]
     );
     assert!(bank
         .join("full-checkpoints-2/checkpoints/step-000004")
         .is_dir());
+    assert!(bank.join("full-seed-1/model.safetensors").is_file());
+    for r in ck["rows"].as_array().unwrap() {
+        assert_eq!(r["per_query"].as_array().unwrap().len(), 4, "{r}");
+        if let Some(l) = r["lds"].as_f64() {
+            assert!((-1.0..=1.0).contains(&l), "{r}");
+        }
+    }
 
     // The fixed-order regime: its own bank, one example per document.
     let fixed = r.join("fixed");

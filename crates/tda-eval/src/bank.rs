@@ -6,6 +6,8 @@
 //!   reused only for the same inputs; other inputs are an error that names the folder.
 //! - `full/`: the model trained on every document (attributions are computed on it).
 //! - `subsets/subset-NNN.jsonl` and `models/subset-NNN/`: model `j` and its training documents.
+//! - `full-checkpoints-K/` and `full-seed-S/`: the full run again with K checkpoints, and with
+//!   another seed (for checkpoint and seed ensembles; made on demand).
 //!
 //! Two regimes ([`Regime`]):
 //! - `Random`: each model is a `tda train` run (packed token stream) on its random subset, e.g.
@@ -439,6 +441,36 @@ pub fn ensure_checkpoints(
         .map(|s| out.join("checkpoints").join(format!("step-{s:06}")))
         .collect();
     dirs.push(out);
+    Ok(dirs)
+}
+
+/// The full model and `count − 1` more runs of the recipe on the whole corpus with the seeds
+/// after the recipe's (in `dir/full-seed-S/`, the full model's tokenizer), for seed ensembles
+/// (TRAK-style: independently trained models averaged). Returns the full model first. Trained
+/// only if not done.
+pub fn ensure_seed_models(
+    bank: &Bank,
+    corpus: &Path,
+    read: &ReadOptions,
+    recipe: &str,
+    count: usize,
+    train: &mut dyn FnMut(&TrainJob, &Examples) -> Result<()>,
+) -> Result<Vec<PathBuf>> {
+    let config = parse_recipe(&bank.dir, recipe)?;
+    let spec: BankSpec = read_manifest(&bank.dir)?.spec;
+    let mut dirs = vec![bank.full.clone()];
+    for s in 1..count as u64 {
+        let mut c = config.clone();
+        c.train.seed = config.train.seed + s;
+        c.train.checkpoint_every = 0;
+        let out = bank.dir.join(format!("full-seed-{}", c.train.seed));
+        if !is_done(&out, c.train.steps)? {
+            let tokenizer = bank.full.join("tokenizer.json");
+            let job = scratch_job(corpus, read, c, Some(tokenizer), &out);
+            train(&job, &spec.full_examples())?;
+        }
+        dirs.push(out);
+    }
     Ok(dirs)
 }
 

@@ -93,11 +93,12 @@ pub fn lds_with_ci(
 }
 
 impl LdsRow {
-    /// `ekfac`, or `ekfac+ckpt4` for a checkpoint ensemble.
+    /// `ekfac`, `ekfac+ckpt4` for a checkpoint ensemble, `ekfac+seeds4` for a seed ensemble.
     pub fn name(&self) -> String {
-        match self.ensemble {
-            Some(k) => format!("{}+ckpt{k}", self.method.name()),
-            None => self.method.name(),
+        match (self.ensemble, self.seeds) {
+            (Some(k), _) => format!("{}+ckpt{k}", self.method.name()),
+            (None, Some(k)) => format!("{}+seeds{k}", self.method.name()),
+            (None, None) => self.method.name(),
         }
     }
 }
@@ -109,6 +110,9 @@ pub struct LdsRow {
     /// Checkpoint ensembles: the number of training states averaged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<usize>,
+    /// Seed ensembles: the number of independently trained full models averaged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<usize>,
     #[serde(flatten)]
     pub score: LdsScore,
     pub seconds: f64,
@@ -139,6 +143,8 @@ pub struct LdsReport {
 /// influence method `M` also gets the row `M+ckptK`: the mean over the K states of `M`'s scores,
 /// each state's scores of a query divided by their standard deviation over documents (so that
 /// every state weighs the same; a TracIn-CP-style ensemble with each state's own factors).
+/// With `seed_models` (the full model and runs with other seeds), the same over those models:
+/// rows `M+seedsK` (TRAK-style).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate<AD: burn::tensor::backend::AutodiffBackend>(
     bank: &crate::bank::Bank,
@@ -148,6 +154,7 @@ pub fn evaluate<AD: burn::tensor::backend::AutodiffBackend>(
     methods: &[crate::methods::Method],
     settings: crate::methods::InfluenceSettings,
     checkpoints: &[std::path::PathBuf],
+    seed_models: &[std::path::PathBuf],
     resamples: usize,
     seed: u64,
     device: &AD::Device,
@@ -196,6 +203,7 @@ pub fn evaluate<AD: burn::tensor::backend::AutodiffBackend>(
         rows.push(LdsRow {
             method,
             ensemble: None,
+            seeds: None,
             score: lds_with_ci(&scores, &bank.subsets, &outputs, resamples, seed),
             seconds: scorer.seconds[&method.name()],
         });
@@ -205,47 +213,20 @@ pub fn evaluate<AD: burn::tensor::backend::AutodiffBackend>(
         .copied()
         .filter(|m| matches!(m, crate::methods::Method::Influence { .. }))
         .collect();
-    if !checkpoints.is_empty() && !influence.is_empty() {
-        let mut sums: Vec<Vec<Vec<f64>>> =
-            vec![vec![vec![0.0; bank.docs.len()]; queries.len()]; influence.len()];
-        let t1 = std::time::Instant::now();
-        for (c, dir) in checkpoints.iter().enumerate() {
-            progress(&format!(
-                "checkpoint {}/{}: {}",
-                c + 1,
-                checkpoints.len(),
-                dir.display()
-            ));
-            let m =
-                tda_model::load_folder::<AD>(dir, device).map_err(tda_trace::TraceError::from)?;
-            let fp = tda_trace::model_fingerprint(dir)?;
-            let mut s = Scorer::new(
-                &m.model,
-                &m.tokenizer,
-                fp,
-                corpus,
-                read,
-                &bank.docs,
-                settings.clone(),
-                &bank.dir,
-            );
-            for (k, &method) in influence.iter().enumerate() {
-                for (acc, row) in sums[k].iter_mut().zip(s.scores(method, queries)?) {
-                    let n = row.len() as f64;
-                    let mean = row.iter().sum::<f64>() / n;
-                    let sd = (row.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt();
-                    let sd = if sd > 0.0 { sd } else { 1.0 };
-                    for (a, x) in acc.iter_mut().zip(&row) {
-                        *a += x / sd;
-                    }
-                }
-            }
+    for (states, seeds) in [(checkpoints, false), (seed_models, true)] {
+        if states.is_empty() || influence.is_empty() {
+            continue;
         }
+        let t1 = std::time::Instant::now();
+        let sums = ensemble_scores::<AD>(
+            states, &influence, bank, corpus, read, queries, &settings, device, progress,
+        )?;
         let per = t1.elapsed().as_secs_f64() / influence.len() as f64;
         for (k, method) in influence.iter().enumerate() {
             rows.push(LdsRow {
                 method: *method,
-                ensemble: Some(checkpoints.len()),
+                ensemble: (!seeds).then_some(states.len()),
+                seeds: seeds.then_some(states.len()),
                 score: lds_with_ci(&sums[k], &bank.subsets, &outputs, resamples, seed),
                 seconds: per,
             });
@@ -264,4 +245,53 @@ pub fn evaluate<AD: burn::tensor::backend::AutodiffBackend>(
         rows,
         measure_seconds,
     })
+}
+
+/// `sums[method][query][doc]`: over `states` (model folders), each state's dense scores of the
+/// method (its own factors), divided per query by their standard deviation over documents, summed.
+#[allow(clippy::too_many_arguments)]
+fn ensemble_scores<AD: burn::tensor::backend::AutodiffBackend>(
+    states: &[std::path::PathBuf],
+    influence: &[crate::methods::Method],
+    bank: &crate::bank::Bank,
+    corpus: &std::path::Path,
+    read: &tda_corpus::ReadOptions,
+    queries: &[Query],
+    settings: &crate::methods::InfluenceSettings,
+    device: &AD::Device,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<Vec<Vec<f64>>>, crate::methods::MethodError> {
+    let mut sums = vec![vec![vec![0.0; bank.docs.len()]; queries.len()]; influence.len()];
+    for (c, dir) in states.iter().enumerate() {
+        progress(&format!(
+            "state {}/{}: {}",
+            c + 1,
+            states.len(),
+            dir.display()
+        ));
+        let m = tda_model::load_folder::<AD>(dir, device).map_err(tda_trace::TraceError::from)?;
+        let fp = tda_trace::model_fingerprint(dir)?;
+        let mut s = crate::methods::Scorer::new(
+            &m.model,
+            &m.tokenizer,
+            fp,
+            corpus,
+            read,
+            &bank.docs,
+            settings.clone(),
+            &bank.dir,
+        );
+        for (k, &method) in influence.iter().enumerate() {
+            for (acc, row) in sums[k].iter_mut().zip(s.scores(method, queries)?) {
+                let n = row.len() as f64;
+                let mean = row.iter().sum::<f64>() / n;
+                let sd = (row.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt();
+                let sd = if sd > 0.0 { sd } else { 1.0 };
+                for (a, x) in acc.iter_mut().zip(&row) {
+                    *a += x / sd;
+                }
+            }
+        }
+    }
+    Ok(sums)
 }

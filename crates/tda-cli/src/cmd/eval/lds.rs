@@ -54,6 +54,11 @@ pub struct LdsArgs {
     /// Trains the run once more with checkpoints (cached in the bank).
     #[arg(long, default_value_t = 0)]
     pub checkpoints: u32,
+    /// Also score each influence method as an ensemble over this many independently trained
+    /// full models: the full model and runs of the recipe with the next seeds (TRAK-style;
+    /// rows `M+seedsK`; cached in the bank).
+    #[arg(long, default_value_t = 0)]
+    pub seed_ensemble: u32,
     /// Bootstrap resamples of the subsets for the 95 % interval.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub resamples: u32,
@@ -151,6 +156,24 @@ pub(super) fn run_lds(a: &LdsArgs) -> anyhow::Result<()> {
         } else {
             Vec::new()
         };
+        let seed_models = if a.seed_ensemble > 1 {
+            let pb = step_bar();
+            let mut train = |job: &tda_train::TrainJob, ex: &tda_train::Examples| {
+                bank::train_on::<AD>(job, ex, &device, &mut |s| on_step(&pb, s))
+            };
+            let m = bank::ensure_seed_models(
+                &bank,
+                &a.corpus,
+                &read,
+                &recipe,
+                a.seed_ensemble as usize,
+                &mut train,
+            )?;
+            pb.finish_and_clear();
+            m
+        } else {
+            Vec::new()
+        };
         tda_eval::lds::evaluate::<AD>(
             &bank,
             &a.corpus,
@@ -159,6 +182,7 @@ pub(super) fn run_lds(a: &LdsArgs) -> anyhow::Result<()> {
             &methods,
             settings,
             &checkpoints,
+            &seed_models,
             a.resamples as usize,
             a.seed,
             &device,
@@ -180,6 +204,7 @@ pub(super) fn run_lds(a: &LdsArgs) -> anyhow::Result<()> {
             "modules": format!("{:?}", a.modules),
             "resamples": a.resamples,
             "checkpoints": a.checkpoints,
+            "seed_ensemble": a.seed_ensemble,
             "measurement": "logprob",
         }),
         report: &report,
