@@ -3,7 +3,7 @@
 //!
 //! Each state's scores of a query are divided by their standard deviation over the candidates
 //! (so that every state weighs the same, whatever its gradient scale), and the states are
-//! averaged. On the tiny LDS bank this raises EK-FAC's LDS from 0.536 to 0.578 with 4 states
+//! averaged. On the tiny LDS bank this raises EK-FAC's LDS from 0.603 to 0.634 with 4 states
 //! (`benches/quality.md` §1).
 //!
 //! Invariants: every state scored the same candidates for the same queries (checked); the
@@ -13,17 +13,9 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Result, TraceError};
+pub use crate::output::EnsembleInfo;
 use crate::output::TraceOutput;
-
-/// What an ensembled trace was made of.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct EnsembleInfo {
-    /// Model fingerprints of the states, the first state (the `--model`) first.
-    pub states: Vec<String>,
-}
 
 /// Population standard deviation of `x` (1 when it is 0 or not finite, so that a constant
 /// state contributes zeros rather than NaN).

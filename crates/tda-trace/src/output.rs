@@ -109,13 +109,20 @@ pub struct TraceOutput {
     pub stages: Option<crate::stages::StagesInfo>,
     /// An ensemble over training states ([`crate::ensemble`]): which states.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ensemble: Option<crate::ensemble::EnsembleInfo>,
+    pub ensemble: Option<EnsembleInfo>,
     pub queries: Vec<QueryResult>,
     pub report: TraceReport,
     /// Sharded traces: a fingerprint of the preconditioned queries' f32 bits, equal in every shard
     /// of one sharded trace (0 when not sharded).
     #[serde(skip)]
     pub queries_fingerprint: u64,
+}
+
+/// What an ensembled trace ([`crate::ensemble::combine`]) was made of.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EnsembleInfo {
+    /// Model fingerprints of the states, the first state (the `--model`) first.
+    pub states: Vec<String>,
 }
 
 /// Receives the result rows of a pass as they are made (unranked: `rank` is 0), instead of a
