@@ -19,6 +19,21 @@ pub fn bar(len: u64, template: &str) -> ProgressBar {
     pb
 }
 
+/// A bar for training steps (its length set by the first step, see [`on_step`]).
+pub fn step_bar() -> ProgressBar {
+    bar(0, "{spinner} train [{bar:30}] {pos}/{len} {msg} ({eta})")
+}
+
+/// Shows one training step on a [`step_bar`].
+pub fn on_step(pb: &ProgressBar, s: &tda_train::StepInfo) {
+    pb.set_length(s.steps as u64);
+    pb.set_position(s.step as u64);
+    pb.set_message(format!(
+        "loss {:.3} lr {:.2e} {:.0} tok/s",
+        s.loss, s.lr, s.tokens_per_s
+    ));
+}
+
 /// Fails before any work when an output cannot be written at `path` (see `tda_io::check_writable`),
 /// so a long job never ends by losing its result.
 pub fn check_out(path: &std::path::Path, what: tda_io::Output) -> anyhow::Result<()> {

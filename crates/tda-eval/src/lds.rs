@@ -248,7 +248,8 @@ pub fn evaluate<AD: burn::tensor::backend::AutodiffBackend>(
 }
 
 /// `sums[method][query][doc]`: over `states` (model folders), each state's dense scores of the
-/// method (its own factors), divided per query by their standard deviation over documents, summed.
+/// method (its own factors), divided per query by [`tda_trace::ensemble::scale`] (their standard
+/// deviation over documents), summed.
 #[allow(clippy::too_many_arguments)]
 fn ensemble_scores<AD: burn::tensor::backend::AutodiffBackend>(
     states: &[std::path::PathBuf],
@@ -283,10 +284,7 @@ fn ensemble_scores<AD: burn::tensor::backend::AutodiffBackend>(
         );
         for (k, &method) in influence.iter().enumerate() {
             for (acc, row) in sums[k].iter_mut().zip(s.scores(method, queries)?) {
-                let n = row.len() as f64;
-                let mean = row.iter().sum::<f64>() / n;
-                let sd = (row.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt();
-                let sd = if sd > 0.0 { sd } else { 1.0 };
+                let sd = tda_trace::ensemble::scale(&row);
                 for (a, x) in acc.iter_mut().zip(&row) {
                     *a += x / sd;
                 }

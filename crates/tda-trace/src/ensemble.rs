@@ -17,9 +17,9 @@ use crate::error::{Result, TraceError};
 pub use crate::output::EnsembleInfo;
 use crate::output::TraceOutput;
 
-/// Population standard deviation of `x` (1 when it is 0 or not finite, so that a constant
-/// state contributes zeros rather than NaN).
-fn scale(x: &[f64]) -> f64 {
+/// What one state's scores of a query are divided by: their population standard deviation
+/// (1 when it is 0 or not finite, so that a constant state contributes zeros rather than NaN).
+pub fn scale(x: &[f64]) -> f64 {
     let n = x.len().max(1) as f64;
     let mean = x.iter().sum::<f64>() / n;
     let sd = (x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt();

@@ -160,7 +160,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         world.queries.len(),
         corpus.display()
     );
-    let pb = crate::output::bar(0, "{spinner} train [{bar:30}] {pos}/{len} {msg} ({eta})");
+    let pb = crate::output::step_bar();
     let mut loss: Option<[f32; 2]> = None;
     let t0 = std::time::Instant::now();
     let (model_dir, _, trained) = with_backend!(a.device, |B, AD, device| {
@@ -171,9 +171,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
             &recipe,
             &device,
             &mut |s| {
-                pb.set_length(s.steps as u64);
-                pb.set_position(s.step as u64);
-                pb.set_message(format!("loss {:.3}", s.loss));
+                crate::output::on_step(&pb, s);
                 let l = loss.get_or_insert([s.loss as f32; 2]);
                 l[1] = s.loss as f32;
             },

@@ -6,7 +6,7 @@ use clap::Args;
 use tda_model::device::DeviceKind;
 use tda_train::{job, TrainConfig, TrainJob};
 
-use crate::output::{bar, print_json};
+use crate::output::print_json;
 use crate::with_backend;
 
 #[derive(Args)]
@@ -88,17 +88,8 @@ pub fn run(a: &TrainArgs) -> anyhow::Result<()> {
 
 /// Runs a training job with a progress bar showing loss and tokens/s.
 pub fn train_job(job: &TrainJob, device: DeviceKind) -> anyhow::Result<tda_train::TrainReport> {
-    let pb = bar(
-        job.config.train.steps as u64,
-        "{spinner} train [{bar:30}] {pos}/{len} {msg} ({eta})",
-    );
-    let mut on_step = |s: &tda_train::StepInfo| {
-        pb.set_position(s.step as u64);
-        pb.set_message(format!(
-            "loss {:.3} lr {:.2e} {:.0} tok/s",
-            s.loss, s.lr, s.tokens_per_s
-        ));
-    };
+    let pb = crate::output::step_bar();
+    let mut on_step = |s: &tda_train::StepInfo| crate::output::on_step(&pb, s);
     let report = with_backend!(device, |B, AD, dev| {
         job::run::<AD>(job, &dev, &mut on_step)?
     });

@@ -24,7 +24,7 @@ use tda_model::device::DeviceKind;
 use tda_trace::{Measurement, TraceOptions};
 
 use crate::cmd::CorpusArgs;
-use crate::output::{bar, print_json};
+use crate::output::{bar, on_step, print_json, step_bar};
 use crate::with_backend;
 
 /// The tiny model recipe (`configs/tiny.toml`), the bank's default.
@@ -126,15 +126,4 @@ fn write_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> anyhow::
         tda_io::write_file(path, &bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
     Ok(())
-}
-
-/// A bar for the training steps of a cached model (its length set by the first step).
-fn step_bar() -> indicatif::ProgressBar {
-    bar(0, "{spinner} train [{bar:30}] {pos}/{len} {msg} ({eta})")
-}
-
-fn on_step(pb: &indicatif::ProgressBar, s: &tda_train::StepInfo) {
-    pb.set_length(s.steps as u64);
-    pb.set_position(s.step as u64);
-    pb.set_message(format!("loss {:.3}", s.loss));
 }
