@@ -91,7 +91,9 @@ pub fn causal_attention<B: Backend>(
     let needs_mask = tq > 1 || offset + tq < tk || window.is_some_and(|w| w < tk);
     let scores = if needs_mask {
         let mask = causal_mask::<B>(tq, tk, offset, window, &scores.device());
-        scores + mask
+        // As rows of tq·tk, the mask is one row shared by all b·h rows: the CPU backend's SIMD
+        // broadcast path (a `[1, 1, tq, tk]` operand would be walked element by element).
+        (scores.reshape([b * h, tq * tk]) + mask.reshape([1, tq * tk])).reshape([b, h, tq, tk])
     } else {
         scores
     };

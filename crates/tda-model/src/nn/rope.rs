@@ -39,8 +39,14 @@ pub fn apply_rope<B: Backend>(
 ) -> Tensor<B, 4> {
     let [b, h, t, d] = x.dims();
     let half = d / 2;
-    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..half]);
-    let x2 = x.clone().slice([0..b, 0..h, 0..t, half..d]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone() + rotated * sin.clone()
+    // Worked on as rows of t·d (one copy when `x` is a transposed view), so that multiplying by
+    // the tables is a row shared by all b·h rows: the CPU backend's SIMD broadcast path, where a
+    // `[1, 1, t, d]` operand would be walked element by element.
+    let x = x.reshape([b * h, t, d]);
+    let x1 = x.clone().slice([0..b * h, 0..t, 0..half]);
+    let x2 = x.clone().slice([0..b * h, 0..t, half..d]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 2);
+    let rows = |y: Tensor<B, 3>| y.reshape([b * h, t * d]);
+    let table = |y: &Tensor<B, 4>| y.clone().reshape([1, t * d]);
+    (rows(x) * table(cos) + rows(rotated) * table(sin)).reshape([b, h, t, d])
 }
