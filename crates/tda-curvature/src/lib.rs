@@ -48,7 +48,8 @@ pub use precondition::{
 };
 pub use project::{l2_normalize, GradientProjection, LayerProjection};
 pub use score::{
-    candidate_stats, grad_sq_norms, relabel_influence, score_candidates, self_influence,
+    candidate_stats, grad_sq_norms, relabel_influence, score_candidates, score_candidates_with,
+    self_influence,
     CandidateScores, CandidateStats, QueryBatch,
 };
 pub use taps::{LayerBatch, LayerSpec};

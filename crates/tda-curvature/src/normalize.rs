@@ -81,8 +81,10 @@ pub fn normalize(
                 0.0
             };
             scores.total[b * nq + q] *= f;
-            for tt in 0..t {
-                scores.per_token[(b * t + tt) * nq + q] *= f;
+            if !scores.per_token.is_empty() {
+                for tt in 0..t {
+                    scores.per_token[(b * t + tt) * nq + q] *= f;
+                }
             }
             for l in 0..nl {
                 scores.per_layer[(b * nl + l) * nq + q] *= f;

@@ -8,16 +8,53 @@
 //!
 //! computed for all queries at once as two GEMMs per layer over the concatenated query factors
 //! (`g [B·T, d_out] · L_cat [d_out, Σ_q r_q]` and `a [B·T, d_in] · R_cat [d_in, Σ_q r_q]` + bias row),
-//! then a reduction over each query's `r` columns. Per-sequence weight gradients are never formed.
+//! then a reduction over each query's `r` columns.
 //! Sequence score `= Σ_t Σ_ℓ s_t(q, ℓ) = ⟨P_q, G_b⟩ = −∇fᵀ (G + λI)⁻¹ ∇L(z_b)` (positive = up-weighting
 //! the candidate raises `f`).
+//!
+//! When per-token scores are not asked for, a layer may instead be scored by forming each
+//! sequence's gradient `G_b = Σ_t g_t a_tᵀ` once and contracting it with the dense `P_q`
+//! (`[B, d_out·d_a] · [d_out·d_a, Q]`): `T·d_out·d_a + Q·d_out·d_a` multiply-adds per sequence
+//! instead of `T·(d_out + d_a)·Σ_q r_q`, so T× fewer for full-rank queries when Q ≥ 2. The cheaper
+//! path is chosen per layer ([`Path`]), as Kronfluence chooses its einsum order by cost.
 
 use crate::error::{CurvatureError, Result};
 use crate::factors::Factors;
 use crate::linalg::{gemm, Op};
 use crate::precondition::{Damping, PreconditionedQuery};
 use crate::taps::{validate_batches, LayerBatch, LayerSpec};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef};
 use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// The most memory the dense queries of one layer (`Q · d_out · d_a` f32) may take; a layer above
+/// it is always scored per token (e.g. the unembedding of a 150k vocabulary).
+pub const DENSE_QUERY_BUDGET_BYTES: usize = 256 << 20;
+
+/// How one layer of a candidate batch is scored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Two GEMMs against the low-rank factors, one score per token.
+    PerToken,
+    /// Per-sequence gradients contracted with the dense queries (no per-token scores).
+    PerSequence,
+}
+
+impl Path {
+    /// The cheaper path in multiply-adds for `batch` sequences of `rows` real-or-padded tokens.
+    pub fn choose(spec: &LayerSpec, rows: usize, batch: usize, width: usize, nq: usize) -> Path {
+        let (d_out, d_a) = (spec.d_out, spec.d_a());
+        let per_token = rows * (d_out + d_a) * width;
+        let per_seq = rows * d_out * d_a + batch * d_out * d_a * nq;
+        let dense_bytes = nq * d_out * d_a * 4;
+        if per_seq < per_token && dense_bytes <= DENSE_QUERY_BUDGET_BYTES {
+            Path::PerSequence
+        } else {
+            Path::PerToken
+        }
+    }
+}
 
 /// Per-layer concatenation of the queries' factors.
 struct PackedLayer {
@@ -28,6 +65,27 @@ struct PackedLayer {
     width: usize,
     /// Column ranges per query: `offsets[q]..offsets[q + 1]`.
     offsets: Vec<usize>,
+    /// `[Q, d_out · d_a]`: each query's `P = L Rᵀ`, formed the first time the layer is scored
+    /// per sequence.
+    dense: OnceLock<Vec<f32>>,
+}
+
+impl PackedLayer {
+    fn dense(&self, spec: &LayerSpec) -> &[f32] {
+        self.dense.get_or_init(|| {
+            let (d_out, d_a, w) = (spec.d_out, spec.d_a(), self.width);
+            let n = d_out * d_a;
+            let mut out = vec![0.0f32; (self.offsets.len() - 1) * n];
+            out.par_chunks_mut(n).enumerate().for_each(|(q, p)| {
+                let (s, e) = (self.offsets[q], self.offsets[q + 1]);
+                let l = MatRef::from_row_major_slice(&self.left, d_out, w).subcols(s, e - s);
+                let r = MatRef::from_row_major_slice(&self.right, d_a, w).subcols(s, e - s);
+                let dst = MatMut::from_row_major_slice_mut(p, d_out, d_a);
+                matmul(dst, Accum::Replace, l, r.transpose(), 1.0f32, faer::Par::Seq);
+            });
+            out
+        })
+    }
 }
 
 /// All queries, packed for the one-pass kernel.
@@ -83,6 +141,7 @@ impl QueryBatch {
                 right,
                 width,
                 offsets,
+                dense: OnceLock::new(),
             });
         }
         Ok(Self {
@@ -108,7 +167,8 @@ impl QueryBatch {
 }
 
 /// Scores of one candidate batch: `B` sequences × `T` tokens × `Q` queries × `L` layers.
-/// Masked tokens score 0. Invariants: `Σ_t per_token = total`, `Σ_ℓ per_layer = total`.
+/// Masked tokens score 0. Invariants: `Σ_t per_token = total` (when `per_token` is filled: it is
+/// empty when per-token scores were not asked for), `Σ_ℓ per_layer = total`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CandidateScores {
     pub batch: usize,
@@ -117,7 +177,7 @@ pub struct CandidateScores {
     pub n_layers: usize,
     /// `[B, Q]`.
     pub total: Vec<f64>,
-    /// `[B, T, Q]`.
+    /// `[B, T, Q]`, or empty (see [`score_candidates_with`]).
     pub per_token: Vec<f64>,
     /// `[B, L, Q]`.
     pub per_layer: Vec<f64>,
@@ -136,10 +196,22 @@ impl CandidateScores {
 }
 
 /// Scores all queries against one batch of candidate taps (gradients of the training loss), in a
-/// single pass (two f32 GEMMs per layer + reduction, f64 accumulation of the reductions).
+/// single pass (two f32 GEMMs per layer + reduction, f64 accumulation of the reductions), with
+/// per-token scores.
 pub fn score_candidates(
     queries: &QueryBatch,
     batches: &[LayerBatch<'_>],
+) -> Result<CandidateScores> {
+    score_candidates_with(queries, batches, true)
+}
+
+/// [`score_candidates`]; without `per_token`, each layer takes the cheaper [`Path`] and
+/// `per_token` is left empty. Totals and per-layer scores of the two paths agree to f32 rounding
+/// (the per-sequence contraction is summed in f32 over chunks of 4 096 weights, in f64 across them).
+pub fn score_candidates_with(
+    queries: &QueryBatch,
+    batches: &[LayerBatch<'_>],
+    per_token: bool,
 ) -> Result<CandidateScores> {
     validate_batches(&queries.specs, batches)?;
     let (bsz, t_len, nq, nl) = (
@@ -149,11 +221,21 @@ pub fn score_candidates(
         queries.specs.len(),
     );
     let rows = bsz * t_len;
-    let mut per_token = vec![0.0f64; rows * nq];
+    let want_tokens = per_token;
+    let mut per_token = vec![0.0f64; if want_tokens { rows * nq } else { 0 }];
     let mut per_layer = vec![0.0f64; bsz * nl * nq];
     for (l, (spec, lb)) in queries.specs.iter().zip(batches).enumerate() {
         let pk = &queries.layers[l];
         let w = pk.width;
+        if !want_tokens && Path::choose(spec, rows, bsz, w, nq) == Path::PerSequence {
+            let s = per_sequence(pk.dense(spec), spec, lb, nq);
+            for b in 0..bsz {
+                for q in 0..nq {
+                    per_layer[(b * nl + l) * nq + q] += s[b * nq + q];
+                }
+            }
+            continue;
+        }
         let mut x = vec![0.0f32; rows * w];
         let mut y = vec![0.0f32; rows * w];
         gemm(
@@ -199,7 +281,9 @@ pub fn score_candidates(
             let b = r / t_len;
             for q in 0..nq {
                 let v = contrib[r * nq + q];
-                per_token[r * nq + q] += v;
+                if want_tokens {
+                    per_token[r * nq + q] += v;
+                }
                 per_layer[(b * nl + l) * nq + q] += v;
             }
         }
@@ -221,6 +305,47 @@ pub fn score_candidates(
         per_token,
         per_layer,
     })
+}
+
+/// `⟨P_q, G_b⟩` of one layer `[B, Q]`: `G_b = g_bᵀ a_b` over the real rows of each sequence
+/// (f32 GEMMs, in parallel over sequences), contracted with `dense [Q, d_out·d_a]` in column
+/// chunks whose f32 products are summed in f64.
+fn per_sequence(dense: &[f32], spec: &LayerSpec, lb: &LayerBatch<'_>, nq: usize) -> Vec<f64> {
+    const CHUNK: usize = 4096;
+    let (d_out, d_a, bsz) = (spec.d_out, spec.d_a(), lb.batch);
+    let n = d_out * d_a;
+    let mut grads = vec![0.0f32; bsz * n];
+    grads.par_chunks_mut(n).enumerate().for_each(|(b, out)| {
+        let (a, g, rows) = lb.gather_seq(spec, b);
+        let k = rows.len();
+        if k == 0 {
+            return;
+        }
+        let g = MatRef::from_row_major_slice(&g, k, d_out);
+        let a = MatRef::from_row_major_slice(&a, k, d_a);
+        let dst = MatMut::from_row_major_slice_mut(out, d_out, d_a);
+        matmul(dst, Accum::Replace, g.transpose(), a, 1.0f32, faer::Par::Seq);
+    });
+    let gm = MatRef::from_row_major_slice(&grads, bsz, n);
+    let pm = MatRef::from_row_major_slice(dense, nq, n);
+    let starts: Vec<usize> = (0..n).step_by(CHUNK).collect();
+    let parts: Vec<Vec<f32>> = starts
+        .par_iter()
+        .map(|&c0| {
+            let w = CHUNK.min(n - c0);
+            let mut part = vec![0.0f32; bsz * nq];
+            let dst = MatMut::from_row_major_slice_mut(&mut part, bsz, nq);
+            let (gs, ps) = (gm.subcols(c0, w), pm.subcols(c0, w));
+            matmul(dst, Accum::Replace, gs, ps.transpose(), 1.0f32, faer::Par::Seq);
+            part
+        })
+        .collect();
+    // Summed in chunk order, so the scores do not depend on the thread schedule.
+    let mut out = vec![0.0f64; bsz * nq];
+    for part in &parts {
+        out.iter_mut().zip(part).for_each(|(a, &p)| *a += p as f64);
+    }
+    out
 }
 
 /// Relabeling influence: the change of `f` (per unit ε) when the continuation of each sequence is

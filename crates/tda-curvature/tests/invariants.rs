@@ -220,6 +220,46 @@ fn one_pass_multi_query_equals_one_at_a_time() {
     }
 }
 
+/// Without per-token scores, layers where it is cheaper are scored by contracting each sequence's
+/// gradient with the dense queries: the same totals and per-layer scores as the per-token path
+/// (f32 GEMMs on both sides: 1e-5 of the largest per-layer score), and no per-token scores.
+#[test]
+fn per_sequence_path_equals_per_token_path() {
+    let w = world();
+    let f = fit(&specs(), FitConfig::new(Strategy::Ekfac), &w.fit_batches);
+    let sp = specs();
+    let qg = query_gradients(&sp, &views(&w.queries)).unwrap();
+    for rank in [Rank::Full, Rank::Truncated(4)] {
+        let pq = precondition(&f, Damping::default(), &qg, rank).unwrap();
+        let qb = QueryBatch::new(&sp, &pq).unwrap();
+        let tok = score_candidates(&qb, &views(&w.cands)).unwrap();
+        let seq = score_candidates_with(&qb, &views(&w.cands), false).unwrap();
+        assert!(seq.per_token.is_empty());
+        let c = &w.cands[0];
+        let width: Vec<usize> = (0..sp.len())
+            .map(|l| pq.iter().map(|q| q.layers[l].rank).sum())
+            .collect();
+        let per_seq_layers = sp
+            .iter()
+            .zip(&width)
+            .filter(|(s, &w)| {
+                score::Path::choose(s, c.batch * c.seq_len, c.batch, w, pq.len())
+                    == score::Path::PerSequence
+            })
+            .count();
+        if rank == Rank::Full {
+            assert!(per_seq_layers > 0, "the full-rank queries take the per-sequence path");
+        }
+        let scale = tok.per_layer.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (a, b) in tok.per_layer.iter().zip(&seq.per_layer) {
+            assert!((a - b).abs() <= 1e-5 * scale, "per layer {a} vs {b}");
+        }
+        for (a, b) in tok.total.iter().zip(&seq.total) {
+            assert!((a - b).abs() <= 1e-5 * scale, "total {a} vs {b}");
+        }
+    }
+}
+
 #[test]
 fn rank_r_equals_full_when_r_covers_rank() {
     // Identity: P_q = −G_q/(1+λ) has rank ≤ #query tokens (≤ 3 here), on layers up to 12 × 17.

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use tda_curvature::{
-    candidate_stats, normalize, precondition, score_candidates, transfer_through_fine_tuning,
+    candidate_stats, normalize, precondition, score_candidates_with, transfer_through_fine_tuning,
     Damping, Factors, Normalization, NormalizeOptions, QueryBatch, Rank,
 };
 use tda_model::{frozen, Tokenizer, Transformer};
@@ -291,7 +291,7 @@ pub(crate) fn run<AD: AutodiffBackend>(
             report.copy_s += taps.t_copy;
             let lbs = taps.layer_batches();
             let t0 = Instant::now();
-            let mut sc = score_candidates(&prepared_batch, &lbs)?;
+            let mut sc = score_candidates_with(&prepared_batch, &lbs, opts.per_token)?;
             report.contraction_s += t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
             if opts.normalize != NormalizeOptions::default() {
