@@ -81,7 +81,14 @@ impl PackedLayer {
                 let l = MatRef::from_row_major_slice(&self.left, d_out, w).subcols(s, e - s);
                 let r = MatRef::from_row_major_slice(&self.right, d_a, w).subcols(s, e - s);
                 let dst = MatMut::from_row_major_slice_mut(p, d_out, d_a);
-                matmul(dst, Accum::Replace, l, r.transpose(), 1.0f32, faer::Par::Seq);
+                matmul(
+                    dst,
+                    Accum::Replace,
+                    l,
+                    r.transpose(),
+                    1.0f32,
+                    faer::Par::Seq,
+                );
             });
             out
         })
@@ -324,7 +331,14 @@ fn per_sequence(dense: &[f32], spec: &LayerSpec, lb: &LayerBatch<'_>, nq: usize)
         let g = MatRef::from_row_major_slice(&g, k, d_out);
         let a = MatRef::from_row_major_slice(&a, k, d_a);
         let dst = MatMut::from_row_major_slice_mut(out, d_out, d_a);
-        matmul(dst, Accum::Replace, g.transpose(), a, 1.0f32, faer::Par::Seq);
+        matmul(
+            dst,
+            Accum::Replace,
+            g.transpose(),
+            a,
+            1.0f32,
+            faer::Par::Seq,
+        );
     });
     let gm = MatRef::from_row_major_slice(&grads, bsz, n);
     let pm = MatRef::from_row_major_slice(dense, nq, n);
@@ -336,7 +350,14 @@ fn per_sequence(dense: &[f32], spec: &LayerSpec, lb: &LayerBatch<'_>, nq: usize)
             let mut part = vec![0.0f32; bsz * nq];
             let dst = MatMut::from_row_major_slice_mut(&mut part, bsz, nq);
             let (gs, ps) = (gm.subcols(c0, w), pm.subcols(c0, w));
-            matmul(dst, Accum::Replace, gs, ps.transpose(), 1.0f32, faer::Par::Seq);
+            matmul(
+                dst,
+                Accum::Replace,
+                gs,
+                ps.transpose(),
+                1.0f32,
+                faer::Par::Seq,
+            );
             part
         })
         .collect();

@@ -248,7 +248,10 @@ fn per_sequence_path_equals_per_token_path() {
             })
             .count();
         if rank == Rank::Full {
-            assert!(per_seq_layers > 0, "the full-rank queries take the per-sequence path");
+            assert!(
+                per_seq_layers > 0,
+                "the full-rank queries take the per-sequence path"
+            );
         }
         let scale = tok.per_layer.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         for (a, b) in tok.per_layer.iter().zip(&seq.per_layer) {

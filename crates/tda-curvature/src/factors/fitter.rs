@@ -2,8 +2,10 @@
 
 use super::fitted::{kron_lambda, Eigenbasis, Factors, FitConfig, LayerFactors, Strategy};
 use crate::error::{non_finite, CurvatureError, Result};
-use crate::linalg::{gemm, partition, sym_eigen, Op};
+use crate::linalg::{partition, sym_eigen};
 use crate::taps::{validate_batches, LayerBatch, LayerSpec};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef};
 use rayon::prelude::*;
 
 /// Which pass the fitter expects next.
@@ -66,6 +68,8 @@ pub struct FactorFitter {
 
 /// Rows processed at once in the covariance pass (bounds the f64 staging buffer).
 const COV_CHUNK_ROWS: usize = 1024;
+/// The most memory the per-sequence gradients of one Λ group may take.
+const LAMBDA_GROUP_BYTES: usize = 256 << 20;
 
 impl FactorFitter {
     pub fn new(specs: Vec<LayerSpec>, config: FitConfig) -> Result<Self> {
@@ -191,7 +195,12 @@ impl FactorFitter {
             .acc
             .iter()
             .map(|a| match pass {
-                Pass::Covariance => a.cov_a.iter().chain(&a.cov_s).cloned().collect(),
+                Pass::Covariance => {
+                    let (mut ca, mut cs) = (a.cov_a.clone(), a.cov_s.clone());
+                    mirror_lower(&mut ca, &a.a_blocks);
+                    mirror_lower(&mut cs, &a.s_blocks);
+                    ca.into_iter().chain(cs).collect()
+                }
                 Pass::Lambda => vec![a.lambda.clone()],
             })
             .collect();
@@ -314,6 +323,10 @@ impl FactorFitter {
                     ));
                 }
                 let count = self.tokens as f64;
+                for acc in &mut self.acc {
+                    mirror_lower(&mut acc.cov_a, &acc.a_blocks);
+                    mirror_lower(&mut acc.cov_s, &acc.s_blocks);
+                }
                 // Jobs: (layer, side A=0/S=1, block).
                 let mut jobs = vec![];
                 for (l, acc) in self.acc.iter().enumerate() {
@@ -444,7 +457,10 @@ impl FactorFitter {
     }
 }
 
-/// A_blk += X[:, blk]ᵀ X[:, blk] for each diagonal block, over real rows, in f64.
+/// A_blk += X[:, blk]ᵀ X[:, blk] for each diagonal block, over real rows: the lower triangle only
+/// (see [`mirror_lower`]), each chunk of ≤ `COV_CHUNK_ROWS` rows as an f32 GEMM added to the f64
+/// running sum (Kronfluence accumulates in f32 throughout; the f32 sum of ≤ 1024 products keeps
+/// ~1e-6 relative).
 fn accumulate_covariance(spec: &LayerSpec, acc: &mut LayerAcc, lb: &LayerBatch<'_>) {
     let rows: Vec<usize> = (0..lb.rows()).filter(|&r| lb.mask[r]).collect();
     for chunk in rows.chunks(COV_CHUNK_ROWS) {
@@ -462,39 +478,96 @@ fn add_gram_blocks(
     n: usize,
     dim: usize,
 ) {
+    use faer::linalg::matmul::triangular::{matmul, BlockStructure};
+    let xm = MatRef::from_row_major_slice(x, n, dim);
     for (k, &(off, s)) in blocks.iter().enumerate() {
-        let mut xb = Vec::with_capacity(n * s);
-        for r in 0..n {
-            xb.extend(
-                x[r * dim + off..r * dim + off + s]
-                    .iter()
-                    .map(|&v| v as f64),
-            );
+        let xb = xm.subcols(off, s);
+        let mut part = vec![0.0f32; s * s];
+        matmul(
+            MatMut::from_row_major_slice_mut(&mut part, s, s),
+            BlockStructure::TriangularLower,
+            Accum::Replace,
+            xb.transpose(),
+            BlockStructure::Rectangular,
+            xb,
+            BlockStructure::Rectangular,
+            1.0f32,
+            faer::get_global_parallelism(),
+        );
+        let c = &mut cov[k];
+        for i in 0..s {
+            for j in 0..=i {
+                c[i * s + j] += part[i * s + j] as f64;
+            }
         }
-        gemm(&mut cov[k], Op::t(&xb, n, s), Op::n(&xb, n, s), true);
+    }
+}
+
+/// Copies the lower triangle of each square block onto its upper triangle (the covariance pass
+/// accumulates only the lower one).
+fn mirror_lower(covs: &mut [Vec<f64>], blocks: &[(usize, usize)]) {
+    for (c, &(_, s)) in covs.iter_mut().zip(blocks) {
+        for i in 0..s {
+            for j in 0..i {
+                c[j * s + i] = c[i * s + j];
+            }
+        }
     }
 }
 
 /// Λ += Σ_b (G̃_b)² with G̃_b = (g Q_S)ᵀ (a Q_A) (`ekfac`) or G_b = gᵀ a (`diagonal`), per sequence.
+/// The rows of the whole batch are rotated at once; the per-sequence products run in parallel in
+/// groups whose `[d_out, d_a]` buffers stay within [`LAMBDA_GROUP_BYTES`], and are squared into Λ
+/// in sequence order (the sums do not depend on the thread schedule).
 fn accumulate_lambda(spec: &LayerSpec, acc: &mut LayerAcc, lb: &LayerBatch<'_>, ekfac: bool) {
     let (d_out, d_a) = (spec.d_out, spec.d_a());
-    let mut gt = vec![0.0f32; d_out * d_a];
-    for b in 0..lb.batch {
-        let (a, g, rows) = lb.gather_seq(spec, b);
-        let n = rows.len();
-        if n == 0 {
-            continue;
-        }
-        if ekfac {
-            let ar = acc.a_basis.as_ref().unwrap().rotate_f32(&a, n);
-            let gr = acc.s_basis.as_ref().unwrap().rotate_f32(&g, n);
-            gemm(&mut gt, Op::t(&gr, n, d_out), Op::n(&ar, n, d_a), false);
-        } else {
-            gemm(&mut gt, Op::t(&g, n, d_out), Op::n(&a, n, d_a), false);
-        }
-        for (l, &x) in acc.lambda.iter_mut().zip(&gt) {
-            let x = x as f64;
-            *l += x * x;
+    let seqs: Vec<Vec<usize>> = (0..lb.batch).map(|b| lb.real_rows(b).collect()).collect();
+    let all: Vec<usize> = seqs.concat();
+    let n = all.len();
+    if n == 0 {
+        return;
+    }
+    let (a, g) = lb.gather_rows(spec, &all);
+    let (a, g) = if ekfac {
+        (
+            acc.a_basis.as_ref().unwrap().rotate_f32(&a, n),
+            acc.s_basis.as_ref().unwrap().rotate_f32(&g, n),
+        )
+    } else {
+        (a, g)
+    };
+    let mut ranges = Vec::with_capacity(seqs.len());
+    let mut at = 0;
+    for s in seqs.iter().filter(|s| !s.is_empty()) {
+        ranges.push(at..at + s.len());
+        at += s.len();
+    }
+    let (am, gm) = (
+        MatRef::from_row_major_slice(&a, n, d_a),
+        MatRef::from_row_major_slice(&g, n, d_out),
+    );
+    let group = (LAMBDA_GROUP_BYTES / (d_out * d_a * 4)).max(1);
+    for chunk in ranges.chunks(group) {
+        let gts: Vec<Vec<f32>> = chunk
+            .par_iter()
+            .map(|r| {
+                let mut gt = vec![0.0f32; d_out * d_a];
+                matmul(
+                    MatMut::from_row_major_slice_mut(&mut gt, d_out, d_a),
+                    Accum::Replace,
+                    gm.subrows(r.start, r.len()).transpose(),
+                    am.subrows(r.start, r.len()),
+                    1.0f32,
+                    faer::Par::Seq,
+                );
+                gt
+            })
+            .collect();
+        for gt in &gts {
+            for (l, &x) in acc.lambda.iter_mut().zip(gt) {
+                let x = x as f64;
+                *l += x * x;
+            }
         }
     }
 }
