@@ -3,7 +3,7 @@
 
 use faer::linalg::matmul::matmul;
 use faer::traits::ComplexField;
-use faer::{Accum, MatMut, MatRef, Side};
+use faer::{Accum, MatMut, MatRef};
 
 /// Row-major matrix operand: `data` is `[rows, cols]`; `t` = use its transpose.
 #[derive(Clone, Copy)]
@@ -58,6 +58,18 @@ fn view<'a, T>(o: Op<'a, T>) -> MatRef<'a, T> {
 
 /// `c [m, n] (+)= op(a) · op(b)`, row-major, faer's global parallelism.
 pub fn gemm<T: ComplexField + Copy>(c: &mut [T], a: Op<'_, T>, b: Op<'_, T>, accumulate: bool) {
+    gemm_par(c, a, b, accumulate, faer::get_global_parallelism());
+}
+
+/// [`gemm`] with the given parallelism (`Par::Seq` inside parallel loops whose results must not
+/// depend on the number of threads).
+pub fn gemm_par<T: ComplexField + Copy>(
+    c: &mut [T],
+    a: Op<'_, T>,
+    b: Op<'_, T>,
+    accumulate: bool,
+    par: faer::Par,
+) {
     let (m, k, n) = (a.out_rows(), a.out_cols(), b.out_cols());
     assert_eq!(b.out_rows(), k, "gemm inner dimension");
     assert_eq!(c.len(), m * n, "gemm output size");
@@ -76,14 +88,7 @@ pub fn gemm<T: ComplexField + Copy>(c: &mut [T], a: Op<'_, T>, b: Op<'_, T>, acc
     } else {
         Accum::Replace
     };
-    matmul(
-        dst,
-        beta,
-        view(a),
-        view(b),
-        T::one_impl(),
-        faer::get_global_parallelism(),
-    );
+    matmul(dst, beta, view(a), view(b), T::one_impl(), par);
 }
 
 /// Symmetric eigendecomposition of `m [n, n]` (row-major, symmetrised first).
@@ -95,12 +100,30 @@ pub fn sym_eigen(m: &[f64], n: usize) -> Result<(Vec<f64>, Vec<f64>), String> {
             s[i * n + j] = 0.5 * (m[i * n + j] + m[j * n + i]);
         }
     }
+    // On one thread: faer's parallel tridiagonalisation rounds differently with the number of
+    // threads, and the factors must not depend on it (callers run the decompositions of the
+    // layers in parallel instead).
+    use faer::linalg::evd::{self_adjoint_evd, self_adjoint_evd_scratch, ComputeEigenvectors};
     let mat = MatRef::from_row_major_slice(&s, n, n);
-    let evd = mat
-        .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| format!("eigendecomposition failed: {e:?}"))?;
-    let u = evd.U();
-    let vals: Vec<f64> = evd.S().column_vector().iter().copied().collect();
+    let mut vals_d = faer::diag::Diag::<f64>::zeros(n);
+    let mut u = faer::Mat::<f64>::zeros(n, n);
+    let par = faer::Par::Seq;
+    let mut buf = faer::dyn_stack::MemBuffer::new(self_adjoint_evd_scratch::<f64>(
+        n,
+        ComputeEigenvectors::Yes,
+        par,
+        Default::default(),
+    ));
+    self_adjoint_evd(
+        mat,
+        vals_d.as_mut(),
+        Some(u.as_mut()),
+        par,
+        faer::dyn_stack::MemStack::new(&mut buf),
+        Default::default(),
+    )
+    .map_err(|e| format!("eigendecomposition failed: {e:?}"))?;
+    let vals: Vec<f64> = vals_d.column_vector().iter().copied().collect();
     let mut vecs = vec![0.0f64; n * n];
     for i in 0..n {
         for k in 0..n {

@@ -2,7 +2,7 @@
 //! layer and of the whole model.
 
 use crate::error::{CurvatureError, Result};
-use crate::linalg::{gemm, Op};
+use crate::linalg::{gemm_par, Op};
 use crate::taps::LayerSpec;
 use faer::traits::ComplexField;
 use std::fmt;
@@ -105,6 +105,27 @@ impl Eigenbasis {
         q: &[Vec<T>],
         transpose: bool,
     ) -> Vec<T> {
+        Self::rotate_par(
+            x,
+            n,
+            dim,
+            blocks,
+            q,
+            transpose,
+            faer::get_global_parallelism(),
+        )
+    }
+
+    /// [`Eigenbasis::rotate`] with the given GEMM parallelism.
+    fn rotate_par<T: ComplexField + Copy>(
+        x: &[T],
+        n: usize,
+        dim: usize,
+        blocks: &[(usize, usize)],
+        q: &[Vec<T>],
+        transpose: bool,
+        par: faer::Par,
+    ) -> Vec<T> {
         debug_assert_eq!(x.len(), n * dim);
         let mut out = vec![T::zero_impl(); n * dim];
         if blocks.len() == 1 {
@@ -113,7 +134,7 @@ impl Eigenbasis {
             } else {
                 Op::n(&q[0], dim, dim)
             };
-            gemm(&mut out, Op::n(x, n, dim), qo, false);
+            gemm_par(&mut out, Op::n(x, n, dim), qo, false, par);
             return out;
         }
         for (k, &(off, s)) in blocks.iter().enumerate() {
@@ -127,7 +148,7 @@ impl Eigenbasis {
             } else {
                 Op::n(&q[k], s, s)
             };
-            gemm(&mut yb, Op::n(&xb, n, s), qo, false);
+            gemm_par(&mut yb, Op::n(&xb, n, s), qo, false, par);
             for r in 0..n {
                 out[r * dim + off..r * dim + off + s].copy_from_slice(&yb[r * s..(r + 1) * s]);
             }
@@ -138,6 +159,19 @@ impl Eigenbasis {
     /// `x [n, dim]` (f32) → `x Q`.
     pub(crate) fn rotate_f32(&self, x: &[f32], n: usize) -> Vec<f32> {
         Self::rotate(x, n, self.dim, &self.blocks, &self.vecs, false)
+    }
+
+    /// [`Eigenbasis::rotate_f32`] on one thread (for use inside parallel loops).
+    pub(crate) fn rotate_f32_seq(&self, x: &[f32], n: usize) -> Vec<f32> {
+        Self::rotate_par(
+            x,
+            n,
+            self.dim,
+            &self.blocks,
+            &self.vecs,
+            false,
+            faer::Par::Seq,
+        )
     }
 
     /// Eigenvectors upcast to f64 (for the f64 preconditioning path).

@@ -68,6 +68,8 @@ pub struct FactorFitter {
 
 /// Rows processed at once in the covariance pass (bounds the f64 staging buffer).
 const COV_CHUNK_ROWS: usize = 1024;
+/// Rows per f32 Gram product inside a chunk (the unit of parallel work).
+const GRAM_SLICE_ROWS: usize = 256;
 /// The most memory the per-sequence gradients of one Λ group may take.
 const LAMBDA_GROUP_BYTES: usize = 256 << 20;
 
@@ -458,8 +460,8 @@ impl FactorFitter {
 }
 
 /// A_blk += X[:, blk]ᵀ X[:, blk] for each diagonal block, over real rows: the lower triangle only
-/// (see [`mirror_lower`]), each chunk of ≤ `COV_CHUNK_ROWS` rows as an f32 GEMM added to the f64
-/// running sum (Kronfluence accumulates in f32 throughout; the f32 sum of ≤ 1024 products keeps
+/// (see [`mirror_lower`]), each slice of ≤ `GRAM_SLICE_ROWS` rows as an f32 GEMM added to the f64
+/// running sum (Kronfluence accumulates in f32 throughout; the f32 sum of ≤ 256 products keeps
 /// ~1e-6 relative).
 fn accumulate_covariance(spec: &LayerSpec, acc: &mut LayerAcc, lb: &LayerBatch<'_>) {
     let rows: Vec<usize> = (0..lb.rows()).filter(|&r| lb.mask[r]).collect();
@@ -482,22 +484,34 @@ fn add_gram_blocks(
     let xm = MatRef::from_row_major_slice(x, n, dim);
     for (k, &(off, s)) in blocks.iter().enumerate() {
         let xb = xm.subcols(off, s);
-        let mut part = vec![0.0f32; s * s];
-        matmul(
-            MatMut::from_row_major_slice_mut(&mut part, s, s),
-            BlockStructure::TriangularLower,
-            Accum::Replace,
-            xb.transpose(),
-            BlockStructure::Rectangular,
-            xb,
-            BlockStructure::Rectangular,
-            1.0f32,
-            faer::get_global_parallelism(),
-        );
+        // Fixed slices of rows, each a sequential f32 GEMM, in parallel; added to the f64 sum in
+        // slice order, so the factors do not depend on the number of threads.
+        let starts: Vec<usize> = (0..n).step_by(GRAM_SLICE_ROWS).collect();
+        let parts: Vec<Vec<f32>> = starts
+            .par_iter()
+            .map(|&r0| {
+                let xs = xb.subrows(r0, GRAM_SLICE_ROWS.min(n - r0));
+                let mut part = vec![0.0f32; s * s];
+                matmul(
+                    MatMut::from_row_major_slice_mut(&mut part, s, s),
+                    BlockStructure::TriangularLower,
+                    Accum::Replace,
+                    xs.transpose(),
+                    BlockStructure::Rectangular,
+                    xs,
+                    BlockStructure::Rectangular,
+                    1.0f32,
+                    faer::Par::Seq,
+                );
+                part
+            })
+            .collect();
         let c = &mut cov[k];
-        for i in 0..s {
-            for j in 0..=i {
-                c[i * s + j] += part[i * s + j] as f64;
+        for part in &parts {
+            for i in 0..s {
+                for j in 0..=i {
+                    c[i * s + j] += part[i * s + j] as f64;
+                }
             }
         }
     }
@@ -516,47 +530,36 @@ fn mirror_lower(covs: &mut [Vec<f64>], blocks: &[(usize, usize)]) {
 }
 
 /// Λ += Σ_b (G̃_b)² with G̃_b = (g Q_S)ᵀ (a Q_A) (`ekfac`) or G_b = gᵀ a (`diagonal`), per sequence.
-/// The rows of the whole batch are rotated at once; the per-sequence products run in parallel in
-/// groups whose `[d_out, d_a]` buffers stay within [`LAMBDA_GROUP_BYTES`], and are squared into Λ
-/// in sequence order (the sums do not depend on the thread schedule).
+/// Sequences run in parallel (each one's GEMMs on one thread) in groups whose `[d_out, d_a]`
+/// buffers stay within [`LAMBDA_GROUP_BYTES`], and are squared into Λ in sequence order: the sums
+/// do not depend on the number of threads.
 fn accumulate_lambda(spec: &LayerSpec, acc: &mut LayerAcc, lb: &LayerBatch<'_>, ekfac: bool) {
     let (d_out, d_a) = (spec.d_out, spec.d_a());
-    let seqs: Vec<Vec<usize>> = (0..lb.batch).map(|b| lb.real_rows(b).collect()).collect();
-    let all: Vec<usize> = seqs.concat();
-    let n = all.len();
-    if n == 0 {
-        return;
-    }
-    let (a, g) = lb.gather_rows(spec, &all);
-    let (a, g) = if ekfac {
-        (
-            acc.a_basis.as_ref().unwrap().rotate_f32(&a, n),
-            acc.s_basis.as_ref().unwrap().rotate_f32(&g, n),
-        )
-    } else {
-        (a, g)
-    };
-    let mut ranges = Vec::with_capacity(seqs.len());
-    let mut at = 0;
-    for s in seqs.iter().filter(|s| !s.is_empty()) {
-        ranges.push(at..at + s.len());
-        at += s.len();
-    }
-    let (am, gm) = (
-        MatRef::from_row_major_slice(&a, n, d_a),
-        MatRef::from_row_major_slice(&g, n, d_out),
-    );
+    let seqs: Vec<usize> = (0..lb.batch)
+        .filter(|&b| lb.real_rows(b).next().is_some())
+        .collect();
     let group = (LAMBDA_GROUP_BYTES / (d_out * d_a * 4)).max(1);
-    for chunk in ranges.chunks(group) {
+    let (a_basis, s_basis) = (acc.a_basis.as_ref(), acc.s_basis.as_ref());
+    for chunk in seqs.chunks(group) {
         let gts: Vec<Vec<f32>> = chunk
             .par_iter()
-            .map(|r| {
+            .map(|&b| {
+                let (a, g, rows) = lb.gather_seq(spec, b);
+                let n = rows.len();
+                let (a, g) = if ekfac {
+                    (
+                        a_basis.unwrap().rotate_f32_seq(&a, n),
+                        s_basis.unwrap().rotate_f32_seq(&g, n),
+                    )
+                } else {
+                    (a, g)
+                };
                 let mut gt = vec![0.0f32; d_out * d_a];
                 matmul(
                     MatMut::from_row_major_slice_mut(&mut gt, d_out, d_a),
                     Accum::Replace,
-                    gm.subrows(r.start, r.len()).transpose(),
-                    am.subrows(r.start, r.len()),
+                    MatRef::from_row_major_slice(&g, n, d_out).transpose(),
+                    MatRef::from_row_major_slice(&a, n, d_a),
                     1.0f32,
                     faer::Par::Seq,
                 );
