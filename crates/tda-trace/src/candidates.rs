@@ -123,6 +123,9 @@ pub struct PassStats {
     pub tokens: u64,
     /// `--max-windows` ended the pass before the end of the source.
     pub capped: bool,
+    /// Tokens per window (the longest a window may be; see [`window_len`]).
+    #[serde(default)]
+    pub window_len: usize,
 }
 
 impl PassStats {
@@ -134,6 +137,7 @@ impl PassStats {
         self.windows += o.windows;
         self.tokens += o.tokens;
         self.capped |= o.capped;
+        self.window_len = self.window_len.max(o.window_len);
     }
 }
 
@@ -146,8 +150,8 @@ impl std::fmt::Display for PassStats {
         }
         write!(
             f,
-            ", {} too short for a window → {} windows ({} tokens)",
-            self.too_short, self.windows, self.tokens
+            ", {} too short for a window → {} windows of ≤ {} tokens ({} tokens)",
+            self.too_short, self.windows, self.window_len, self.tokens
         )?;
         if self.capped {
             write!(f, ", stopped at --max-windows")?;
@@ -159,7 +163,7 @@ impl std::fmt::Display for PassStats {
 /// How documents are cut and batched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WindowOptions {
-    /// Tokens per window (≤ the model's `max_positions`). `0` = the model's `max_positions`.
+    /// Tokens per window (≤ the model's `max_positions`). `0` = min(`max_positions`, 2048).
     pub max_len: usize,
     /// Windows per model batch.
     pub batch_size: usize,
@@ -198,11 +202,16 @@ pub struct Candidate {
     pub ids: Vec<u32>,
 }
 
-/// Effective window length: `max_len`, or the model's `max_positions` when `max_len` is 0. A
-/// length above the model's context is an error (never clamped silently).
+/// The default window length when `--max-len` is not given: a model's whole context (32k for
+/// Qwen2) would make batches of tens of GB of taps.
+pub const DEFAULT_MAX_LEN: usize = 2048;
+
+/// Effective window length: `max_len`, or min(the model's `max_positions`, [`DEFAULT_MAX_LEN`])
+/// when `max_len` is 0. A length above the model's context is an error (never clamped silently).
+/// Printed with the corpus summary ([`PassStats::window_len`]).
 pub fn window_len(opts: &WindowOptions, cfg: &ModelConfig) -> Result<usize> {
     match opts.max_len {
-        0 => Ok(cfg.max_positions),
+        0 => Ok(cfg.max_positions.min(DEFAULT_MAX_LEN)),
         n if n > cfg.max_positions => Err(TraceError::Usage(format!(
             "--max-len {n} is longer than the model's context ({} positions)",
             cfg.max_positions
@@ -257,6 +266,7 @@ pub fn for_each_batch(
     let mut bytes = 0u64;
     let mut stats = PassStats {
         source: source.describe(),
+        window_len: len,
         ..Default::default()
     };
     let cap = opts.max_windows.unwrap_or(usize::MAX);
@@ -336,6 +346,7 @@ fn pair_batches(
 ) -> Result<PassStats> {
     let mut stats = PassStats {
         source: source.describe(),
+        window_len: len,
         ..Default::default()
     };
     let cap = opts.max_windows.unwrap_or(usize::MAX);

@@ -14,6 +14,7 @@ use burn::prelude::*;
 use burn::tensor::activation;
 use burn::tensor::backend::AutodiffBackend;
 use rand::{rngs::StdRng, Rng, SeedableRng};
+use rayon::prelude::*;
 use tda_curvature::{LayerBatch, LayerSpec};
 use tda_model::{tap, token_logprobs, TokenBatch, Transformer};
 
@@ -83,7 +84,10 @@ fn seq_rng(seed: u64, index: u64) -> StdRng {
     )
 }
 
-/// Samples one label per position from softmax(logits) on the host: `[b, t, V]` → `[b, t]`.
+/// Samples one label per position from softmax(logits) on the host: `[b, t, V]` → `[b, t]`, only
+/// at the first `real[i]` positions of row `i` (the rest, padding, get label 0: their loss is
+/// masked). Rows run in parallel, each with its own generator seeded by `(seed, keys[i])`, so the
+/// labels depend on neither the thread count nor the row's place in the batch.
 fn sample_labels(
     logits: &[f32],
     b: usize,
@@ -91,12 +95,13 @@ fn sample_labels(
     v: usize,
     seed: u64,
     keys: &[u64],
+    real: &[usize],
 ) -> Vec<i32> {
-    let mut out = Vec::with_capacity(b * t);
-    let mut p = vec![0f64; v];
-    for bi in 0..b {
+    let mut out = vec![0i32; b * t];
+    out.par_chunks_mut(t).enumerate().for_each(|(bi, labels)| {
         let mut rng = seq_rng(seed, keys[bi]);
-        for ti in 0..t {
+        let mut p = vec![0f64; v];
+        for (ti, label) in labels.iter_mut().enumerate().take(real[bi].min(t)) {
             let row = &logits[(bi * t + ti) * v..(bi * t + ti + 1) * v];
             let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
             let mut z = 0.0;
@@ -114,9 +119,9 @@ fn sample_labels(
                     break;
                 }
             }
-            out.push(pick as i32);
+            *label = pick as i32;
         }
-    }
+    });
     out
 }
 
@@ -167,7 +172,9 @@ pub fn host_taps<AD: AutodiffBackend>(
             Scalar::Loss(Labels::Sampled { seed, keys }) => {
                 let v = logits.dims()[2];
                 let host = to_host(logits.clone().narrow(1, 0, t - 1).inner());
-                let lab = sample_labels(&host, bsz, t - 1, v, seed, keys);
+                // Targets of row i are positions 0 .. lengths[i] − 1 (the rest is padding).
+                let real: Vec<usize> = batch.lengths.iter().map(|&n| n.saturating_sub(1)).collect();
+                let lab = sample_labels(&host, bsz, t - 1, v, seed, keys, &real);
                 let lab =
                     Tensor::<AD, 2, Int>::from_data(TensorData::new(lab, [bsz, t - 1]), &device)
                         .reshape([bsz, t - 1, 1]);
@@ -283,7 +290,7 @@ mod tests {
         let logits_row = [0.0f32, 1.0, 2.0, -1.0];
         let t = 4000;
         let logits: Vec<f32> = (0..t).flat_map(|_| logits_row).collect();
-        let s = sample_labels(&logits, 1, t, v, 7, &[0]);
+        let s = sample_labels(&logits, 1, t, v, 7, &[0], &[t]);
         let z: f64 = logits_row.iter().map(|&x| (x as f64).exp()).sum();
         for (k, &l) in logits_row.iter().enumerate() {
             let f = s.iter().filter(|&&x| x == k as i32).count() as f64 / t as f64;
@@ -293,11 +300,18 @@ mod tests {
                 "{k}: {f} vs {p}"
             );
         }
-        assert_eq!(s, sample_labels(&logits, 1, t, v, 7, &[0]));
-        assert_ne!(s, sample_labels(&logits, 1, t, v, 8, &[0]));
+        assert_eq!(s, sample_labels(&logits, 1, t, v, 7, &[0], &[t]));
+        assert_ne!(s, sample_labels(&logits, 1, t, v, 8, &[0], &[t]));
         // A sequence's labels depend on its key, not on its place in the batch.
         let two: Vec<f32> = logits.iter().chain(&logits).copied().collect();
-        let b2 = sample_labels(&two, 2, t, v, 7, &[0, 1]);
-        assert_eq!(&b2[t..], &sample_labels(&logits, 1, t, v, 7, &[1])[..]);
+        let b2 = sample_labels(&two, 2, t, v, 7, &[0, 1], &[t, t]);
+        assert_eq!(
+            &b2[t..],
+            &sample_labels(&logits, 1, t, v, 7, &[1], &[t])[..]
+        );
+        // Padding is not sampled, and the real positions' labels do not change with it.
+        let short = sample_labels(&two, 2, t, v, 7, &[0, 1], &[t, 10]);
+        assert_eq!(&short[t..t + 10], &b2[t..t + 10]);
+        assert!(short[t + 10..].iter().all(|&x| x == 0));
     }
 }

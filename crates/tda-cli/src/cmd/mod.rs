@@ -92,7 +92,7 @@ impl PairArgs {
 #[derive(clap::Args, Clone, Debug)]
 #[command(next_help_heading = "Windows")]
 pub struct WindowArgs {
-    /// Tokens per window (0 = the model's max_positions; more than that is an error).
+    /// Tokens per window (0 = min(the model's max_positions, 2048), printed with the corpus summary; more than max_positions is an error).
     #[arg(long, default_value_t = 0)]
     pub max_len: usize,
     /// Windows per model batch.
