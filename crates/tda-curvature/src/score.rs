@@ -28,8 +28,9 @@ use faer::{Accum, MatMut, MatRef};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
-/// The most memory the dense queries of one layer (`Q · d_out · d_a` f32) may take; a layer above
-/// it is always scored per token (e.g. the unembedding of a 150k vocabulary).
+/// The most memory the per-sequence path of one layer may take: its dense queries and the
+/// batch's per-sequence gradients (`(Q + B) · d_out · d_a` f32). A layer above it is always scored
+/// per token (e.g. the unembedding of a 150k vocabulary).
 pub const DENSE_QUERY_BUDGET_BYTES: usize = 256 << 20;
 
 /// How one layer of a candidate batch is scored.
@@ -47,7 +48,7 @@ impl Path {
         let (d_out, d_a) = (spec.d_out, spec.d_a());
         let per_token = rows * (d_out + d_a) * width;
         let per_seq = rows * d_out * d_a + batch * d_out * d_a * nq;
-        let dense_bytes = nq * d_out * d_a * 4;
+        let dense_bytes = (nq + batch) * d_out * d_a * 4;
         if per_seq < per_token && dense_bytes <= DENSE_QUERY_BUDGET_BYTES {
             Path::PerSequence
         } else {
