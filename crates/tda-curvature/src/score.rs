@@ -20,7 +20,7 @@
 
 use crate::error::{CurvatureError, Result};
 use crate::factors::Factors;
-use crate::linalg::{gemm, Op};
+use crate::linalg::{gemm, gemm_par, Op};
 use crate::precondition::{Damping, PreconditionedQuery};
 use crate::taps::{validate_batches, LayerBatch, LayerSpec};
 use faer::linalg::matmul::matmul;
@@ -329,15 +329,11 @@ fn per_sequence(dense: &[f32], spec: &LayerSpec, lb: &LayerBatch<'_>, nq: usize)
         if k == 0 {
             return;
         }
-        let g = MatRef::from_row_major_slice(&g, k, d_out);
-        let a = MatRef::from_row_major_slice(&a, k, d_a);
-        let dst = MatMut::from_row_major_slice_mut(out, d_out, d_a);
-        matmul(
-            dst,
-            Accum::Replace,
-            g.transpose(),
-            a,
-            1.0f32,
+        gemm_par(
+            out,
+            Op::t(&g, k, d_out),
+            Op::n(&a, k, d_a),
+            false,
             faer::Par::Seq,
         );
     });

@@ -2,9 +2,8 @@
 
 use super::fitted::{kron_lambda, Eigenbasis, Factors, FitConfig, LayerFactors, Strategy};
 use crate::error::{non_finite, CurvatureError, Result};
-use crate::linalg::{partition, sym_eigen};
+use crate::linalg::{gemm_par, partition, sym_eigen, Op};
 use crate::taps::{validate_batches, LayerBatch, LayerSpec};
-use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef};
 use rayon::prelude::*;
 
@@ -555,14 +554,8 @@ fn accumulate_lambda(spec: &LayerSpec, acc: &mut LayerAcc, lb: &LayerBatch<'_>, 
                     (a, g)
                 };
                 let mut gt = vec![0.0f32; d_out * d_a];
-                matmul(
-                    MatMut::from_row_major_slice_mut(&mut gt, d_out, d_a),
-                    Accum::Replace,
-                    MatRef::from_row_major_slice(&g, n, d_out).transpose(),
-                    MatRef::from_row_major_slice(&a, n, d_a),
-                    1.0f32,
-                    faer::Par::Seq,
-                );
+                let (g, a) = (Op::t(&g, n, d_out), Op::n(&a, n, d_a));
+                gemm_par(&mut gt, g, a, false, faer::Par::Seq);
                 gt
             })
             .collect();
