@@ -19,7 +19,7 @@ rm -rf "$work" && mkdir -p "$work"
 "$venv/bin/python" benches/kronfluence/make_task.py "$work" 2>/dev/null
 tda=target/release/tda
 "$tda" fit --model "$work/model" --corpus "$work/corpus.jsonl" --out "$work/factors" \
-  --fisher empirical --max-len 64 --batch-size 16 --json > "$work/fit.json"
+  --modules all --fisher empirical --max-len 64 --batch-size 16 --json > "$work/fit.json"
 "$tda" trace --model "$work/model" --factors "$work/factors" --corpus "$work/corpus.jsonl" \
   --queries "$work/queries.jsonl" --damping 1e-3 --query-rank full --top-k all --max-len 64 \
   --batch-size 16 --granularity window --json > "$work/trace.json"

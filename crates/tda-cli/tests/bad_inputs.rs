@@ -699,6 +699,22 @@ fn refused_flags() {
         &["nothing"],
         &[&f],
     );
+    // A stride longer than the window; a budget that is not a size; one too small for a window.
+    fails(
+        fit(corpus, &f, &["--max-len", "16", "--stride", "17"]),
+        &["--stride 17", "16 tokens"],
+        &[&f],
+    );
+    fails(
+        fit(corpus, &f, &["--memory-budget", "lots"]),
+        &["--memory-budget", "lots"],
+        &[&f],
+    );
+    fails(
+        fit(corpus, &f, &["--memory-budget", "1KiB"]),
+        &["--memory-budget", "raise"],
+        &[&f],
+    );
     // 64: an unwritable output (its parent is a file): nothing half-written.
     let blocker = write(&r.join("blocker"), "x");
     let under = Path::new(blocker).join("scores.parquet");

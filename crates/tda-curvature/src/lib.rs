@@ -49,7 +49,7 @@ pub use precondition::{
 pub use project::{l2_normalize, GradientProjection, LayerProjection};
 pub use score::{
     candidate_stats, grad_sq_norms, relabel_influence, score_candidates, score_candidates_with,
-    self_influence, CandidateScores, CandidateStats, QueryBatch,
+    score_layers, self_influence, CandidateScores, CandidateStats, QueryBatch,
 };
 pub use taps::{LayerBatch, LayerSpec};
 pub use topk::{Order, TopK};

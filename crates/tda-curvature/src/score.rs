@@ -192,6 +192,25 @@ pub struct CandidateScores {
 }
 
 impl CandidateScores {
+    /// Adds the scores of another layer group of the same batch (same shape).
+    pub fn add(&mut self, o: &CandidateScores) -> Result<()> {
+        let same = (self.batch, self.seq_len, self.n_queries, self.n_layers)
+            == (o.batch, o.seq_len, o.n_queries, o.n_layers)
+            && self.per_token.len() == o.per_token.len();
+        if !same {
+            return Err(CurvatureError::Usage(
+                "adding the scores of batches of different shapes".into(),
+            ));
+        }
+        for (x, y) in [
+            (&mut self.total, &o.total),
+            (&mut self.per_token, &o.per_token),
+            (&mut self.per_layer, &o.per_layer),
+        ] {
+            x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
+        }
+        Ok(())
+    }
     pub fn total(&self, b: usize, q: usize) -> f64 {
         self.total[b * self.n_queries + q]
     }
@@ -221,7 +240,30 @@ pub fn score_candidates_with(
     batches: &[LayerBatch<'_>],
     per_token: bool,
 ) -> Result<CandidateScores> {
-    validate_batches(&queries.specs, batches)?;
+    if batches.len() != queries.specs.len() {
+        validate_batches(&queries.specs, batches)?;
+    }
+    score_layers(queries, 0, batches, per_token)
+}
+
+/// [`score_candidates_with`] on the layers `first .. first + batches.len()` only (a layer group
+/// of a batch tapped within a memory budget): the other layers' `per_layer` entries are 0, and
+/// `total` / `per_token` hold this group's part. The groups' scores [`CandidateScores::add`] up to
+/// the all-layer scores.
+pub fn score_layers(
+    queries: &QueryBatch,
+    first: usize,
+    batches: &[LayerBatch<'_>],
+    per_token: bool,
+) -> Result<CandidateScores> {
+    let end = first + batches.len();
+    if batches.is_empty() || end > queries.specs.len() {
+        return Err(CurvatureError::Usage(format!(
+            "taps for layers {first}..{end} of {} tracked layers",
+            queries.specs.len()
+        )));
+    }
+    validate_batches(&queries.specs[first..end], batches)?;
     let (bsz, t_len, nq, nl) = (
         batches[0].batch,
         batches[0].seq_len,
@@ -232,7 +274,8 @@ pub fn score_candidates_with(
     let want_tokens = per_token;
     let mut per_token = vec![0.0f64; if want_tokens { rows * nq } else { 0 }];
     let mut per_layer = vec![0.0f64; bsz * nl * nq];
-    for (l, (spec, lb)) in queries.specs.iter().zip(batches).enumerate() {
+    for (l, spec) in queries.specs.iter().enumerate().take(end).skip(first) {
+        let lb = &batches[l - first];
         let pk = &queries.layers[l];
         let w = pk.width;
         if !want_tokens && Path::choose(spec, rows, bsz, w, nq) == Path::PerSequence {

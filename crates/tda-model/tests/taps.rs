@@ -1,7 +1,8 @@
 //! Gradient taps against autodiff: Σ_t g_t a_tᵀ equals the weight gradient (and Σ_t g_t the bias
 //! gradient) of every linear layer of every architecture; per-sequence taps in a padded batch
 //! equal those computed one sequence at a time; the input-embedding gradient scatters to the
-//! embedding-weight gradient.
+//! embedding-weight gradient; with tied embeddings, the `lm_head` tap plus that scatter is the tied
+//! weight's gradient.
 //!
 //! Tolerance: f32 throughout; the two sides sum the same products in different orders, so we
 //! allow 1e-5 relative to the largest entry (observed ~1e-7).
@@ -202,4 +203,48 @@ fn input_gradient_scatters_to_embedding_gradient() {
     }
     let want = vec2(m.embed.val().grad(&grads).unwrap());
     assert_close("embedding scatter", &scattered, &want);
+}
+
+/// Tied embeddings (GPT-2 here): the `lm_head` tap is the output-projection use of the embedding
+/// matrix only, so the tied weight's full gradient is that tap's `(aᵀg)ᵀ` plus the lookup's
+/// scatter of the input gradient — what `tda fit --modules all` tracks for a tied model is the
+/// first term alone (Kronfluence's convention for a tied `nn.Linear`).
+#[test]
+fn tied_lm_head_tap_is_the_output_projection_part() {
+    let m = model(Arch::Gpt2);
+    assert!(m.config.tie_embeddings && m.lm_head.is_none());
+    let batch = TokenBatch::new(&seqs(), 0).unwrap();
+    let ids = batch.to_tensor::<AD>(&Default::default());
+    let head = |n: &str| n == "lm_head";
+    let (taps, _) = tap_with_gradients(&m, ids.clone(), &head, true, |logits| {
+        summed_nll(logits, &batch)
+    });
+    let (_, grads) = tap_with_gradients(&m, ids, &|_: &str| false, false, |logits| {
+        summed_nll(logits, &batch)
+    });
+    let (v, d) = (m.config.vocab_size, m.config.hidden);
+    let tap = &taps.layers[0];
+    assert_eq!(tap.name, "lm_head");
+    let rows = batch.batch * batch.seq_len;
+    let a = tap.a.clone().reshape([rows, d]);
+    let g = tap.g.clone().reshape([rows, v]);
+    let projection = vec2(g.transpose().matmul(a)); // [V, d], the embedding's layout
+    let eg = vec2(taps.input_grad.expect("input grad").reshape([rows, d]));
+    let mut lookup = vec![0f32; v * d];
+    for (row, &id) in batch.ids.iter().enumerate() {
+        for k in 0..d {
+            lookup[id as usize * d + k] += eg[row * d + k];
+        }
+    }
+    let full = vec2(m.embed.val().grad(&grads).unwrap());
+    let sum: Vec<f32> = projection.iter().zip(&lookup).map(|(p, l)| p + l).collect();
+    assert_close("tied embedding = projection + lookup", &sum, &full);
+    // Neither part alone is the full gradient (the test would be vacuous otherwise).
+    let off = |x: &[f32]| {
+        x.iter()
+            .zip(&full)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+    };
+    let scale = full.iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(off(&projection) > 1e-3 * scale && off(&lookup) > 1e-3 * scale);
 }

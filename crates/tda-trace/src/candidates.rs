@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tda_corpus::{open_corpus, windows, Document, ReadOptions, ReadStats, SkipCounts};
 use tda_model::{infer::encode_for_scoring, ModelConfig, Tokenizer};
 
+use crate::budget::MemoryBudget;
 use crate::error::{Result, TraceError};
 use crate::shard::Shard;
 
@@ -165,21 +166,33 @@ impl std::fmt::Display for PassStats {
 pub struct WindowOptions {
     /// Tokens per window (≤ the model's `max_positions`). `0` = min(`max_positions`, 2048).
     pub max_len: usize,
+    /// A window starts every `stride` tokens of a document (`0` = the window length: disjoint
+    /// windows). With `stride < len`, windows overlap and a window after the first has a loss only
+    /// on the tokens the previous one did not cover (its first `len − stride` tokens are context),
+    /// so every token of a document is a loss target exactly once, with ≥ `len − stride` tokens of
+    /// context (the sliding-window evaluation of Press et al. 2021 / `transformers`' perplexity guide).
+    pub stride: usize,
     /// Windows per model batch.
     pub batch_size: usize,
     /// Stop after this many windows (`None` = all).
     pub max_windows: Option<usize>,
     /// The slice of the documents this pass reads (all of them by default).
     pub shard: Shard,
+    /// What one batch's taps, logits and graph may take (`None`: [`MemoryBudget::auto`]); a batch
+    /// over it is tapped fewer windows at a time, then layer group by layer group
+    /// ([`crate::budget::TapPlan`]) by `fit` and `trace`.
+    pub memory_budget: Option<MemoryBudget>,
 }
 
 impl Default for WindowOptions {
     fn default() -> Self {
         Self {
             max_len: 0,
+            stride: 0,
             batch_size: 8,
             max_windows: None,
             shard: Shard::ALL,
+            memory_budget: None,
         }
     }
 }
@@ -221,7 +234,8 @@ pub fn window_len(opts: &WindowOptions, cfg: &ModelConfig) -> Result<usize> {
 }
 
 /// Streams `source` as batches of candidate windows (documents are encoded with a leading BOS, as
-/// for scoring; windows are disjoint; documents of fewer than 2 tokens make no window — they have
+/// for scoring; windows are disjoint, or overlap by `len − stride` tokens of context without a
+/// loss, see [`WindowOptions::stride`]; documents of fewer than 2 tokens make no window — they have
 /// no next-token loss — and are counted). `on_batch(batch, bytes_done)` is called for each full
 /// batch and the last one.
 ///
@@ -258,7 +272,21 @@ pub fn for_each_batch(
             "window length {len}: need at least 2 tokens"
         )));
     }
+    let stride = match opts.stride {
+        0 => len,
+        s if s > len => {
+            return Err(TraceError::Usage(format!(
+                "--stride {s} is longer than the window of {len} tokens (windows would skip tokens)"
+            )))
+        }
+        s => s,
+    };
     if let DocSource::Pairs { pairs, .. } = source {
+        if stride != len {
+            return Err(TraceError::Usage(
+                "--stride applies to documents; prompt/completion pairs are one window each (drop --stride)".into(),
+            ));
+        }
         return pair_batches(source, pairs, tokenizer, cfg, opts, len, on_batch);
     }
     let encode = |text: &str| encode_for_scoring(tokenizer, cfg, text).map_err(|e| e.to_string());
@@ -279,11 +307,16 @@ pub fn for_each_batch(
             return Ok(true);
         }
         in_shard += 1;
-        let ws = windows(&doc, &encode, len, len)?;
+        let ws = windows(&doc, &encode, len, stride)?;
         if ws.iter().all(|w| w.token_ids.len() < 2) {
             stats.too_short += 1;
         }
+        // The first token the previous window of this document did not cover.
+        let mut covered = 0usize;
         for w in ws {
+            let (start, end) = w.token_range;
+            let loss_from = covered.saturating_sub(start).max(1);
+            covered = end;
             if w.token_ids.len() < 2 {
                 continue;
             }
@@ -295,7 +328,7 @@ pub fn for_each_batch(
             stats.tokens += w.token_ids.len() as u64;
             pending.push(Candidate {
                 doc: doc_no - 1,
-                loss_from: 1,
+                loss_from,
                 text: w.text(&doc).to_string(),
                 doc_id: w.doc_id,
                 window: w.index,

@@ -9,6 +9,7 @@ use serde::Serialize;
 use tda_curvature::{storage, FactorFitter, Factors, FitConfig, Pass, Strategy};
 use tda_model::{frozen, Tokenizer, Transformer};
 
+use crate::budget::{MemoryBudget, TapPlan};
 use crate::candidates::{for_each_batch, DocSource, PassStats, WindowOptions};
 use crate::error::{Result, TraceError};
 use crate::host::{host_taps, Labels, Scalar};
@@ -49,7 +50,7 @@ impl Default for FitOptions {
     fn default() -> Self {
         Self {
             strategy: Strategy::Ekfac,
-            modules: ModuleSelection::All,
+            modules: ModuleSelection::Blocks,
             fisher: Fisher::True { seed: 0 },
             max_block: None,
             windows: WindowOptions::default(),
@@ -84,6 +85,10 @@ pub struct FitReport {
     pub lambda_pass_s: f64,
     /// Of the passes: model forward + backward, device → host copies, factor accumulation.
     pub model_s: f64,
+    /// Forwards + backwards of the passes (one per batch unless the memory budget split batches:
+    /// fewer windows per forward, or layer groups).
+    #[serde(default)]
+    pub model_passes: usize,
     pub copy_s: f64,
     pub accumulate_s: f64,
     pub total_s: f64,
@@ -210,6 +215,10 @@ pub(crate) fn run_pass<AD: AutodiffBackend>(
     let specs = fitter.specs().to_vec();
     let pad = fz.config.eos_token_id.unwrap_or(0);
     let total_bytes = source.total_bytes();
+    let budget = opts
+        .windows
+        .memory_budget
+        .unwrap_or_else(MemoryBudget::auto);
     let (mut windows, mut tokens, mut targets) = (0usize, 0usize, 0u64);
     let read = for_each_batch(
         source,
@@ -217,24 +226,34 @@ pub(crate) fn run_pass<AD: AutodiffBackend>(
         &fz.config,
         &opts.windows,
         |cands, bytes| {
-            let batch = crate::candidates::candidate_batch(cands, pad)?;
-            let keys: Vec<u64> = cands
-                .iter()
-                .map(|c| crate::host::window_key(c.doc, c.window))
-                .collect();
-            let labels = match opts.fisher {
-                Fisher::Empirical => Labels::Data,
-                Fisher::True { seed } => Labels::Sampled {
-                    seed: seed ^ pass_no.wrapping_mul(0x5851_F42D_4C95_7F2D),
-                    keys: &keys,
-                },
-            };
-            let taps = host_taps(fz, &specs, &batch, Scalar::Loss(labels))?;
-            report.model_s += taps.t_model;
-            report.copy_s += taps.t_copy;
-            let t0 = Instant::now();
-            fitter.add(&taps.layer_batches())?;
-            report.accumulate_s += t0.elapsed().as_secs_f64();
+            let seq_len = cands.iter().map(|c| c.ids.len()).max().unwrap_or(0);
+            let sampled = matches!(opts.fisher, Fisher::True { .. });
+            let plan = TapPlan::new(&specs, &fz.config, cands.len(), seq_len, sampled, budget)?;
+            report.model_passes += plan.passes(cands.len());
+            for rows in plan.chunks(cands.len()) {
+                let cands = &cands[rows];
+                let batch = crate::candidates::candidate_batch(cands, pad)?;
+                let keys: Vec<u64> = cands
+                    .iter()
+                    .map(|c| crate::host::window_key(c.doc, c.window))
+                    .collect();
+                let labels = match opts.fisher {
+                    Fisher::Empirical => Labels::Data,
+                    Fisher::True { seed } => Labels::Sampled {
+                        seed: seed ^ pass_no.wrapping_mul(0x5851_F42D_4C95_7F2D),
+                        keys: &keys,
+                    },
+                };
+                for group in &plan.groups {
+                    let specs = &specs[group.clone()];
+                    let taps = host_taps(fz, specs, &batch, Scalar::Loss(labels))?;
+                    report.model_s += taps.t_model;
+                    report.copy_s += taps.t_copy;
+                    let t0 = Instant::now();
+                    fitter.add_layers(group.start, &taps.layer_batches())?;
+                    report.accumulate_s += t0.elapsed().as_secs_f64();
+                }
+            }
             windows += cands.len();
             targets += cands
                 .iter()

@@ -8,6 +8,7 @@
 //!
 //! Data flow, one module per step:
 //! - [`candidates`]: documents → model-length token windows with their text spans → batches.
+//! - [`budget`]: how a batch is tapped within a memory budget (windows per forward, layer groups).
 //! - [`host`]: a batch → per-layer taps `a` `[B·T, d_in]`, `g` `[B·T, d_out]` on the host, for the
 //!   training loss (labels from the data or sampled from the model) or a [`measure`]ment.
 //! - [`fit`]: taps of the corpus → [`tda_curvature::FactorFitter`] passes (A, S, eigenbases, Λ) →
@@ -31,6 +32,7 @@
 //! - Factors are used only with the model they were fitted on (fingerprint and layer shapes are
 //!   checked by [`fit::load_checked`]); every artifact is written atomically through `tda-io`.
 
+pub mod budget;
 pub mod candidates;
 pub mod ensemble;
 pub mod error;
@@ -51,6 +53,7 @@ pub mod sharded;
 pub mod stages;
 pub mod trace;
 
+pub use budget::{MemoryBudget, TapPlan};
 pub use candidates::{Candidate, DocSource, PassStats, WindowOptions};
 pub use error::{Result, TraceError};
 pub use fingerprint::model_fingerprint;

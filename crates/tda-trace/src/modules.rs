@@ -1,6 +1,13 @@
-//! Which linear layers are tracked: all (default), the blocks only (no `lm_head`), the MLPs only,
-//! or comma-separated name patterns (`*` matches any run of characters; a pattern without `*`
-//! matches names containing it).
+//! Which linear layers are tracked: the transformer blocks (default, as Grosse et al. 2023: no
+//! unembedding), all of them (`lm_head` included), the MLPs only, or comma-separated name patterns
+//! (`*` matches any run of characters; a pattern without `*` matches names containing it).
+//!
+//! Tied embeddings (`tie_word_embeddings`, GPT-2): `lm_head` is then the embedding matrix used as
+//! the output projection. When it is tracked (`all`, or a pattern naming it), its taps are those of
+//! that use only — `∂L/∂W = gᵀa` through the output projection, not the lookup's scatter
+//! `Σ_t e_{id_t} ∂L/∂x_tᵀ` — which is Kronfluence's convention for a tied `nn.Linear` (a hooked
+//! module sees its own inputs and output gradients). The tied parameter's full gradient is the sum
+//! of both (`tda-model/tests/taps.rs` checks it); the default excludes `lm_head`.
 
 use std::str::FromStr;
 
@@ -12,9 +19,9 @@ use crate::error::{Result, TraceError};
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum ModuleSelection {
     /// Every linear layer, `lm_head` included.
-    #[default]
     All,
     /// Every linear layer of the transformer blocks (no `lm_head`).
+    #[default]
     Blocks,
     /// MLP layers only (`.mlp.` in the HF name).
     Mlp,

@@ -144,6 +144,10 @@ pub struct TraceReport {
     /// Candidates: forward + activation-gradient backward, device → host copies, the query-batched
     /// contraction, normalisation statistics, top-K bookkeeping.
     pub model_s: f64,
+    /// Forwards + backwards over the candidates (one per batch unless the memory budget split
+    /// batches: fewer windows per forward, or layer groups).
+    #[serde(default)]
+    pub model_passes: usize,
     pub copy_s: f64,
     pub contraction_s: f64,
     pub stats_s: f64,

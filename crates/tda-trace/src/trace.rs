@@ -18,11 +18,12 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use tda_curvature::{
-    candidate_stats, normalize, precondition, score_candidates_with, transfer_through_fine_tuning,
-    Damping, Factors, Normalization, NormalizeOptions, QueryBatch, Rank,
+    candidate_stats, normalize, precondition, score_layers, transfer_through_fine_tuning,
+    CandidateScores, Damping, Factors, Normalization, NormalizeOptions, QueryBatch, Rank,
 };
 use tda_model::{frozen, Tokenizer, Transformer};
 
+use crate::budget::{MemoryBudget, TapPlan};
 use crate::candidates::{for_each_batch, DocSource, WindowOptions};
 use crate::error::{Result, TraceError};
 use crate::host::{host_taps, Labels, Scalar};
@@ -278,54 +279,88 @@ pub(crate) fn run<AD: AutodiffBackend>(
     let mut docs =
         (opts.granularity == Granularity::Document).then(|| DocSums::new(nq, opts.opponents));
     let pad = model.config.eos_token_id.unwrap_or(0);
+    let budget = opts
+        .windows
+        .memory_budget
+        .unwrap_or_else(MemoryBudget::auto);
     let t_cands = Instant::now();
     let pass = for_each_batch(
         source,
         tokenizer,
         &model.config,
         &opts.windows,
-        |cands, bytes| {
-            let batch = crate::candidates::candidate_batch(cands, pad)?;
-            let taps = host_taps(&fz, &specs, &batch, Scalar::Loss(Labels::Data))?;
-            report.model_s += taps.t_model;
-            report.copy_s += taps.t_copy;
-            let lbs = taps.layer_batches();
-            let t0 = Instant::now();
-            let mut sc = score_candidates_with(&prepared_batch, &lbs, opts.per_token)?;
-            report.contraction_s += t0.elapsed().as_secs_f64();
-            let t1 = Instant::now();
-            if opts.normalize != NormalizeOptions::default() {
-                let f =
-                    (opts.normalize.method == Normalization::RelatIF).then_some((factors, damping));
-                let stats = candidate_stats(&specs, f, &lbs)?;
-                normalize(&mut sc, &prepared_batch, &stats, opts.normalize)?;
+        |all, bytes| {
+            let seq_len = all.iter().map(|c| c.ids.len()).max().unwrap_or(0);
+            let plan = TapPlan::new(&specs, &model.config, all.len(), seq_len, false, budget)?;
+            let normalized = opts.normalize != NormalizeOptions::default();
+            if normalized && plan.groups.len() > 1 {
+                return Err(TraceError::Usage(format!(
+                    "--normalize needs every layer's taps of a window at once, and one window of {seq_len} tokens is over --memory-budget {budget}: raise it, lower --max-len, or drop --normalize"
+                )));
             }
-            report.stats_s += t1.elapsed().as_secs_f64();
-            let t2 = Instant::now();
-            for (b, c) in cands.iter().enumerate() {
-                let c = Arc::new(c.clone());
-                for q in 0..nq {
-                    let per_token = opts
-                        .per_token
-                        .then(|| (0..c.ids.len()).map(|t| sc.token(b, t, q)).collect());
-                    let per_layer = opts
-                        .per_layer
-                        .then(|| (0..specs.len()).map(|l| sc.layer(b, l, q)).collect());
-                    let k = Kept {
-                        cand: c.clone(),
-                        per_token,
-                        per_layer,
-                        doc: None,
-                    };
-                    match &mut docs {
-                        Some(d) => d.push(&mut keeper, q, sc.total(b, q), k),
-                        None => keeper.push(q, sc.total(b, q), k),
+            report.model_passes += plan.passes(all.len());
+            for rows in plan.chunks(all.len()) {
+                let cands = &all[rows];
+                let batch = crate::candidates::candidate_batch(cands, pad)?;
+                let mut sc: Option<CandidateScores> = None;
+                for group in &plan.groups {
+                    let taps = host_taps(
+                        &fz,
+                        &specs[group.clone()],
+                        &batch,
+                        Scalar::Loss(Labels::Data),
+                    )?;
+                    report.model_s += taps.t_model;
+                    report.copy_s += taps.t_copy;
+                    let lbs = taps.layer_batches();
+                    let t0 = Instant::now();
+                    let part = score_layers(&prepared_batch, group.start, &lbs, opts.per_token)?;
+                    match &mut sc {
+                        None => sc = Some(part),
+                        Some(s) => s.add(&part)?,
+                    }
+                    report.contraction_s += t0.elapsed().as_secs_f64();
+                    let t1 = Instant::now();
+                    if normalized {
+                        let f = (opts.normalize.method == Normalization::RelatIF)
+                            .then_some((factors, damping));
+                        let stats = candidate_stats(&specs, f, &lbs)?;
+                        normalize(
+                            sc.as_mut().expect("scored"),
+                            &prepared_batch,
+                            &stats,
+                            opts.normalize,
+                        )?;
+                    }
+                    report.stats_s += t1.elapsed().as_secs_f64();
+                }
+                let sc = sc.expect("a plan has at least one layer group");
+                let t2 = Instant::now();
+                for (b, c) in cands.iter().enumerate() {
+                    let c = Arc::new(c.clone());
+                    for q in 0..nq {
+                        let per_token = opts
+                            .per_token
+                            .then(|| (0..c.ids.len()).map(|t| sc.token(b, t, q)).collect());
+                        let per_layer = opts
+                            .per_layer
+                            .then(|| (0..specs.len()).map(|l| sc.layer(b, l, q)).collect());
+                        let k = Kept {
+                            cand: c.clone(),
+                            per_token,
+                            per_layer,
+                            doc: None,
+                        };
+                        match &mut docs {
+                            Some(d) => d.push(&mut keeper, q, sc.total(b, q), k),
+                            None => keeper.push(q, sc.total(b, q), k),
+                        }
                     }
                 }
+                report.topk_s += t2.elapsed().as_secs_f64();
+                report.candidates += cands.len();
+                report.candidate_tokens += cands.iter().map(|c| c.ids.len()).sum::<usize>();
             }
-            report.topk_s += t2.elapsed().as_secs_f64();
-            report.candidates += cands.len();
-            report.candidate_tokens += cands.iter().map(|c| c.ids.len()).sum::<usize>();
             progress(report.candidates, bytes);
             Ok(())
         },

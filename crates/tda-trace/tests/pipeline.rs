@@ -649,3 +649,167 @@ fn parquet_output_roundtrips() {
         "no temp file left"
     );
 }
+
+/// `--stride`: overlapping windows make every token after a document's first a loss target exactly
+/// once, each non-first window with its first `len − stride` tokens as context; `stride = len` is
+/// the disjoint windowing; a stride longer than the window is an error.
+#[test]
+fn overlapping_windows_target_every_token_once() {
+    let m = load_folder::<AD>(&fixture("gpt2"), &Default::default()).unwrap();
+    let whole = candidates(
+        &m,
+        &WindowOptions {
+            max_len: 64,
+            ..win()
+        },
+    );
+    let (len, stride) = (8, 3);
+    let over = candidates(
+        &m,
+        &WindowOptions {
+            max_len: len,
+            stride,
+            ..win()
+        },
+    );
+    for doc in &whole {
+        assert_eq!(doc.window, 0, "one window per document at 64 tokens");
+        let n = doc.ids.len();
+        let mut hits = vec![0usize; n];
+        let ws: Vec<&Candidate> = over.iter().filter(|c| c.doc == doc.doc).collect();
+        assert!(n <= len || ws.len() > 1, "{}: {n} tokens", doc.doc_id);
+        for w in &ws {
+            let start = w.window * stride;
+            assert_eq!(w.ids[..], doc.ids[start..start + w.ids.len()]);
+            if w.window > 0 {
+                assert_eq!(w.loss_from, len - stride, "context of a later window");
+            }
+            for p in w.loss_from..w.ids.len() {
+                hits[start + p] += 1;
+            }
+        }
+        assert_eq!(hits[0], 0);
+        assert!(
+            hits[1..].iter().all(|&h| h == 1),
+            "{}: {hits:?}",
+            doc.doc_id
+        );
+    }
+    let disjoint = candidates(
+        &m,
+        &WindowOptions {
+            max_len: len,
+            stride: len,
+            ..win()
+        },
+    );
+    assert_eq!(
+        disjoint,
+        candidates(
+            &m,
+            &WindowOptions {
+                max_len: len,
+                ..win()
+            }
+        )
+    );
+    let err = for_each_batch(
+        &docs(),
+        &m.tokenizer,
+        &m.model.config,
+        &WindowOptions {
+            max_len: len,
+            stride: len + 1,
+            ..win()
+        },
+        |_, _| Ok(()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--stride 9"), "{err}");
+}
+
+/// A memory budget small enough to split every batch into single windows and its layers into
+/// groups changes neither the factors (token and sequence counts exact, Λ means to f32 rounding)
+/// nor the scores (to 1e-4 of the largest |score|: the covariance sums are taken in another
+/// order and the eigenbases rounded differently; observed ~1e-6).
+#[test]
+fn memory_budget_splits_change_neither_factors_nor_scores() {
+    let m = load_folder::<AD>(&fixture("gpt2"), &Default::default()).unwrap();
+    let specs = ModuleSelection::Blocks
+        .specs(&m.model.linear_layers(), None)
+        .unwrap();
+    // The smallest budget (in 1 KiB steps) that still admits one window of 12 tokens.
+    let plan_at = |b: u64| {
+        tda_trace::TapPlan::new(
+            &specs,
+            &m.model.config,
+            4,
+            12,
+            true,
+            tda_trace::MemoryBudget(b),
+        )
+    };
+    let tight = (1..)
+        .map(|k| k << 10)
+        .find(|&b| plan_at(b).is_ok())
+        .unwrap();
+    let plan = plan_at(tight).unwrap();
+    assert!(plan.rows == 1 && plan.groups.len() > 1, "{plan:?}");
+    let fp = model_fingerprint(&m.dir).unwrap();
+    let fit_with = |budget: Option<u64>| {
+        let opts = FitOptions {
+            modules: ModuleSelection::Blocks,
+            fisher: Fisher::True { seed: 3 },
+            windows: WindowOptions {
+                memory_budget: budget.map(tda_trace::MemoryBudget),
+                ..win()
+            },
+            ..Default::default()
+        };
+        fit(&m.model, &m.tokenizer, &docs(), &opts, &fp, &mut |_| {}).unwrap()
+    };
+    let ((whole, rw), (split, rs)) = (fit_with(None), fit_with(Some(tight)));
+    assert!(
+        rs.model_passes > rw.model_passes,
+        "{} vs {}",
+        rs.model_passes,
+        rw.model_passes
+    );
+    assert_eq!(
+        (
+            whole.tokens,
+            whole.covariance_sequences,
+            whole.lambda_sequences
+        ),
+        (
+            split.tokens,
+            split.covariance_sequences,
+            split.lambda_sequences
+        )
+    );
+    for (a, b) in whole.layers.iter().zip(&split.layers) {
+        let (x, y) = (a.lambda_mean(), b.lambda_mean());
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs(),
+            "{}: Λ mean {x} vs {y}",
+            a.spec.name
+        );
+    }
+    let opts = |budget: Option<u64>| TraceOptions {
+        windows: WindowOptions {
+            memory_budget: budget.map(tda_trace::MemoryBudget),
+            ..win()
+        },
+        ..full_opts()
+    };
+    let (_, a) = run_trace(&m, &whole, &queries(), &opts(None));
+    let (out, b) = run_trace(&m, &split, &queries(), &opts(Some(tight)));
+    assert!(out.report.model_passes > 0);
+    let scale = a.values().fold(0f64, |s, x| s.max(x.abs()));
+    assert!(scale > 0.0 && a.len() == b.len());
+    for (k, x) in &a {
+        let y = b[k];
+        assert!((x - y).abs() <= 1e-4 * scale, "{k:?}: {x} vs {y}");
+    }
+}

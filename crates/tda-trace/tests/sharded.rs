@@ -63,6 +63,7 @@ fn windows(shard: Shard) -> WindowOptions {
         batch_size: 3,
         max_windows: None,
         shard,
+        ..Default::default()
     }
 }
 

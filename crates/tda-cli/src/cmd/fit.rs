@@ -18,7 +18,8 @@ use crate::with_backend;
 Examples:
   tda fit --model runs/demo/model --corpus runs/demo/corpus.jsonl --out runs/demo/factors
   tda fit --model M --corpus C.jsonl --out F --strategy kfac --modules mlp --fisher empirical
-  tda fit --model gpt2 --corpus C --out F --modules blocks --max-block 2048 --max-windows 20000
+  tda fit --model gpt2 --corpus C --out F --modules all --max-block 4096 --max-windows 20000   # lm_head too (50k wide: block-diagonal)
+  tda fit --model qwen2 --corpus C --out F --max-len 2048 --stride 1536 --memory-budget 8GiB   # blocks (default), overlapping windows, bounded memory
   tda fit --model FT --corpus sft.jsonl --completion-only --out FT_F   # {prompt, completion} pairs, loss on completions (multi-stage fine-tuning factors)
 
 Sharded (one task per shard, e.g. a Slurm array job; see deploy/README.md). --shard I/N takes documents d with d mod N = I and writes the pass's sums to the FILE --out; `tda merge` adds the shards' sums exactly (in shard order) and refuses a missing, duplicate or mismatched shard. ekfac needs two passes:
@@ -48,8 +49,10 @@ pub struct FitArgs {
     /// identity, diagonal, kfac or ekfac.
     #[arg(long, default_value = "ekfac")]
     pub strategy: Strategy,
-    /// Tracked layers: all, blocks (all but lm_head), mlp, or comma-separated name patterns (`*` wildcard).
-    #[arg(long, default_value = "all")]
+    /// Tracked layers: blocks (every linear layer of the transformer blocks), all (lm_head too; tied
+    /// to the embeddings, its output-projection use only, as Kronfluence), mlp, or comma-separated
+    /// name patterns (`*` wildcard).
+    #[arg(long, default_value = "blocks")]
     pub modules: ModuleSelection,
     /// true (labels sampled from the model) or empirical (the data's tokens).
     #[arg(long, default_value = "true")]
@@ -66,6 +69,11 @@ pub struct FitArgs {
     pub pairs: super::PairArgs,
     #[command(flatten)]
     pub windows: super::WindowArgs,
+    /// What one batch's taps, logits and autodiff graph may take in memory (e.g. 8GiB); a batch
+    /// over it is tapped fewer windows at a time, then layer group by layer group (one forward +
+    /// backward each; the factors do not change) [default: a quarter of this machine's memory].
+    #[arg(long)]
+    pub memory_budget: Option<tda_trace::MemoryBudget>,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
     /// Print the fit report as JSON.
@@ -105,6 +113,7 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
             max_block: a.max_block,
             windows: tda_trace::WindowOptions {
                 shard: a.shard.unwrap_or_default(),
+                memory_budget: a.memory_budget,
                 ..a.windows.options()
             },
         };

@@ -95,6 +95,11 @@ pub struct WindowArgs {
     /// Tokens per window (0 = min(the model's max_positions, 2048), printed with the corpus summary; more than max_positions is an error).
     #[arg(long, default_value_t = 0)]
     pub max_len: usize,
+    /// Overlapping windows: a window starts every N tokens (≤ the window length; default: the
+    /// window length, disjoint). A window after a document's first scores only the tokens the
+    /// previous one did not, with the overlap as context: every token is a loss target once.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub stride: Option<u32>,
     /// Windows per model batch.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
@@ -107,9 +112,11 @@ impl WindowArgs {
     pub fn options(&self) -> tda_trace::WindowOptions {
         tda_trace::WindowOptions {
             max_len: self.max_len,
+            stride: self.stride.map_or(0, |s| s as usize),
             batch_size: self.batch_size as usize,
             max_windows: self.max_windows.map(|n| n as usize),
             shard: tda_trace::Shard::ALL,
+            memory_budget: None,
         }
     }
 }

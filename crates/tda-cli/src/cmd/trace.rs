@@ -62,6 +62,7 @@ Examples:
   tda trace --model M --factors F --corpus C.jsonl --queries targets.txt --aggregate mean --top-k 50
   tda trace --model FT --factors FT_F --pretrain-model PT --pretrain-factors PT_F --corpus pretrain.jsonl --queries qa.jsonl
   tda trace --model M --factors F --queries q.jsonl --relabel rows.jsonl --json   # rows: {\"prompt\",\"original\",\"replacement\"}
+  tda trace --model qwen2 --factors F --corpus long.jsonl --queries q.jsonl --max-len 2048 --stride 1536 --memory-budget 8GiB   # overlapping windows, bounded memory
 
 Sharded (one task per shard, e.g. a Slurm array job; see deploy/README.md): --shard I/N scores documents d with d mod N = I and writes a partial parquet (--out; the shard's top-K, or every candidate with --top-k all, in row groups); `tda merge` gives exactly the unsharded ranking and refuses a missing, duplicate or mismatched shard:
   tda trace --model M --factors F --corpus C --queries q.jsonl --top-k 50 --shard $I/$N --out parts/trace-$I.parquet
@@ -157,6 +158,11 @@ pub struct TraceArgs {
     pub relabel: Option<PathBuf>,
     #[command(flatten)]
     pub windows: super::WindowArgs,
+    /// What one batch's taps, logits and autodiff graph may take in memory (e.g. 8GiB); a batch
+    /// over it is tapped fewer windows at a time, then layer group by layer group (one forward +
+    /// backward each; the scores do not change) [default: a quarter of this machine's memory].
+    #[arg(long, conflicts_with = "relabel")]
+    pub memory_budget: Option<tda_trace::MemoryBudget>,
     /// Ensemble over training states (TracIn-CP-style): another checkpoint of the same run and
     /// its factors, CHECKPOINT_DIR=FACTORS_DIR (repeat for more). Every state traces the same
     /// candidates; each state's scores of a query are divided by their standard deviation over
@@ -207,6 +213,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         per_layer: a.per_layer,
         windows: tda_trace::WindowOptions {
             shard: a.shard.unwrap_or_default(),
+            memory_budget: a.memory_budget,
             ..a.windows.options()
         },
         granularity: a.granularity,

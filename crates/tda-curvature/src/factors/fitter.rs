@@ -280,33 +280,58 @@ impl FactorFitter {
 
     /// Feeds one batch of taps (one [`LayerBatch`] per spec, same order) to the current pass.
     pub fn add(&mut self, batches: &[LayerBatch<'_>]) -> Result<()> {
-        validate_batches(&self.specs, batches)?;
-        let first = &batches[0];
-        let n_seq = (0..first.batch)
-            .filter(|&b| first.real_rows(b).next().is_some())
+        if batches.len() != self.specs.len() {
+            return validate_batches(&self.specs, batches);
+        }
+        self.add_layers(0, batches)
+    }
+
+    /// Feeds the taps of the layers `first .. first + batches.len()` of one batch (a layer group,
+    /// when a batch's taps are made group by group within a memory budget). The batch's tokens
+    /// and sequences are counted with the group that starts at layer 0, so every group of a batch
+    /// must be added exactly once.
+    pub fn add_layers(&mut self, first: usize, batches: &[LayerBatch<'_>]) -> Result<()> {
+        let end = first + batches.len();
+        if batches.is_empty() || end > self.specs.len() {
+            return Err(CurvatureError::Usage(format!(
+                "taps for layers {first}..{end} of {} tracked layers",
+                self.specs.len()
+            )));
+        }
+        let specs = &self.specs[first..end];
+        validate_batches(specs, batches)?;
+        let lead = &batches[0];
+        let n_seq = (0..lead.batch)
+            .filter(|&b| lead.real_rows(b).next().is_some())
             .count() as u64;
+        let counted = first == 0;
+        let acc = &mut self.acc[first..end];
         match self.pass {
             None => Err(CurvatureError::Usage(
                 "all passes are done; call finish()".into(),
             )),
             Some(Pass::Covariance) => {
-                self.specs
+                specs
                     .par_iter()
-                    .zip(self.acc.par_iter_mut())
+                    .zip(acc.par_iter_mut())
                     .zip(batches.par_iter())
                     .for_each(|((spec, acc), lb)| accumulate_covariance(spec, acc, lb));
-                self.tokens += first.mask.iter().filter(|&&m| m).count() as u64;
-                self.cov_sequences += n_seq;
+                if counted {
+                    self.tokens += lead.mask.iter().filter(|&&m| m).count() as u64;
+                    self.cov_sequences += n_seq;
+                }
                 Ok(())
             }
             Some(Pass::Lambda) => {
                 let ekfac = self.config.strategy == Strategy::Ekfac;
-                self.specs
+                specs
                     .par_iter()
-                    .zip(self.acc.par_iter_mut())
+                    .zip(acc.par_iter_mut())
                     .zip(batches.par_iter())
                     .for_each(|((spec, acc), lb)| accumulate_lambda(spec, acc, lb, ekfac));
-                self.lambda_sequences += n_seq;
+                if counted {
+                    self.lambda_sequences += n_seq;
+                }
                 Ok(())
             }
         }

@@ -455,6 +455,7 @@ pub fn merge_trace(paths: &[PathBuf], top_k: Option<Option<usize>>) -> Result<Tr
     };
     report.queries_s = sum(|r| r.queries_s);
     report.model_s = sum(|r| r.model_s);
+    report.model_passes = headers.iter().map(|h| h.output.report.model_passes).sum();
     report.copy_s = sum(|r| r.copy_s);
     report.contraction_s = sum(|r| r.contraction_s);
     report.stats_s = sum(|r| r.stats_s);
