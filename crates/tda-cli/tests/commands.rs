@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fixture, leak, ok, p, repo, run, run_env, scratch, world};
+use common::{fails, fixture, leak, ok, p, repo, run, run_env, scratch, world};
 use std::path::Path;
 
 fn json(s: &str) -> serde_json::Value {
@@ -255,6 +255,61 @@ fn trace_queries_file_index_and_relabel() {
     ]));
     assert_eq!(rel[0]["scores"].as_array().unwrap().len(), 2);
     assert!(rel[0]["scores"][0]["score"].as_f64().unwrap().is_finite());
+}
+
+/// `--save-queries` while tracing one corpus, `--queries-from` on another: the same ranking and
+/// scores as measuring the queries again on it; the saved file is refused with other queries'
+/// flags or a file that is not one.
+#[test]
+fn saved_queries_trace_new_corpora() {
+    let w = world();
+    let dir = scratch();
+    let queries = dir.join("q.jsonl");
+    std::fs::write(
+        &queries,
+        "{\"id\": \"a\", \"prompt\": \"Mira Tolven was born in\", \"completion\": \" Kestrel Bay\"}\n{\"prompt\": \"The\", \"completion\": \" city\"}\n",
+    )
+    .unwrap();
+    let saved = dir.join("targets.q");
+    ok(trace_args(&[
+        "--queries",
+        p(&queries),
+        "--save-queries",
+        p(&saved),
+    ]));
+    assert!(saved.is_file());
+    // A new shard: the corpus's first half.
+    let text = std::fs::read_to_string(&w.corpus).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let shard = dir.join("shard.jsonl");
+    std::fs::write(&shard, lines[..lines.len() / 2].join("\n") + "\n").unwrap();
+    let args = |extra: &[&'static str]| {
+        let mut v = vec!["trace", "--model", p(&w.model), "--factors", p(&w.factors)];
+        v.extend(["--corpus", p(&shard), "--top-k", "all", "--json"]);
+        v.extend_from_slice(extra);
+        v
+    };
+    let fresh = json(&ok(args(&["--queries", p(&queries)])));
+    let reused = json(&ok(args(&["--queries-from", p(&saved)])));
+    assert_eq!(ranking(&fresh), ranking(&reused));
+    assert!(!ranking(&fresh).is_empty());
+    for q in 0..2 {
+        assert_eq!(fresh["queries"][q]["id"], reused["queries"][q]["id"]);
+        assert_eq!(fresh["queries"][q]["value"], reused["queries"][q]["value"]);
+    }
+    let kept = &reused["report"]["query_rank_kept"];
+    assert!(kept.as_array().is_some_and(|k| !k.is_empty()), "{kept}");
+    fails(
+        args(&["--queries-from", p(&saved), "--queries", p(&queries)]),
+        &["--queries"],
+        &[],
+    );
+    fails(
+        args(&["--queries-from", p(&saved), "--damping", "1e-3"]),
+        &["--damping"],
+        &[],
+    );
+    fails(args(&["--queries-from", p(&queries)]), &["q.jsonl"], &[]);
 }
 
 #[test]

@@ -27,6 +27,7 @@
 pub mod error;
 pub mod factors;
 pub mod linalg;
+mod low_rank;
 pub mod multistage;
 pub mod normalize;
 pub mod precondition;

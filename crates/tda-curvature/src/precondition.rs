@@ -12,13 +12,14 @@
 //! gradient `G_b` is `d f / d ε` (positive = up-weighting the candidate raises `f`).
 //! `P_q` is then compressed to rank `r`: `P_q ≈ L Rᵀ`, `L = U Σ [d_out, r]`, `R = V [d_a, r]`.
 //!
-//! One file (~450 lines of code plus its unit tests) on purpose: damping, the inverse in the
-//! eigenbasis and the rank-`r` compression are three steps of the single formula above, share
-//! the private `Basis64` helper and are read top to bottom; splitting them would scatter it.
+//! Damping, the inverse in the eigenbasis and the rank-`r` compression are three steps of the
+//! single formula above and share the private `Basis64` helper; the SVDs of the compression are
+//! in `low_rank.rs`.
 
 use crate::error::{CurvatureError, Result};
 use crate::factors::{Eigenbasis, Factors, LayerFactors, Strategy};
-use crate::linalg::{gemm, orthonormalize, thin_svd, Op, SplitMix};
+use crate::linalg::{gemm, Op};
+use crate::low_rank::{compress, low_rank_sq_norm, svd_factors, to_f32};
 use crate::taps::{validate_batches, LayerBatch, LayerSpec};
 use rayon::prelude::*;
 
@@ -240,6 +241,9 @@ pub struct PreconditionedQuery {
     pub layers: Vec<LowRankLayer>,
     /// `‖P_q‖²_F` of the stored (compressed) query over all layers (used by cosine normalisation).
     pub sq_norm: f64,
+    /// Per layer, the share of `‖P_q‖²_F` the stored rank-r query keeps (1 at full rank, to f32
+    /// rounding; `(G + λI)⁻¹` of a zero gradient keeps 1).
+    pub kept: Vec<f64>,
 }
 
 /// Preconditions each query (queries × layers in parallel) and compresses it to `rank`.
@@ -276,253 +280,152 @@ pub fn precondition(
         }
     }
     let n_l = factors.layers.len();
-    let jobs: Vec<(usize, usize)> = (0..queries.len())
-        .flat_map(|q| (0..n_l).map(move |l| (q, l)))
-        .collect();
-    let done: Vec<Result<LowRankLayer>> = jobs
-        .par_iter()
-        .map(|&(q, l)| {
-            let layer = &factors.layers[l];
-            let lam = damping.value(layer);
-            if !(lam >= 0.0 && lam.is_finite()) {
-                return Err(crate::error::non_finite(
-                    &layer.spec.name,
-                    format!("damping {lam}"),
-                ));
-            }
-            let (d_out, d_a) = (layer.spec.d_out, layer.spec.d_a());
-            let seed = (q * n_l + l) as u64;
-            let numerical = |msg| CurvatureError::Numerical {
-                layer: layer.spec.name.clone(),
-                msg,
-            };
-            let check = |x: &[f64]| {
-                if x.iter().all(|v| v.is_finite()) {
-                    Ok(())
-                } else {
-                    Err(crate::error::non_finite(
-                        &layer.spec.name,
-                        "preconditioned query",
-                    ))
-                }
-            };
-            let grad = &queries[q].layers[l];
-            if factors.strategy.uses_eigenbasis() {
-                // P = Q_S M Q_Aᵀ with M = −(Q_Sᵀ G Q_A) ⊘ (Λ + λ). Q_S and Q_A are orthogonal, so
-                // the rank-r SVD of P is Q_S·(rank-r SVD of M)·Q_Aᵀ: compress M in the eigenbasis
-                // and rotate only the [d, r] factors back (never forming the dense P).
-                let basis = Basis64::of(layer).expect("kfac/ekfac factors carry eigenbases");
-                let mut m = basis.to_eigen_factored(grad);
-                match &layer.lambda {
-                    None => m.iter_mut().for_each(|v| *v /= -(1.0 + lam)),
-                    Some(lambda) => m
-                        .iter_mut()
-                        .zip(lambda)
-                        .for_each(|(v, &x)| *v /= -(x as f64 + lam)),
-                }
-                check(&m)?;
-                let (left, right, r) =
-                    svd_factors(&m, d_out, d_a, rank, seed).map_err(numerical)?;
-                Ok(LowRankLayer {
-                    rank: r,
-                    left: to_f32(&basis.left_from_eigen(&left, r)),
-                    right: to_f32(&basis.right_from_eigen(&right, r)),
-                })
-            } else {
-                let mut p = apply_inverse(layer, factors.strategy, lam, &grad.dense(d_out, d_a));
-                p.iter_mut().for_each(|x| *x = -*x);
-                check(&p)?;
-                compress(&p, d_out, d_a, rank, seed).map_err(numerical)
-            }
-        })
-        .collect();
+    // The eigenbases are upcast to f64 once per layer, a group of layers at a time (at most
+    // BASES_GROUP_BYTES of f64 bases alive, however many queries and layers there are); within
+    // a group, the (query, layer) jobs run in parallel.
+    let mut done: Vec<Option<Result<(LowRankLayer, f64)>>> =
+        (0..queries.len() * n_l).map(|_| None).collect();
+    for group in layer_groups(factors) {
+        let bases: Vec<Option<Basis64<'_>>> = group
+            .clone()
+            .into_par_iter()
+            .map(|l| Basis64::of(&factors.layers[l]))
+            .collect();
+        let jobs: Vec<(usize, usize)> = (0..queries.len())
+            .flat_map(|q| group.clone().map(move |l| (q, l)))
+            .collect();
+        let out: Vec<Result<(LowRankLayer, f64)>> = jobs
+            .par_iter()
+            .map(|&(q, l)| {
+                let basis = bases[l - group.start].as_ref();
+                precondition_one(factors, damping, basis, &queries[q].layers[l], l, q, rank)
+            })
+            .collect();
+        for (&(q, l), r) in jobs.iter().zip(out) {
+            done[q * n_l + l] = Some(r);
+        }
+    }
     let mut it = done.into_iter();
     let mut out = Vec::with_capacity(queries.len());
     for _ in queries {
         let mut layers = Vec::with_capacity(n_l);
+        let mut kept = Vec::with_capacity(n_l);
         let mut sq = 0.0;
         for l in 0..n_l {
-            let lr = it.next().unwrap()?;
-            sq += low_rank_sq_norm(
+            let (lr, full_sq) = it.next().flatten().expect("every job ran")?;
+            let stored = low_rank_sq_norm(
                 &lr,
                 factors.layers[l].spec.d_out,
                 factors.layers[l].spec.d_a(),
             );
+            sq += stored;
+            kept.push(if full_sq > 0.0 { stored / full_sq } else { 1.0 });
             layers.push(lr);
         }
         out.push(PreconditionedQuery {
             layers,
             sq_norm: sq,
+            kept,
         });
     }
     Ok(out)
 }
 
-/// `‖L Rᵀ‖²_F = Σ_ij (LᵀL)_ij (RᵀR)_ij`.
-fn low_rank_sq_norm(lr: &LowRankLayer, d_out: usize, d_a: usize) -> f64 {
-    let r = lr.rank;
-    let l: Vec<f64> = lr.left.iter().map(|&x| x as f64).collect();
-    let rr: Vec<f64> = lr.right.iter().map(|&x| x as f64).collect();
-    let mut ll = vec![0.0; r * r];
-    let mut rrr = vec![0.0; r * r];
-    gemm(&mut ll, Op::t(&l, d_out, r), Op::n(&l, d_out, r), false);
-    gemm(&mut rrr, Op::t(&rr, d_a, r), Op::n(&rr, d_a, r), false);
-    ll.iter().zip(&rrr).map(|(a, b)| a * b).sum()
-}
+/// f64 bases alive at once while preconditioning (one group of layers).
+const BASES_GROUP_BYTES: usize = 1 << 30;
 
-fn to_f32(x: &[f64]) -> Vec<f32> {
-    x.iter().map(|&v| v as f32).collect()
-}
-
-/// Rank-`rank` factors of `p [m, n]` in f64: `(U Σ [m, r], V [n, r], r)` with `p ≈ (U Σ) Vᵀ`.
-fn svd_factors(
-    p: &[f64],
-    m: usize,
-    n: usize,
-    rank: Rank,
-    seed: u64,
-) -> std::result::Result<(Vec<f64>, Vec<f64>, usize), String> {
-    let full = m.min(n);
-    let r = match rank {
-        Rank::Full => full,
-        Rank::Truncated(r) => r.min(full),
+/// Consecutive layers whose f64 eigenbases together stay under [`BASES_GROUP_BYTES`] (a layer
+/// larger than that is a group of its own).
+fn layer_groups(factors: &Factors) -> Vec<std::ops::Range<usize>> {
+    let bytes = |l: &LayerFactors| {
+        [&l.a_basis, &l.s_basis]
+            .iter()
+            .filter_map(|b| b.as_ref())
+            .map(|b| b.vecs.iter().map(Vec::len).sum::<usize>() * 8)
+            .sum::<usize>()
     };
-    const OVERSAMPLE: usize = 10;
-    let (u, s, v, k) = if r == full || full <= 4 * (r + OVERSAMPLE) {
-        let (u, s, v) = thin_svd(p, m, n)?;
-        (u, s, v, full)
-    } else {
-        let (u, s, v) = randomized_svd(p, m, n, r + OVERSAMPLE, 2, seed)?;
-        (u, s, v, r + OVERSAMPLE)
-    };
-    // Keep the first r of k columns.
-    let mut left = Vec::with_capacity(m * r);
-    for i in 0..m {
-        for c in 0..r {
-            left.push(u[i * k + c] * s[c]);
+    let mut groups: Vec<std::ops::Range<usize>> = vec![];
+    let mut used = 0;
+    for (i, l) in factors.layers.iter().enumerate() {
+        let b = bytes(l);
+        match groups.last_mut() {
+            Some(g) if used + b <= BASES_GROUP_BYTES => {
+                g.end = i + 1;
+                used += b;
+            }
+            _ => {
+                groups.push(i..i + 1);
+                used = b;
+            }
         }
     }
-    let mut right = Vec::with_capacity(n * r);
-    for i in 0..n {
-        for c in 0..r {
-            right.push(v[i * k + c]);
-        }
-    }
-    Ok((left, right, r))
+    groups
 }
 
-/// Rank-`rank` factorisation `p ≈ (U Σ)(V)ᵀ` of `p [m, n]`.
-pub(crate) fn compress(
-    p: &[f64],
-    m: usize,
-    n: usize,
-    rank: Rank,
-    seed: u64,
-) -> std::result::Result<LowRankLayer, String> {
-    let (left, right, r) = svd_factors(p, m, n, rank, seed)?;
-    Ok(LowRankLayer {
-        rank: r,
-        left: to_f32(&left),
-        right: to_f32(&right),
-    })
-}
-
-/// Randomized SVD with `l` columns and `iters` power iterations: `(U [m, l], σ [l], V [n, l])`.
-fn randomized_svd(
-    p: &[f64],
-    m: usize,
-    n: usize,
+/// Query `q`'s layer `l`: `P = −(G + λI)⁻¹ G_q` compressed to `rank`, and `‖P‖²_F` before the
+/// compression.
+fn precondition_one(
+    factors: &Factors,
+    damping: Damping,
+    basis: Option<&Basis64<'_>>,
+    grad: &QueryLayerGrad,
     l: usize,
-    iters: usize,
-    seed: u64,
-) -> std::result::Result<crate::linalg::SvdParts, String> {
-    let mut rng = SplitMix::new(0x5EED_0000 ^ seed);
-    let omega: Vec<f64> = (0..n * l).map(|_| rng.normal()).collect();
-    let mut y = vec![0.0; m * l];
-    gemm(&mut y, Op::n(p, m, n), Op::n(&omega, n, l), false);
-    orthonormalize(&mut y, m, l);
-    let mut z = vec![0.0; n * l];
-    for _ in 0..iters {
-        gemm(&mut z, Op::t(p, m, n), Op::n(&y, m, l), false);
-        orthonormalize(&mut z, n, l);
-        gemm(&mut y, Op::n(p, m, n), Op::n(&z, n, l), false);
-        orthonormalize(&mut y, m, l);
+    q: usize,
+    rank: Rank,
+) -> Result<(LowRankLayer, f64)> {
+    let n_l = factors.layers.len();
+    let layer = &factors.layers[l];
+    let lam = damping.value(layer);
+    if !(lam >= 0.0 && lam.is_finite()) {
+        return Err(crate::error::non_finite(
+            &layer.spec.name,
+            format!("damping {lam}"),
+        ));
     }
-    // B = Yᵀ P [l, n] = Ũ Σ Vᵀ, U = Y Ũ.
-    let mut b = vec![0.0; l * n];
-    gemm(&mut b, Op::t(&y, m, l), Op::n(p, m, n), false);
-    let (ub, s, v) = thin_svd(&b, l, n)?; // ub [l, l], v [n, l]
-    let mut u = vec![0.0; m * l];
-    gemm(&mut u, Op::n(&y, m, l), Op::n(&ub, l, l), false);
-    Ok((u, s, v))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dense(lr: &LowRankLayer, m: usize, n: usize) -> Vec<f64> {
-        let mut out = vec![0.0; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                out[i * n + j] = (0..lr.rank)
-                    .map(|c| lr.left[i * lr.rank + c] as f64 * lr.right[j * lr.rank + c] as f64)
-                    .sum();
-            }
+    let (d_out, d_a) = (layer.spec.d_out, layer.spec.d_a());
+    let seed = (q * n_l + l) as u64;
+    let numerical = |msg| CurvatureError::Numerical {
+        layer: layer.spec.name.clone(),
+        msg,
+    };
+    let check = |x: &[f64]| {
+        if x.iter().all(|v| v.is_finite()) {
+            Ok(x.iter().map(|v| v * v).sum::<f64>())
+        } else {
+            Err(crate::error::non_finite(
+                &layer.spec.name,
+                "preconditioned query",
+            ))
         }
-        out
-    }
-
-    /// Randomized rank-r SVD of an exactly rank-r matrix recovers it (to f32 storage precision),
-    /// and on a decaying spectrum it is as good as the exact truncated SVD (to 1e-6 relative).
-    #[test]
-    fn randomized_svd_matches_exact() {
-        let (m, n, r) = (300, 200, 8);
-        let mut rng = SplitMix::new(1);
-        let a: Vec<f64> = (0..m * r).map(|_| rng.normal()).collect();
-        let b: Vec<f64> = (0..r * n).map(|_| rng.normal()).collect();
-        let mut p = vec![0.0; m * n];
-        gemm(&mut p, Op::n(&a, m, r), Op::n(&b, r, n), false);
-        let lr = compress(&p, m, n, Rank::Truncated(r), 0).unwrap();
-        let d = dense(&lr, m, n);
-        let num: f64 = d.iter().zip(&p).map(|(x, y)| (x - y).powi(2)).sum();
-        let den: f64 = p.iter().map(|x| x * x).sum();
-        assert!((num / den).sqrt() < 1e-6, "rel err {}", (num / den).sqrt());
-
-        // decaying spectrum: σ_k = 0.7^k
-        let (u, _, v) =
-            thin_svd(&(0..m * n).map(|_| rng.normal()).collect::<Vec<_>>(), m, n).unwrap();
-        let k = m.min(n);
-        let mut q = vec![0.0; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                q[i * n + j] = (0..k)
-                    .map(|c| u[i * k + c] * 0.7f64.powi(c as i32) * v[j * k + c])
-                    .sum();
-            }
+    };
+    if factors.strategy.uses_eigenbasis() {
+        // P = Q_S M Q_Aᵀ with M = −(Q_Sᵀ G Q_A) ⊘ (Λ + λ). Q_S and Q_A are orthogonal, so the
+        // rank-r SVD of P is Q_S·(rank-r SVD of M)·Q_Aᵀ (and ‖P‖ = ‖M‖): compress M in the
+        // eigenbasis and rotate only the [d, r] factors back (never forming the dense P).
+        let basis = basis.expect("kfac/ekfac factors carry eigenbases");
+        let mut m = basis.to_eigen_factored(grad);
+        match &layer.lambda {
+            None => m.iter_mut().for_each(|v| *v /= -(1.0 + lam)),
+            Some(lambda) => m
+                .iter_mut()
+                .zip(lambda)
+                .for_each(|(v, &x)| *v /= -(x as f64 + lam)),
         }
-        let exact = compress(&q, m, n, Rank::Full, 0).unwrap();
-        let mut ex_trunc = exact.clone();
-        ex_trunc.rank = r;
-        ex_trunc.left = (0..m)
-            .flat_map(|i| exact.left[i * k..i * k + r].to_vec())
-            .collect();
-        ex_trunc.right = (0..n)
-            .flat_map(|i| exact.right[i * k..i * k + r].to_vec())
-            .collect();
-        let rnd = compress(&q, m, n, Rank::Truncated(r), 7).unwrap();
-        let err = |lr: &LowRankLayer| {
-            dense(lr, m, n)
-                .iter()
-                .zip(&q)
-                .map(|(x, y)| (x - y).powi(2))
-                .sum::<f64>()
-                .sqrt()
+        let full_sq = check(&m)?;
+        let (left, right, r) = svd_factors(&m, d_out, d_a, rank, seed).map_err(numerical)?;
+        let lr = LowRankLayer {
+            rank: r,
+            left: to_f32(&basis.left_from_eigen(&left, r)),
+            right: to_f32(&basis.right_from_eigen(&right, r)),
         };
-        let (e_ex, e_rnd) = (err(&ex_trunc), err(&rnd));
-        assert!(
-            e_rnd <= e_ex * (1.0 + 1e-6) + 1e-6,
-            "randomized {e_rnd} vs exact {e_ex}"
-        );
+        Ok((lr, full_sq))
+    } else {
+        let mut p = apply_inverse(layer, factors.strategy, lam, &grad.dense(d_out, d_a));
+        p.iter_mut().for_each(|x| *x = -*x);
+        let full_sq = check(&p)?;
+        Ok((
+            compress(&p, d_out, d_a, rank, seed).map_err(numerical)?,
+            full_sq,
+        ))
     }
 }

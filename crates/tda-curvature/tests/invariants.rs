@@ -649,3 +649,71 @@ fn bad_inputs_are_errors_naming_the_layer() {
     assert!("kfc".parse::<Strategy>().is_err());
     assert_eq!("ekfac".parse::<Strategy>().unwrap(), Strategy::Ekfac);
 }
+
+/// The share of ‖P_q‖² each layer's stored query keeps: 1 at full rank, and at rank 1 the stored
+/// ‖L Rᵀ‖² over the dense ‖(G + λI)⁻¹ G_q‖² (computed independently with `apply_inverse`), for
+/// every strategy (1e-4: f32 storage of the factors). A saved file of queries reads back equal.
+#[test]
+fn rank_truncation_reports_the_share_it_keeps() {
+    let w = world();
+    let sp = specs();
+    let qg = query_gradients(&sp, &views(&w.queries)).unwrap();
+    let dq = dense(&sp, &w.queries);
+    let damping = Damping::default();
+    for cfg in all_configs() {
+        let f = fit(&sp, cfg, &w.fit_batches);
+        let full = precondition(&f, damping, &qg, Rank::Full).unwrap();
+        let one = precondition(&f, damping, &qg, Rank::Truncated(1)).unwrap();
+        let mut lost = false;
+        for (qi, (qf, q1)) in full.iter().zip(&one).enumerate() {
+            for (l, layer) in f.layers.iter().enumerate() {
+                let p = apply_inverse(layer, f.strategy, damping.value(layer), &dq[qi][l]);
+                let p2: f64 = p.iter().map(|x| x * x).sum();
+                if p2 == 0.0 {
+                    continue;
+                }
+                assert!(
+                    (qf.kept[l] - 1.0).abs() < 1e-4,
+                    "{cfg:?} full rank keeps {}",
+                    qf.kept[l]
+                );
+                let lr = &q1.layers[l];
+                let (d_out, d_a) = (layer.spec.d_out, layer.spec.d_a());
+                let mut stored = 0.0;
+                for i in 0..d_out {
+                    for j in 0..d_a {
+                        let v: f64 = (0..lr.rank)
+                            .map(|c| {
+                                lr.left[i * lr.rank + c] as f64 * lr.right[j * lr.rank + c] as f64
+                            })
+                            .sum();
+                        stored += v * v;
+                    }
+                }
+                let want = stored / p2;
+                assert!(
+                    (q1.kept[l] - want).abs() < 1e-4,
+                    "{cfg:?} layer {l}: {} vs {want}",
+                    q1.kept[l]
+                );
+                lost |= want < 0.999;
+            }
+        }
+        assert!(
+            lost,
+            "{cfg:?}: rank 1 kept everything, the test would be vacuous"
+        );
+        let dir = std::env::temp_dir().join(format!("tda-saved-queries-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{:?}.q", cfg.strategy));
+        let saved = storage::SavedQueries {
+            specs: sp.clone(),
+            factors: f.id(),
+            queries: one.clone(),
+            origin: "{\"any\": 1}".into(),
+        };
+        storage::save_queries(&saved, &path).unwrap();
+        assert_eq!(storage::load_queries(&path).unwrap(), saved);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -20,6 +20,7 @@
 //!   target sets aggregated into one query; multi-stage (pretraining → fine-tuning) scores with the
 //!   fine-tuning preconditioner folded into the query. [`self_influence`] and [`relabel`] reuse
 //!   the steps.
+//! - [`saved_queries`]: prepared queries saved once, traced over new corpus shards.
 //! - [`output`]: result structs and the parquet writer.
 //!
 //! Invariants a caller can rely on:
@@ -46,6 +47,7 @@ pub mod output;
 pub mod prefilter;
 pub mod query;
 pub mod relabel;
+pub mod saved_queries;
 pub mod select;
 pub mod self_influence;
 pub mod shard;
@@ -68,7 +70,9 @@ pub use relabel::relabel;
 pub use self_influence::self_influence;
 pub use shard::Shard;
 pub use stages::{check_same_family, FineTuneDamping, FineTuned, Hessians, StagesInfo};
-pub use trace::{trace, trace_multistage, TraceOptions};
+pub use trace::{
+    prepare_queries, trace, trace_multistage, trace_prepared, PreparedQueries, TraceOptions,
+};
 
 /// Factor file name inside a factors folder.
 pub const FACTORS_FILE: &str = "factors.safetensors";

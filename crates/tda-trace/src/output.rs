@@ -131,6 +131,15 @@ pub trait RowSink {
     fn push(&mut self, query: usize, row: ResultRow) -> Result<()>;
 }
 
+/// How much of a layer's `‖P_q‖²_F` the stored rank-r queries keep (1 = all): the least over the
+/// queries and the mean.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LayerKept {
+    pub layer: String,
+    pub min: f64,
+    pub mean: f64,
+}
+
 /// Where the time went.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TraceReport {
@@ -141,6 +150,9 @@ pub struct TraceReport {
     pub candidate_tokens: usize,
     /// Query taps + preconditioning + rank-r compression.
     pub queries_s: f64,
+    /// Per layer, the share of the preconditioned queries' `‖P_q‖²` the rank-r compression keeps.
+    #[serde(default)]
+    pub query_rank_kept: Vec<LayerKept>,
     /// Candidates: forward + activation-gradient backward, device → host copies, the query-batched
     /// contraction, normalisation statistics, top-K bookkeeping.
     pub model_s: f64,

@@ -19,7 +19,8 @@ use std::time::Instant;
 use burn::tensor::backend::AutodiffBackend;
 use tda_curvature::{
     candidate_stats, normalize, precondition, score_layers, transfer_through_fine_tuning,
-    CandidateScores, Damping, Factors, Normalization, NormalizeOptions, QueryBatch, Rank,
+    CandidateScores, Damping, Factors, Normalization, NormalizeOptions, PreconditionedQuery,
+    QueryBatch, Rank,
 };
 use tda_model::{frozen, Tokenizer, Transformer};
 
@@ -29,7 +30,7 @@ use crate::error::{Result, TraceError};
 use crate::host::{host_taps, Labels, Scalar};
 use crate::keep::{to_row, DocSums, Keeper, Kept};
 use crate::measure::Measurement;
-use crate::output::{Granularity, QueryResult, RowSink, TraceOutput, TraceReport};
+use crate::output::{Granularity, LayerKept, QueryResult, RowSink, TraceOutput, TraceReport};
 use crate::query::{aggregate_gradients, measure_queries, Aggregate, Query};
 use crate::stages::{FineTuneDamping, FineTuned, StagesInfo};
 
@@ -180,6 +181,53 @@ pub fn trace_multistage<AD: AutodiffBackend>(
     Ok(out)
 }
 
+/// Queries measured (optionally aggregated, optionally carried through the fine-tuning transfer)
+/// and preconditioned: what a candidate pass scores against. Made by [`prepare_queries`] (or
+/// inside [`trace`]), or read back from a file of saved queries ([`crate::saved_queries`]) to
+/// trace the same targets over new corpus shards without measuring them again.
+#[derive(Clone, Debug)]
+pub struct PreparedQueries {
+    /// One per scored query (a target set first when aggregated).
+    pub queries: Vec<Query>,
+    /// The measurement `f` of each at the query model.
+    pub values: Vec<f32>,
+    pub preconditioned: Vec<PreconditionedQuery>,
+    pub measurement: Measurement,
+    pub damping: Damping,
+    pub rank: Rank,
+    /// Seconds spent measuring and preconditioning (0 when read back from a file).
+    pub seconds: f64,
+}
+
+/// Measures and preconditions `queries` for single-stage tracing with `factors` (what [`trace`]
+/// does before its candidate pass).
+pub fn prepare_queries<AD: AutodiffBackend>(
+    model: &Transformer<AD>,
+    tokenizer: &Tokenizer,
+    factors: &Factors,
+    queries: &[Query],
+    opts: &TraceOptions,
+) -> Result<PreparedQueries> {
+    prepare(model, tokenizer, factors, opts.damping, None, queries, opts)
+}
+
+/// [`trace`] with queries already prepared (by [`prepare_queries`], or read back from a file):
+/// the candidate pass only. `prepared` must come from `factors` (the caller checks it; the file
+/// loader does).
+pub fn trace_prepared<AD: AutodiffBackend>(
+    model: &Transformer<AD>,
+    tokenizer: &Tokenizer,
+    factors: &Factors,
+    prepared: &PreparedQueries,
+    source: &DocSource,
+    opts: &TraceOptions,
+    progress: &mut dyn FnMut(usize, u64),
+) -> Result<TraceOutput> {
+    score_pass(
+        model, tokenizer, factors, prepared, source, opts, None, progress,
+    )
+}
+
 /// The pass: queries measured at `query_model` (optionally aggregated, optionally through the
 /// fine-tuning transfer), preconditioned with `factors` + `damping`, candidates at `model`.
 /// With a `sink`, every result row goes there as it is made (unranked, nothing kept: the
@@ -199,13 +247,37 @@ pub(crate) fn run<AD: AutodiffBackend>(
     progress: &mut dyn FnMut(usize, u64),
 ) -> Result<TraceOutput> {
     let t_all = Instant::now();
-    let fz = frozen(model);
+    let prepared = prepare(
+        query_model,
+        tokenizer,
+        factors,
+        damping,
+        transfer,
+        queries,
+        opts,
+    )?;
+    let mut out = score_pass(
+        model, tokenizer, factors, &prepared, source, opts, sink, progress,
+    )?;
+    out.report.total_s = t_all.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prepare<AD: AutodiffBackend>(
+    query_model: &Transformer<AD>,
+    tokenizer: &Tokenizer,
+    factors: &Factors,
+    damping: Damping,
+    transfer: Option<(&Factors, FineTuneDamping)>,
+    queries: &[Query],
+    opts: &TraceOptions,
+) -> Result<PreparedQueries> {
     let specs = factors.specs();
     let t_q = Instant::now();
-    // Single stage: the query model is the candidate model, frozen once.
-    let qfz = (!std::ptr::eq(model, query_model)).then(|| frozen(query_model));
+    let qfz = frozen(query_model);
     let (mut grads, mut values) = measure_queries(
-        qfz.as_ref().unwrap_or(&fz),
+        &qfz,
         tokenizer,
         &specs,
         queries,
@@ -246,19 +318,49 @@ pub(crate) fn run<AD: AutodiffBackend>(
     if let Some((ft, d)) = transfer {
         grads = transfer_through_fine_tuning(ft, &d.per_layer(ft), &grads)?;
     }
-    let pq = precondition(factors, damping, &grads, opts.rank)?;
+    let preconditioned = precondition(factors, damping, &grads, opts.rank)?;
+    Ok(PreparedQueries {
+        queries: out_queries,
+        values,
+        preconditioned,
+        measurement: opts.measurement,
+        damping,
+        rank: opts.rank,
+        seconds: t_q.elapsed().as_secs_f64(),
+    })
+}
+
+/// The candidate pass of [`run`] against `prepared`.
+#[allow(clippy::too_many_arguments)]
+fn score_pass<AD: AutodiffBackend>(
+    model: &Transformer<AD>,
+    tokenizer: &Tokenizer,
+    factors: &Factors,
+    prepared: &PreparedQueries,
+    source: &DocSource,
+    opts: &TraceOptions,
+    sink: Option<&mut dyn RowSink>,
+    progress: &mut dyn FnMut(usize, u64),
+) -> Result<TraceOutput> {
+    let t_all = Instant::now();
+    let fz = frozen(model);
+    let specs = factors.specs();
+    let damping = prepared.damping;
+    let pq = &prepared.preconditioned;
     // Only a shard needs it (the merge checks that all shards scored the same queries).
     let queries_fingerprint = if opts.windows.shard.is_all() {
         0
     } else {
-        fingerprint_queries(&pq)
+        fingerprint_queries(pq)
     };
-    let prepared_batch = QueryBatch::new(&specs, &pq)?;
-    let queries = &out_queries[..];
+    let prepared_batch = QueryBatch::new(&specs, pq)?;
+    let queries = &prepared.queries[..];
+    let values = &prepared.values;
     let nq = queries.len();
     let mut report = TraceReport {
         queries: nq,
-        queries_s: t_q.elapsed().as_secs_f64(),
+        queries_s: prepared.seconds,
+        query_rank_kept: rank_kept(&specs, pq),
         ..Default::default()
     };
     let mut sink_error = None;
@@ -379,7 +481,7 @@ pub(crate) fn run<AD: AutodiffBackend>(
     let results_by_query = queries
         .iter()
         .zip(results)
-        .zip(&values)
+        .zip(values)
         .enumerate()
         .map(|(qi, ((q, res), &f))| QueryResult {
             id: if q.id.is_empty() {
@@ -399,10 +501,10 @@ pub(crate) fn run<AD: AutodiffBackend>(
         .collect();
     report.total_s = t_all.elapsed().as_secs_f64();
     Ok(TraceOutput {
-        measurement: opts.measurement,
+        measurement: prepared.measurement,
         strategy: factors.strategy.to_string(),
         damping: format!("{damping:?}"),
-        rank: match opts.rank {
+        rank: match prepared.rank {
             Rank::Full => "full".into(),
             Rank::Truncated(r) => r.to_string(),
         },
@@ -416,6 +518,22 @@ pub(crate) fn run<AD: AutodiffBackend>(
         report,
         queries_fingerprint,
     })
+}
+
+/// Per layer, the least and the mean share of `‖P_q‖²` the stored rank-r queries keep.
+fn rank_kept(specs: &[tda_curvature::LayerSpec], pq: &[PreconditionedQuery]) -> Vec<LayerKept> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(l, s)| {
+            let k: Vec<f64> = pq.iter().filter_map(|q| q.kept.get(l).copied()).collect();
+            LayerKept {
+                layer: s.name.clone(),
+                min: k.iter().copied().fold(f64::INFINITY, f64::min),
+                mean: k.iter().sum::<f64>() / k.len().max(1) as f64,
+            }
+        })
+        .collect()
 }
 
 /// A 64-bit hash of the preconditioned queries' f32 bits, one word at a time (multiply and

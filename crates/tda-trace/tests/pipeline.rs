@@ -813,3 +813,79 @@ fn memory_budget_splits_change_neither_factors_nor_scores() {
         assert!((x - y).abs() <= 1e-4 * scale, "{k:?}: {x} vs {y}");
     }
 }
+
+/// Queries prepared once, saved and read back score any corpus exactly as a trace that measures
+/// them again (same f32 factors: equal to the last bit); another fit of the same model, or
+/// another model, is refused naming the file.
+#[test]
+fn saved_queries_trace_like_fresh_ones() {
+    let m = load_folder::<AD>(&fixture("gpt2"), &Default::default()).unwrap();
+    let f = fit_fixture(&m, Strategy::Ekfac, ModuleSelection::Blocks);
+    let opts = TraceOptions {
+        rank: Rank::Truncated(2),
+        ..full_opts()
+    };
+    let fp = model_fingerprint(&m.dir).unwrap();
+    let prepared =
+        tda_trace::prepare_queries(&m.model, &m.tokenizer, &f, &queries(), &opts).unwrap();
+    assert!(prepared
+        .preconditioned
+        .iter()
+        .all(|q| q.kept.iter().all(|&k| k > 0.0 && k <= 1.0 + 1e-6)));
+    let dir = std::env::temp_dir().join(format!("tda-saved-q-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("targets.q");
+    tda_trace::saved_queries::save(&path, &prepared, &fp, &f).unwrap();
+    let back = tda_trace::saved_queries::load(&path, &fp, &f).unwrap();
+    let (fresh, _) = run_trace(&m, &f, &queries(), &opts);
+    let reused = tda_trace::trace_prepared(
+        &m.model,
+        &m.tokenizer,
+        &f,
+        &back,
+        &docs(),
+        &opts,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(fresh.queries.len(), reused.queries.len());
+    for (a, b) in fresh.queries.iter().zip(&reused.queries) {
+        assert_eq!((&a.id, &a.prompt, a.value), (&b.id, &b.prompt, b.value));
+        let sa: Vec<(String, usize, f64)> = a
+            .results
+            .iter()
+            .map(|r| (r.doc_id.clone(), r.window, r.score))
+            .collect();
+        let sb: Vec<(String, usize, f64)> = b
+            .results
+            .iter()
+            .map(|r| (r.doc_id.clone(), r.window, r.score))
+            .collect();
+        assert_eq!(sa, sb);
+    }
+    assert_eq!(fresh.report.query_rank_kept, reused.report.query_rank_kept);
+    assert!(!reused.report.query_rank_kept.is_empty());
+    let other = {
+        let opts = FitOptions {
+            modules: ModuleSelection::Blocks,
+            fisher: Fisher::True { seed: 4 },
+            windows: win(),
+            ..Default::default()
+        };
+        fit(&m.model, &m.tokenizer, &docs(), &opts, &fp, &mut |_| {})
+            .unwrap()
+            .0
+    };
+    let err = tda_trace::saved_queries::load(&path, &fp, &other)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("targets.q") && err.contains("other factors"),
+        "{err}"
+    );
+    let err = tda_trace::saved_queries::load(&path, "another-model", &f)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another model"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

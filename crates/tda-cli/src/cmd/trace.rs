@@ -62,6 +62,8 @@ Examples:
   tda trace --model M --factors F --corpus C.jsonl --queries targets.txt --aggregate mean --top-k 50
   tda trace --model FT --factors FT_F --pretrain-model PT --pretrain-factors PT_F --corpus pretrain.jsonl --queries qa.jsonl
   tda trace --model M --factors F --queries q.jsonl --relabel rows.jsonl --json   # rows: {\"prompt\",\"original\",\"replacement\"}
+  tda trace --model M --factors F --corpus shard-000.jsonl --queries targets.jsonl --save-queries targets.q   # then, for each new shard:
+  tda trace --model M --factors F --corpus shard-001.jsonl --queries-from targets.q
   tda trace --model qwen2 --factors F --corpus long.jsonl --queries q.jsonl --max-len 2048 --stride 1536 --memory-budget 8GiB   # overlapping windows, bounded memory
 
 Sharded (one task per shard, e.g. a Slurm array job; see deploy/README.md): --shard I/N scores documents d with d mod N = I and writes a partial parquet (--out; the shard's top-K, or every candidate with --top-k all, in row groups); `tda merge` gives exactly the unsharded ranking and refuses a missing, duplicate or mismatched shard:
@@ -108,8 +110,16 @@ pub struct TraceArgs {
     pub completion: Option<String>,
     /// Queries as jsonl ({"prompt": ..., "completion": ..., "id": optional}), or a text file of
     /// targets, one per line.
-    #[arg(long, required_unless_present = "prompt")]
+    #[arg(long, required_unless_present_any = ["prompt", "queries_from"])]
     pub queries: Option<PathBuf>,
+    /// Write the prepared queries (measured, preconditioned, rank-r) to this file, to trace the
+    /// same targets over other corpora later with --queries-from.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["relabel", "pretrain_model", "ensemble", "shard", "queries_from"])]
+    pub save_queries: Option<PathBuf>,
+    /// Score queries saved by --save-queries (with this --model and --factors) instead of
+    /// measuring them again: their measurement, damping and rank come from the file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["prompt", "queries", "measurement", "damping", "query_rank", "aggregate", "relabel", "pretrain_model", "ensemble", "shard"])]
+    pub queries_from: Option<PathBuf>,
     /// Prefilter index (`tda index`): only the top --candidates documents per query are scored.
     #[arg(long)]
     pub index: Option<PathBuf>,
@@ -194,9 +204,11 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             completion: c.clone(),
         }],
         (_, _, Some(f)) => tda_trace::read_queries(f, "queries")?,
+        // Read with the model and factors below.
+        _ if a.queries_from.is_some() => vec![],
         _ => anyhow::bail!("give --prompt and --completion, or --queries FILE.jsonl"),
     };
-    if queries.is_empty() {
+    if queries.is_empty() && a.queries_from.is_none() {
         anyhow::bail!("no queries");
     }
     let opts = TraceOptions {
@@ -262,6 +274,24 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        // Single stage: the queries measured and preconditioned here, or read back from a file.
+        let prepared =
+            match &a.queries_from {
+                Some(p) => Some(tda_trace::saved_queries::load(p, &fp, &factors)?),
+                None if a.shard.is_none() && a.ensemble.is_empty() => Some(
+                    tda_trace::prepare_queries(&m.model, &m.tokenizer, &factors, &queries, &opts)?,
+                ),
+                None => None,
+            };
+        if let (Some(path), Some(p)) = (&a.save_queries, &prepared) {
+            tda_trace::saved_queries::save(path, p, &fp, &factors)?;
+            eprintln!(
+                "saved {} prepared queries to {} (trace other corpora with --queries-from)",
+                p.queries.len(),
+                path.display()
+            );
+        }
+        let queries = prepared.as_ref().map_or(queries, |p| p.queries.clone());
         let (source, pb) = candidates(a, &queries)?;
         if let (Some(shard), Some(out)) = (a.shard, &a.out) {
             let fpath = if factors_dir.is_dir() {
@@ -308,15 +338,26 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             pb.set_position(bytes);
             pb.set_message(format!("{n} windows"));
         };
-        let out = tda_trace::trace(
-            &m.model,
-            &m.tokenizer,
-            &factors,
-            &queries,
-            &source,
-            &state_opts,
-            &mut on_pass,
-        )?;
+        let out = match &prepared {
+            Some(p) => tda_trace::trace_prepared(
+                &m.model,
+                &m.tokenizer,
+                &factors,
+                p,
+                &source,
+                &state_opts,
+                &mut on_pass,
+            )?,
+            None => tda_trace::trace(
+                &m.model,
+                &m.tokenizer,
+                &factors,
+                &queries,
+                &source,
+                &state_opts,
+                &mut on_pass,
+            )?,
+        };
         if a.ensemble.is_empty() {
             pb.finish_and_clear();
             return report(a, &out);
@@ -513,6 +554,17 @@ pub fn print_output(
 ) -> anyhow::Result<()> {
     {
         eprintln!("corpus {}", out.report.corpus);
+        let least = out
+            .report
+            .query_rank_kept
+            .iter()
+            .min_by(|x, y| x.min.total_cmp(&y.min));
+        if let Some(k) = least {
+            eprintln!(
+                "query rank {}: the stored queries keep ≥ {:.4} of ‖P_q‖² in every layer (least: {}, mean there {:.4})",
+                out.rank, k.min, k.layer, k.mean
+            );
+        }
         if let Some(p) = parquet {
             tda_trace::write_parquet(out, p)?;
             eprintln!("wrote {}", p.display());

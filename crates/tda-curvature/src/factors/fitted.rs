@@ -231,6 +231,37 @@ impl Factors {
         self.layers.iter().map(|l| l.spec.clone()).collect()
     }
 
+    /// An identity of this fit (16 hex digits): a hash of the fingerprint, strategy, counts, layer
+    /// shapes, every eigenvalue and every Λ entry, so two fits of one model (another corpus,
+    /// seed or strategy) differ, and a fit saved and loaded again keeps it. One pass over Λ.
+    pub fn id(&self) -> String {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        let mut eat = |x: u64| {
+            h = (h ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            h ^= h >> 29;
+        };
+        for b in self
+            .fingerprint
+            .bytes()
+            .chain(self.strategy.to_string().bytes())
+        {
+            eat(b as u64);
+        }
+        eat(self.tokens);
+        eat(self.covariance_sequences);
+        eat(self.lambda_sequences);
+        for l in &self.layers {
+            eat((l.spec.d_in as u64) << 32 | l.spec.d_out as u64);
+            for b in [&l.a_basis, &l.s_basis].into_iter().flatten() {
+                b.vals.iter().for_each(|v| eat(v.to_bits() as u64));
+            }
+            if let Some(lam) = &l.lambda {
+                lam.iter().for_each(|v| eat(v.to_bits() as u64));
+            }
+        }
+        format!("{h:016x}")
+    }
+
     /// Checks that `specs` equals the fitted layers (names, shapes, bias, order).
     pub fn check_specs(&self, specs: &[LayerSpec]) -> Result<()> {
         if specs.len() != self.layers.len() {

@@ -24,7 +24,9 @@ use std::path::Path;
 pub const FORMAT: &str = "tda-curvature-factors";
 pub const FORMAT_VERSION: u32 = 1;
 
+mod queries;
 mod sums;
+pub use queries::{load_queries, save_queries, SavedQueries, QUERIES_FORMAT};
 pub use sums::{load_sums, save_sums, sums_header, SumsHeader, SUMS_FORMAT};
 
 /// A scalar stored little-endian in a safetensors file.

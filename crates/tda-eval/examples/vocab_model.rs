@@ -1,0 +1,92 @@
+//! Writes a Qwen2-shaped model with the real 151,936-entry vocabulary (random init, tied
+//! embeddings, few blocks), a corpus of synthetic biographies and queries about them — the inputs
+//! of `benches/real_vocab/run.sh`, which runs `tda fit` + `tda trace` on them with default flags
+//! and measures peak memory:
+//!
+//! ```sh
+//! cargo run --release -p tda-eval --example vocab_model -- OUT HIDDEN LAYERS DOCS BIOS_PER_DOC
+//! ```
+//!
+//! `OUT/model` (HF folder; the tokenizer is a 2,048-entry byte-level BPE trained on the corpus:
+//! ids stay below the model's vocabulary, as Qwen2's own tokenizer is smaller than its
+//! `vocab_size`), `OUT/corpus.jsonl` (`DOCS` documents, each `BIOS_PER_DOC` biographies long),
+//! `OUT/queries.jsonl` (8 queries: a person's name → their city).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use tda_eval::biographies::biographies;
+use tda_model::device::Cpu;
+use tda_model::{Arch, ModelConfig, Transformer};
+use tda_train::{train_bpe, END_OF_TEXT};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize, what: &str| -> usize {
+        args.get(i)
+            .unwrap_or_else(|| {
+                panic!("usage: vocab_model OUT HIDDEN LAYERS DOCS BIOS_PER_DOC (missing {what})")
+            })
+            .parse()
+            .unwrap_or_else(|_| panic!("{what}: not a number"))
+    };
+    let out = PathBuf::from(args.get(1).expect("OUT"));
+    let (hidden, layers, docs, per_doc) = (
+        arg(2, "HIDDEN"),
+        arg(3, "LAYERS"),
+        arg(4, "DOCS"),
+        arg(5, "BIOS_PER_DOC"),
+    );
+    let bios = biographies(docs * per_doc, 5);
+    let texts: Vec<String> = bios
+        .chunks(per_doc)
+        .map(|c| {
+            c.iter()
+                .map(|b| b.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let tok = train_bpe(texts.iter(), 2048).expect("tokenizer");
+    let eot = tok.token_to_id(END_OF_TEXT).expect("eot");
+    let heads = (hidden / 64).max(1);
+    let cfg = ModelConfig {
+        arch: Arch::Qwen2,
+        vocab_size: 151_936,
+        hidden,
+        n_layers: layers,
+        n_heads: heads,
+        n_kv_heads: if heads % 2 == 0 { 2 } else { 1 },
+        head_dim: hidden / heads,
+        intermediate: hidden * 4864 / 896,
+        max_positions: 32_768,
+        norm_eps: 1e-6,
+        rope_theta: 1_000_000.0,
+        tie_embeddings: true,
+        qkv_bias: true,
+        o_bias: false,
+        mlp_bias: false,
+        bos_token_id: None,
+        eos_token_id: Some(eot),
+        sliding_window: None,
+    };
+    let model = Transformer::<Cpu>::init(&cfg, 0, &Default::default());
+    tda_model::save_folder(&model, &tok, &out.join("model")).expect("save the model");
+    let mut corpus = std::fs::File::create(out.join("corpus.jsonl")).expect("corpus");
+    for (i, t) in texts.iter().enumerate() {
+        let row = serde_json::json!({"id": format!("doc{i}"), "text": t});
+        writeln!(corpus, "{row}").expect("write");
+    }
+    let mut queries = std::fs::File::create(out.join("queries.jsonl")).expect("queries");
+    for b in bios.iter().step_by((bios.len() / 8).max(1)).take(8) {
+        let row = serde_json::json!({
+            "prompt": format!("{} was born in", b.person.name),
+            "completion": format!(" {}", b.person.city),
+        });
+        writeln!(queries, "{row}").expect("write");
+    }
+    eprintln!(
+        "{}: Qwen2-shaped, hidden {hidden}, {layers} blocks, vocab 151,936; {docs} documents",
+        out.display()
+    );
+}
