@@ -93,6 +93,127 @@ pub fn read_safetensors(path: &Path) -> Result<Weights> {
     Ok(out)
 }
 
+/// The weights of a model folder read lazily ([`WeightSource`]): its safetensors files are
+/// mapped, a tensor is converted to f32 only when the model takes it, and the file pages it was
+/// read from are released right after — loading holds the model once (plus one tensor), never a
+/// second f32 copy of all of it.
+pub struct FolderWeights {
+    shards: Vec<(PathBuf, memmap2::Mmap)>,
+    /// Tensor name → its shard.
+    index: HashMap<String, usize>,
+}
+
+impl FolderWeights {
+    /// Maps `model.safetensors`, or the shards listed in `model.safetensors.index.json` (every
+    /// listed tensor must be in its shard); headers are checked here, tensors when taken.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let single = dir.join(WEIGHTS_FILE);
+        let index = dir.join(WEIGHTS_INDEX_FILE);
+        let files: Vec<PathBuf> = if single.exists() {
+            vec![single]
+        } else if index.exists() {
+            shard_names(&index)?
+                .into_iter()
+                .map(|s| dir.join(s))
+                .collect()
+        } else {
+            return Err(ModelError::invalid(
+                dir,
+                format!("no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE} in the model folder"),
+            ));
+        };
+        let mut out = Self {
+            shards: vec![],
+            index: HashMap::new(),
+        };
+        for path in files {
+            let file = File::open(&path).map_err(|e| ModelError::io(&path, e))?;
+            // SAFETY: the map is only read; a file truncated by another process while we read
+            // it is outside what we can defend against (as in `read_safetensors`).
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(&path, e))?;
+            let st = SafeTensors::deserialize(&map).map_err(|e| {
+                ModelError::invalid(&path, format!("not a valid safetensors file: {e}"))
+            })?;
+            for name in st.names() {
+                out.index.insert(name.to_string(), out.shards.len());
+            }
+            drop(st);
+            out.shards.push((path, map));
+        }
+        if index.exists() && !dir.join(WEIGHTS_FILE).exists() {
+            for name in listed_tensors(&index)? {
+                if !out.index.contains_key(&name) && !name.ends_with("inv_freq") {
+                    return Err(ModelError::invalid(
+                        &index,
+                        format!("tensor \"{name}\" is listed but not found in its shard"),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl crate::model::WeightSource for FolderWeights {
+    fn fetch(&self, name: &str) -> std::result::Result<Option<HostTensor>, String> {
+        let Some(&i) = self.index.get(name) else {
+            return Ok(None);
+        };
+        let (path, map) = &self.shards[i];
+        let file = path.file_name().unwrap_or_default().to_string_lossy();
+        let st = SafeTensors::deserialize(map).map_err(|e| format!("{file}: {e}"))?;
+        let view = st.tensor(name).map_err(|e| format!("{file}: {e}"))?;
+        let data = to_f32(&view).map_err(|m| format!("{file}: tensor \"{name}\": {m}"))?;
+        // The converted copy is all we keep: give the file pages back (they are re-read from
+        // the file if ever touched again). Best effort; a failure only costs memory.
+        let offset = view.data().as_ptr() as usize - map.as_ptr() as usize;
+        let len = view.data().len();
+        // SAFETY: a read-only private file mapping: DONTNEED drops clean pages, which read back
+        // from the file unchanged; nothing of the range is borrowed past this point.
+        let _ =
+            unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
+        Ok(Some(HostTensor {
+            shape: view.shape().to_vec(),
+            data,
+        }))
+    }
+}
+
+/// The shard files of a `model.safetensors.index.json` (plain file names, sorted, once each).
+fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let map = weight_map(index)?;
+    let mut shards: Vec<String> = map
+        .values()
+        .filter_map(Value::as_str)
+        .map(String::from)
+        .collect();
+    shards.sort_unstable();
+    shards.dedup();
+    if let Some(bad) = shards.iter().find(|s| s.contains('/') || s.contains('\\')) {
+        return Err(ModelError::invalid(
+            index,
+            format!("shard name \"{bad}\" is not a plain file name"),
+        ));
+    }
+    Ok(shards)
+}
+
+/// The tensor names an index lists.
+fn listed_tensors(index: &Path) -> Result<Vec<String>> {
+    Ok(weight_map(index)?.keys().cloned().collect())
+}
+
+fn weight_map(index: &Path) -> Result<serde_json::Map<String, Value>> {
+    let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::invalid(index, format!("not valid JSON: {e}")))?;
+    value
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .cloned()
+        .ok_or_else(|| ModelError::invalid(index, "missing \"weight_map\" object"))
+}
+
 /// Reads the weights of a folder: `model.safetensors`, or the shards listed in
 /// `model.safetensors.index.json`.
 pub fn read_folder_weights(dir: &Path) -> Result<Weights> {
@@ -107,28 +228,12 @@ pub fn read_folder_weights(dir: &Path) -> Result<Weights> {
             format!("no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE} in the model folder"),
         ));
     }
-    let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| ModelError::invalid(&index, format!("not valid JSON: {e}")))?;
-    let map = value
-        .get("weight_map")
-        .and_then(Value::as_object)
-        .ok_or_else(|| ModelError::invalid(&index, "missing \"weight_map\" object"))?;
-    let mut shards: Vec<&str> = map.values().filter_map(Value::as_str).collect();
-    shards.sort_unstable();
-    shards.dedup();
     let mut out = Weights::new();
-    for shard in shards {
-        if shard.contains('/') || shard.contains('\\') {
-            return Err(ModelError::invalid(
-                &index,
-                format!("shard name \"{shard}\" is not a plain file name"),
-            ));
-        }
+    for shard in shard_names(&index)? {
         out.extend(read_safetensors(&dir.join(shard))?);
     }
-    for name in map.keys() {
-        if !out.contains_key(name) && !name.ends_with("inv_freq") {
+    for name in listed_tensors(&index)? {
+        if !out.contains_key(&name) && !name.ends_with("inv_freq") {
             return Err(ModelError::invalid(
                 &index,
                 format!("tensor \"{name}\" is listed but not found in its shard"),
@@ -351,13 +456,13 @@ pub fn load_folder<B: Backend>(dir: &Path, device: &B::Device) -> Result<HfModel
     }
     let config_path = dir.join(CONFIG_FILE);
     let config = ModelConfig::from_file(&config_path)?;
-    let weights = read_folder_weights(dir)?;
+    let weights = FolderWeights::open(dir)?;
     let weights_path = if dir.join(WEIGHTS_FILE).exists() {
         dir.join(WEIGHTS_FILE)
     } else {
         dir.join(WEIGHTS_INDEX_FILE)
     };
-    let model = Transformer::from_weights(&config, &weights, device)
+    let model = Transformer::from_source(&config, &weights, device)
         .map_err(|m| ModelError::invalid(&weights_path, m))?;
     let tokenizer = load_tokenizer(&dir.join(TOKENIZER_FILE), &config)?;
     Ok(HfModel {

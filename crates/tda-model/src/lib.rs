@@ -50,7 +50,7 @@ pub use batch::{summed_nll, token_logprobs, TokenBatch};
 pub use config::{Arch, ModelConfig};
 pub use error::{ModelError, Result};
 pub use hf::{load_folder, save_folder, save_folder_with, HfModel};
-pub use model::{HostTensor, LinearInfo, Transformer, Weights};
+pub use model::{HostTensor, LinearInfo, Transformer, WeightSource, Weights};
 pub use taps::{frozen, tap, tap_with_gradients, LayerTap, Taps};
 
 pub use tokenizers::Tokenizer;

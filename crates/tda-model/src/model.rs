@@ -15,7 +15,7 @@ use crate::weights::{put_linear, put_norm, Init, LinearLayout, Loader, Trunk, Va
 use crate::{gpt2, llama};
 
 pub use crate::nn::KvCache;
-pub use crate::weights::{GradReader, HostTensor, ParamReader, Weights};
+pub use crate::weights::{GradReader, HostTensor, ParamReader, WeightSource, Weights};
 
 /// Name and shape of one linear layer (HF module name; `d_in`/`d_out` exclude the bias).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +103,16 @@ impl<B: Backend> Transformer<B> {
     pub fn from_weights(
         config: &ModelConfig,
         weights: &Weights,
+        device: &B::Device,
+    ) -> Result<Self, String> {
+        Self::from_source(config, weights, device)
+    }
+
+    /// [`Transformer::from_weights`] from any [`WeightSource`] (e.g. a model folder read lazily,
+    /// one tensor at a time).
+    pub fn from_source(
+        config: &ModelConfig,
+        weights: &dyn WeightSource,
         device: &B::Device,
     ) -> Result<Self, String> {
         let c = config;

@@ -59,18 +59,33 @@ pub enum LinearLayout {
     Linear,
 }
 
-/// Takes tensors out of a [`Weights`] map and turns them into parameters, checking shapes and
+/// Where a model's tensors come from, one at a time as f32: a [`Weights`] map in memory (each
+/// tensor copied out), or a model folder read lazily from its safetensors files
+/// (`hf::FolderWeights`: each tensor converted from the mapped file when it is taken, so loading
+/// holds the model once, plus one tensor, never a second f32 copy of all of it).
+pub trait WeightSource {
+    /// The tensor `name` as f32, or `None` when there is none of that name.
+    fn fetch(&self, name: &str) -> Result<Option<HostTensor>, String>;
+}
+
+impl WeightSource for Weights {
+    fn fetch(&self, name: &str) -> Result<Option<HostTensor>, String> {
+        Ok(self.get(name).cloned())
+    }
+}
+
+/// Takes tensors out of a [`WeightSource`] and turns them into parameters, checking shapes and
 /// finiteness. Errors name the tensor.
 pub struct Loader<'a, B: Backend> {
-    pub weights: &'a Weights,
+    pub weights: &'a dyn WeightSource,
     pub device: &'a B::Device,
 }
 
 impl<B: Backend> Loader<'_, B> {
-    fn get(&self, name: &str, shape: &[usize]) -> Result<&HostTensor, String> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<HostTensor, String> {
         let t = self
             .weights
-            .get(name)
+            .fetch(name)?
             .ok_or_else(|| format!("tensor \"{name}\" is missing"))?;
         if t.shape != shape {
             return Err(format!(
@@ -88,14 +103,14 @@ impl<B: Backend> Loader<'_, B> {
     pub fn tensor1(&self, name: &str, n: usize) -> Result<Param<Tensor<B, 1>>, String> {
         let t = self.get(name, &[n])?;
         Ok(Param::from_tensor(Tensor::from_data(
-            TensorData::new(t.data.clone(), [n]),
+            TensorData::new(t.data, [n]),
             self.device,
         )))
     }
     pub fn tensor2(&self, name: &str, r: usize, c: usize) -> Result<Param<Tensor<B, 2>>, String> {
         let t = self.get(name, &[r, c])?;
         Ok(Param::from_tensor(Tensor::from_data(
-            TensorData::new(t.data.clone(), [r, c]),
+            TensorData::new(t.data, [r, c]),
             self.device,
         )))
     }
