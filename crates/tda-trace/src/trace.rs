@@ -129,10 +129,13 @@ pub fn trace_multistage<AD: AutodiffBackend>(
             (&identity, Damping::Absolute(0.0))
         }
         (false, None) => {
-            // No factors at all (`--hessians none`): the default tracked layers of the model.
+            // No factors at all (`--hessians none`): the default tracked layers of the model
+            // (as `tda fit`'s: the blocks).
             let specs = match fine_tuned.factors {
                 Some((f, _)) => f.specs(),
-                None => crate::ModuleSelection::All.specs(&pretrained.linear_layers(), None)?,
+                None => {
+                    crate::ModuleSelection::default().specs(&pretrained.linear_layers(), None)?
+                }
             };
             identity = Factors::identity(specs, "identity");
             (&identity, Damping::Absolute(0.0))
