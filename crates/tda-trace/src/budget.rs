@@ -63,7 +63,7 @@ impl FromStr for MemoryBudget {
             u => return Err(format!("{s:?}: unknown unit {u:?} (B, KiB, MiB, GiB, TiB)")),
         };
         let bytes = x * mult as f64;
-        if !(bytes >= 1.0 && bytes < 1e18) {
+        if !(1.0..1e18).contains(&bytes) {
             return Err(format!("{s:?}: the budget must be at least 1 byte"));
         }
         Ok(Self(bytes as u64))
@@ -125,7 +125,7 @@ impl TapPlan {
         if per_window <= budget.0 {
             return Ok(Self {
                 rows: ((budget.0 / per_window) as usize).clamp(1, batch),
-                groups: vec![0..specs.len()],
+                groups: std::iter::once(0..specs.len()).collect(),
             });
         }
         let mut groups: Vec<Range<usize>> = vec![];
@@ -158,7 +158,7 @@ impl TapPlan {
     pub fn whole(batch: usize, layers: usize) -> Self {
         Self {
             rows: batch.max(1),
-            groups: vec![0..layers],
+            groups: std::iter::once(0..layers).collect(),
         }
     }
 
@@ -240,7 +240,9 @@ mod tests {
         let big = TapPlan::new(&s, &c, 8, 256, false, MemoryBudget(64 << 30)).unwrap();
         assert_eq!(big, TapPlan::whole(8, s.len()));
         let mid = TapPlan::new(&s, &c, 8, 2048, false, MemoryBudget(8 << 30)).unwrap();
-        assert!(mid.rows >= 1 && mid.rows < 8 && mid.groups == vec![0..s.len()]);
+        assert!(
+            mid.rows >= 1 && mid.rows < 8 && mid.groups.len() == 1 && mid.groups[0] == (0..s.len())
+        );
         assert_eq!(mid.chunks(8).map(|r| r.len()).sum::<usize>(), 8);
         // 2048 tokens, sampled labels: logits ≈ 4.6 GiB, graph ≈ 1.0 GiB, taps ≈ 0.4 GiB in all.
         let small = TapPlan::new(&s, &c, 8, 2048, true, MemoryBudget(6 << 30)).unwrap();
