@@ -291,7 +291,12 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
                 path.display()
             );
         }
-        let queries = prepared.as_ref().map_or(queries, |p| p.queries.clone());
+        // The prefilter searches the queries' texts: the given ones (an aggregated target's
+        // label is not a text), or those of the saved file.
+        let queries = match (&a.queries_from, &prepared) {
+            (Some(_), Some(p)) => p.queries.clone(),
+            _ => queries,
+        };
         let (source, pb) = candidates(a, &queries)?;
         if let (Some(shard), Some(out)) = (a.shard, &a.out) {
             let fpath = if factors_dir.is_dir() {
