@@ -2,7 +2,30 @@
 //! the matrix is small against the rank, randomized SVD (Halko et al. 2011) otherwise.
 
 use crate::linalg::{gemm, orthonormalize, thin_svd, Op, SplitMix};
-use crate::precondition::{LowRankLayer, Rank};
+
+/// Rank of the stored preconditioned query per layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rank {
+    /// Exact: thin SVD with all `min(d_out, d_a)` components.
+    Full,
+    /// Best rank-r approximation (default 32). Exact thin SVD when `min(d_out, d_a) ≤ 4(r + 10)`,
+    /// otherwise randomized SVD (Halko et al. 2011: oversampling 10, 2 power iterations, fixed seed).
+    Truncated(usize),
+}
+
+impl Default for Rank {
+    fn default() -> Self {
+        Rank::Truncated(32)
+    }
+}
+
+/// One layer of a preconditioned query: `P ≈ L Rᵀ` with `L [d_out, rank]`, `R [d_a, rank]` (f32).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LowRankLayer {
+    pub rank: usize,
+    pub left: Vec<f32>,
+    pub right: Vec<f32>,
+}
 
 /// `‖L Rᵀ‖²_F = Σ_ij (LᵀL)_ij (RᵀR)_ij`.
 pub(crate) fn low_rank_sq_norm(lr: &LowRankLayer, d_out: usize, d_a: usize) -> f64 {

@@ -20,6 +20,7 @@ use crate::error::{CurvatureError, Result};
 use crate::factors::{Eigenbasis, Factors, LayerFactors, Strategy};
 use crate::linalg::{gemm, Op};
 use crate::low_rank::{compress, low_rank_sq_norm, svd_factors, to_f32};
+pub use crate::low_rank::{LowRankLayer, Rank};
 use crate::taps::{validate_batches, LayerBatch, LayerSpec};
 use rayon::prelude::*;
 
@@ -45,22 +46,6 @@ impl Damping {
             Damping::Heuristic(s) => s * layer.lambda_mean(),
             Damping::Absolute(l) => l,
         }
-    }
-}
-
-/// Rank of the stored preconditioned query per layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rank {
-    /// Exact: thin SVD with all `min(d_out, d_a)` components.
-    Full,
-    /// Best rank-r approximation (default 32). Exact thin SVD when `min(d_out, d_a) ≤ 4(r + 10)`,
-    /// otherwise randomized SVD (Halko et al. 2011: oversampling 10, 2 power iterations, fixed seed).
-    Truncated(usize),
-}
-
-impl Default for Rank {
-    fn default() -> Self {
-        Rank::Truncated(32)
     }
 }
 
@@ -225,14 +210,6 @@ pub fn apply_inverse(
         div(&mut r);
         r
     }
-}
-
-/// One layer of a preconditioned query: `P ≈ L Rᵀ` with `L [d_out, rank]`, `R [d_a, rank]` (f32).
-#[derive(Clone, Debug, PartialEq)]
-pub struct LowRankLayer {
-    pub rank: usize,
-    pub left: Vec<f32>,
-    pub right: Vec<f32>,
 }
 
 /// A preconditioned query `P_q = −(G + λI)⁻¹ ∇f` (per layer, low rank).

@@ -91,5 +91,5 @@ pub fn run(a: &MergeArgs) -> anyhow::Result<()> {
         crate::output::check_out(out, tda_io::Output::File)?;
     }
     let out = merge_trace(&a.parts, a.top_k.map(|k| k.0))?;
-    crate::cmd::trace::print_output(&out, a.out.as_deref(), a.json)
+    crate::output::print_output(&out, a.out.as_deref(), a.json)
 }
