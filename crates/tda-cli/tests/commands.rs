@@ -312,6 +312,62 @@ fn saved_queries_trace_new_corpora() {
     fails(args(&["--queries-from", p(&queries)]), &["q.jsonl"], &[]);
 }
 
+/// `--compute-on device` (A, S, Λ and the candidate contraction as tensor operations on the
+/// model's device; on the CPU that is burn-flex) fits factors and traces scores equal to the host
+/// path's: same ranking, scores within 1e-4 of the largest (f32 sums in another order).
+#[test]
+fn compute_on_device_fits_and_traces_like_the_host() {
+    let w = world();
+    let dir = scratch();
+    let factors = dir.join("factors");
+    ok([
+        "fit",
+        "--model",
+        p(&w.model),
+        "--corpus",
+        p(&w.corpus),
+        "--out",
+        p(&factors),
+        "--compute-on",
+        "device",
+    ]);
+    let args = |factors: &Path, on: &'static str| {
+        let mut v = vec!["trace", "--model", p(&w.model), "--factors", p(factors)];
+        v.extend([
+            "--corpus",
+            p(&w.corpus),
+            "--prompt",
+            "Mira Tolven was born in",
+        ]);
+        v.extend(["--completion", " Kestrel Bay", "--top-k", "all", "--json"]);
+        v.extend(["--compute-on", on]);
+        v
+    };
+    let host = ranking(&json(&ok(args(&w.factors, "host"))));
+    let scale = host.iter().fold(0f64, |s, r| s.max(r.2.abs()));
+    assert!(host.len() > 10 && scale > 0.0);
+    for on in ["host", "device"] {
+        for f in [&w.factors, &factors] {
+            let got = ranking(&json(&ok(args(f, on))));
+            assert_eq!(got.len(), host.len());
+            for (x, y) in host.iter().zip(&got) {
+                assert!(
+                    (x.2 - y.2).abs() <= 1e-4 * scale,
+                    "{on} {f:?}: {x:?} vs {y:?}"
+                );
+            }
+        }
+    }
+    let mut bad = args(&w.factors, "device");
+    bad.extend(["--normalization", "cosine"]);
+    fails(bad, &["--normalize", "--compute-on host"], &[]);
+    fails(
+        args(&w.factors, "gpu"),
+        &["--compute-on", "host or device"],
+        &[],
+    );
+}
+
 #[test]
 fn self_influence_ranks_every_window() {
     let w = world();

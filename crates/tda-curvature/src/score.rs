@@ -172,6 +172,19 @@ impl QueryBatch {
     pub fn specs(&self) -> &[LayerSpec] {
         &self.specs
     }
+
+    /// Layer `l`'s packed query factors: `L_cat [d_out, width]` and `R_cat [d_a, width]`
+    /// row-major (the bias row last), `width = Σ_q r_q`, and query `q`'s columns
+    /// `offsets[q] .. offsets[q + 1]`.
+    pub fn packed(&self, l: usize) -> (&[f32], &[f32], usize, &[usize]) {
+        let pk = &self.layers[l];
+        (&pk.left, &pk.right, pk.width, &pk.offsets)
+    }
+
+    /// Layer `l`'s dense queries `P_q = L_q R_qᵀ`, `[Q, d_out · d_a]` (formed on first use).
+    pub fn dense(&self, l: usize) -> &[f32] {
+        self.layers[l].dense(&self.specs[l])
+    }
 }
 
 /// Scores of one candidate batch: `B` sequences × `T` tokens × `Q` queries × `L` layers.

@@ -182,6 +182,9 @@ pub struct WindowOptions {
     /// over it is tapped fewer windows at a time, then layer group by layer group
     /// ([`crate::budget::TapPlan`]) by `fit` and `trace`.
     pub memory_budget: Option<MemoryBudget>,
+    /// Where `fit` computes its sums: on the host from copied taps, or on the model's device
+    /// ([`crate::device`]).
+    pub compute: crate::device::ComputeOn,
 }
 
 impl Default for WindowOptions {
@@ -193,6 +196,7 @@ impl Default for WindowOptions {
             max_windows: None,
             shard: Shard::ALL,
             memory_budget: None,
+            compute: crate::device::ComputeOn::Host,
         }
     }
 }

@@ -11,8 +11,9 @@ use tda_model::{frozen, Tokenizer, Transformer};
 
 use crate::budget::{MemoryBudget, TapPlan};
 use crate::candidates::{for_each_batch, DocSource, PassStats, WindowOptions};
+use crate::device::{ComputeOn, DeviceBases};
 use crate::error::{Result, TraceError};
-use crate::host::{host_taps, Labels, Scalar};
+use crate::host::{device_taps, host_taps, Labels, Scalar};
 use crate::modules::ModuleSelection;
 
 /// Labels of the pseudo-gradients used for A, S and Λ.
@@ -220,6 +221,15 @@ pub(crate) fn run_pass<AD: AutodiffBackend>(
         .memory_budget
         .unwrap_or_else(MemoryBudget::auto);
     let (mut windows, mut tokens, mut targets) = (0usize, 0usize, 0u64);
+    // An `ekfac` Λ pass on the device rotates with the eigenbases uploaded once per pass.
+    let bases = match (opts.windows.compute, pass, opts.strategy) {
+        (ComputeOn::Device, Pass::Lambda, Strategy::Ekfac) => Some(
+            DeviceBases::upload(fitter, &fz.embed.device()).ok_or_else(|| {
+                TraceError::Usage("the Λ pass has no eigenbases to rotate with".into())
+            })?,
+        ),
+        _ => None,
+    };
     let read = for_each_batch(
         source,
         tokenizer,
@@ -246,6 +256,16 @@ pub(crate) fn run_pass<AD: AutodiffBackend>(
                 };
                 for group in &plan.groups {
                     let specs = &specs[group.clone()];
+                    if opts.windows.compute == ComputeOn::Device {
+                        let taps = device_taps(fz, specs, &batch, Scalar::Loss(labels))?;
+                        report.model_s += taps.t_model;
+                        let t0 = Instant::now();
+                        let sums =
+                            crate::device::batch_sums(fitter, bases.as_ref(), group.start, &taps)?;
+                        fitter.add_layer_sums(group.start, &sums)?;
+                        report.accumulate_s += t0.elapsed().as_secs_f64();
+                        continue;
+                    }
                     let taps = host_taps(fz, specs, &batch, Scalar::Loss(labels))?;
                     report.model_s += taps.t_model;
                     report.copy_s += taps.t_copy;

@@ -13,8 +13,6 @@ use std::time::Instant;
 use burn::prelude::*;
 use burn::tensor::activation;
 use burn::tensor::backend::AutodiffBackend;
-use rand::{rngs::StdRng, Rng, SeedableRng};
-use rayon::prelude::*;
 use tda_curvature::{LayerBatch, LayerSpec};
 use tda_model::{tap, token_logprobs, TokenBatch, Transformer};
 
@@ -76,55 +74,6 @@ pub struct Target {
     pub weights: Vec<f32>,
 }
 
-fn seq_rng(seed: u64, index: u64) -> StdRng {
-    StdRng::seed_from_u64(
-        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(index.wrapping_mul(0xD1B5_4A32_D192_ED03))
-            ^ 0x7461_7073,
-    )
-}
-
-/// Samples one label per position from softmax(logits) on the host: `[b, t, V]` → `[b, t]`, only
-/// at the first `real[i]` positions of row `i` (the rest, padding, get label 0: their loss is
-/// masked). Rows run in parallel, each with its own generator seeded by `(seed, keys[i])`, so the
-/// labels depend on neither the thread count nor the row's place in the batch.
-fn sample_labels(
-    logits: &[f32],
-    b: usize,
-    t: usize,
-    v: usize,
-    seed: u64,
-    keys: &[u64],
-    real: &[usize],
-) -> Vec<i32> {
-    let mut out = vec![0i32; b * t];
-    out.par_chunks_mut(t).enumerate().for_each(|(bi, labels)| {
-        let mut rng = seq_rng(seed, keys[bi]);
-        let mut p = vec![0f64; v];
-        for (ti, label) in labels.iter_mut().enumerate().take(real[bi].min(t)) {
-            let row = &logits[(bi * t + ti) * v..(bi * t + ti + 1) * v];
-            let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-            let mut z = 0.0;
-            for (pi, &x) in p.iter_mut().zip(row) {
-                *pi = (x as f64 - m).exp();
-                z += *pi;
-            }
-            let u: f64 = rng.random::<f64>() * z;
-            let mut acc = 0.0;
-            let mut pick = v - 1;
-            for (i, &pi) in p.iter().enumerate() {
-                acc += pi;
-                if u < acc {
-                    pick = i;
-                    break;
-                }
-            }
-            *label = pick as i32;
-        }
-    });
-    out
-}
-
 fn to_host<BI: Backend>(t: Tensor<BI, 3>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
@@ -138,13 +87,87 @@ pub enum Scalar<'a> {
     Measure(&'a Target),
 }
 
-/// Forward + backward on `batch` of a *frozen* model, taps of the layers named in `specs`.
+/// Per-layer taps of one batch on the model's device, in the order of the specs:
+/// `a [batch, seq_len, d_in]`, `g [batch, seq_len, d_out]` (padding rows hold whatever the model
+/// left there: consumers mask them).
+pub struct DeviceTaps<B: Backend> {
+    pub a: Vec<Tensor<B, 3>>,
+    pub g: Vec<Tensor<B, 3>>,
+    /// `[batch · seq_len]`, `true` = real token.
+    pub mask: Vec<bool>,
+    pub batch: usize,
+    pub seq_len: usize,
+    /// Value of the differentiated scalar (not checked for finiteness here).
+    pub value: f32,
+    /// Per-sequence values of the measurement (only for [`Scalar::Measure`]).
+    pub values: Vec<f32>,
+    /// Seconds in forward + backward.
+    pub t_model: f64,
+}
+
+/// Forward + backward on `batch` of a *frozen* model, taps of the layers named in `specs`, copied
+/// to the host; real rows are checked to be finite.
 pub fn host_taps<AD: AutodiffBackend>(
     frozen: &Transformer<AD>,
     specs: &[LayerSpec],
     batch: &TokenBatch,
     scalar: Scalar<'_>,
 ) -> Result<HostTaps> {
+    let taps = device_taps(frozen, specs, batch, scalar)?;
+    let t1 = Instant::now();
+    let a: Vec<Vec<f32>> = taps.a.into_iter().map(to_host).collect();
+    let g: Vec<Vec<f32>> = taps.g.into_iter().map(to_host).collect();
+    let t_copy = t1.elapsed().as_secs_f64();
+    let mask = taps.mask;
+    // Non-finite values: name the first layer in forward order whose activations (real tokens)
+    // are not finite (where the forward broke), else the first with non-finite output gradients.
+    let bad_rows = |x: &[f32], d: usize| {
+        mask.iter()
+            .enumerate()
+            .any(|(r, &m)| m && !x[r * d..(r + 1) * d].iter().all(|v| v.is_finite()))
+    };
+    let bad = specs
+        .iter()
+        .enumerate()
+        .find(|(i, s)| bad_rows(&a[*i], s.d_in))
+        .map(|(_, s)| format!("layer {}: non-finite value in activations a", s.name))
+        .or_else(|| {
+            specs
+                .iter()
+                .enumerate()
+                .find(|(i, s)| bad_rows(&g[*i], s.d_out))
+                .map(|(_, s)| format!("layer {}: non-finite value in output gradients g", s.name))
+        });
+    if let Some(msg) = bad {
+        return Err(TraceError::Usage(msg));
+    }
+    if !taps.value.is_finite() {
+        return Err(TraceError::Usage(format!(
+            "the differentiated scalar is {} (non-finite model output)",
+            taps.value
+        )));
+    }
+    Ok(HostTaps {
+        a,
+        g,
+        mask,
+        batch: taps.batch,
+        seq_len: taps.seq_len,
+        value: taps.value,
+        values: taps.values,
+        t_model: taps.t_model,
+        t_copy,
+    })
+}
+
+/// Forward + backward on `batch` of a *frozen* model, taps of the layers named in `specs`, left
+/// on the model's device.
+pub fn device_taps<AD: AutodiffBackend>(
+    frozen: &Transformer<AD>,
+    specs: &[LayerSpec],
+    batch: &TokenBatch,
+    scalar: Scalar<'_>,
+) -> Result<DeviceTaps<AD::InnerBackend>> {
     if batch.seq_len < 2 {
         return Err(TraceError::Usage(
             "sequences need at least 2 tokens to have a next-token loss".into(),
@@ -170,14 +193,16 @@ pub fn host_taps<AD: AutodiffBackend>(
         match scalar {
             Scalar::Loss(Labels::Data) => (token_logprobs(logits, ids2) * tmask).sum().neg(),
             Scalar::Loss(Labels::Sampled { seed, keys }) => {
-                let v = logits.dims()[2];
-                let host = to_host(logits.clone().narrow(1, 0, t - 1).inner());
                 // Targets of row i are positions 0 .. lengths[i] − 1 (the rest is padding).
                 let real: Vec<usize> = batch.lengths.iter().map(|&n| n.saturating_sub(1)).collect();
-                let lab = sample_labels(&host, bsz, t - 1, v, seed, keys, &real);
+                let u = crate::sample::uniforms(bsz, t - 1, seed, keys, &real);
+                let u = Tensor::<AD::InnerBackend, 2>::from_data(
+                    TensorData::new(u, [bsz, t - 1]),
+                    &device,
+                );
                 let lab =
-                    Tensor::<AD, 2, Int>::from_data(TensorData::new(lab, [bsz, t - 1]), &device)
-                        .reshape([bsz, t - 1, 1]);
+                    crate::sample::sample_on_device(logits.clone().narrow(1, 0, t - 1).inner(), u);
+                let lab = Tensor::<AD, 2, Int>::from_inner(lab).reshape([bsz, t - 1, 1]);
                 let lp = activation::log_softmax(logits.narrow(1, 0, t - 1), 2)
                     .gather(2, lab)
                     .reshape([bsz, t - 1]);
@@ -201,7 +226,6 @@ pub fn host_taps<AD: AutodiffBackend>(
         }
     });
     let t_model = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
     if taps.layers.len() != specs.len() {
         return Err(TraceError::Mismatch(format!(
             "the model has {} of the {} tracked layers (first missing: {})",
@@ -233,85 +257,17 @@ pub fn host_taps<AD: AutodiffBackend>(
                 s.name, dout, din, s.d_out, s.d_in
             )));
         }
-        a.push(to_host(l.a));
-        g.push(to_host(l.g));
+        a.push(l.a);
+        g.push(l.g);
     }
-    let t_copy = t1.elapsed().as_secs_f64();
-    // Non-finite values: name the first layer in forward order whose activations (real tokens)
-    // are not finite (where the forward broke), else the first with non-finite output gradients.
-    let mask = batch.mask();
-    let bad_rows = |x: &[f32], d: usize| {
-        mask.iter()
-            .enumerate()
-            .any(|(r, &m)| m && !x[r * d..(r + 1) * d].iter().all(|v| v.is_finite()))
-    };
-    let bad = specs
-        .iter()
-        .enumerate()
-        .find(|(i, s)| bad_rows(&a[*i], s.d_in))
-        .map(|(_, s)| format!("layer {}: non-finite value in activations a", s.name))
-        .or_else(|| {
-            specs
-                .iter()
-                .enumerate()
-                .find(|(i, s)| bad_rows(&g[*i], s.d_out))
-                .map(|(_, s)| format!("layer {}: non-finite value in output gradients g", s.name))
-        });
-    if let Some(msg) = bad {
-        return Err(TraceError::Usage(msg));
-    }
-    if !taps.value.is_finite() {
-        return Err(TraceError::Usage(format!(
-            "the differentiated scalar is {} (non-finite model output)",
-            taps.value
-        )));
-    }
-    Ok(HostTaps {
+    Ok(DeviceTaps {
         a,
         g,
-        mask,
+        mask: batch.mask(),
         batch: bsz,
         seq_len: t,
         value: taps.value,
         values,
         t_model,
-        t_copy,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Sampled labels follow the softmax (χ²-style frequency check) and are reproducible per sequence.
-    #[test]
-    fn sampling_matches_softmax_and_is_seeded() {
-        let v = 4;
-        let logits_row = [0.0f32, 1.0, 2.0, -1.0];
-        let t = 4000;
-        let logits: Vec<f32> = (0..t).flat_map(|_| logits_row).collect();
-        let s = sample_labels(&logits, 1, t, v, 7, &[0], &[t]);
-        let z: f64 = logits_row.iter().map(|&x| (x as f64).exp()).sum();
-        for (k, &l) in logits_row.iter().enumerate() {
-            let f = s.iter().filter(|&&x| x == k as i32).count() as f64 / t as f64;
-            let p = (l as f64).exp() / z;
-            assert!(
-                (f - p).abs() < 4.0 * (p * (1.0 - p) / t as f64).sqrt() + 1e-3,
-                "{k}: {f} vs {p}"
-            );
-        }
-        assert_eq!(s, sample_labels(&logits, 1, t, v, 7, &[0], &[t]));
-        assert_ne!(s, sample_labels(&logits, 1, t, v, 8, &[0], &[t]));
-        // A sequence's labels depend on its key, not on its place in the batch.
-        let two: Vec<f32> = logits.iter().chain(&logits).copied().collect();
-        let b2 = sample_labels(&two, 2, t, v, 7, &[0, 1], &[t, t]);
-        assert_eq!(
-            &b2[t..],
-            &sample_labels(&logits, 1, t, v, 7, &[1], &[t])[..]
-        );
-        // Padding is not sampled, and the real positions' labels do not change with it.
-        let short = sample_labels(&two, 2, t, v, 7, &[0, 1], &[t, 10]);
-        assert_eq!(&short[t..t + 10], &b2[t..t + 10]);
-        assert!(short[t + 10..].iter().all(|&x| x == 0));
-    }
 }

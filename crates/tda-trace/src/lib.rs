@@ -35,6 +35,7 @@
 
 pub mod budget;
 pub mod candidates;
+pub mod device;
 pub mod ensemble;
 pub mod error;
 pub mod fingerprint;
@@ -47,6 +48,7 @@ pub mod output;
 pub mod prefilter;
 pub mod query;
 pub mod relabel;
+mod sample;
 pub mod saved_queries;
 pub mod select;
 pub mod self_influence;

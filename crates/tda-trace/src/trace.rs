@@ -26,8 +26,9 @@ use tda_model::{frozen, Tokenizer, Transformer};
 
 use crate::budget::{MemoryBudget, TapPlan};
 use crate::candidates::{for_each_batch, DocSource, WindowOptions};
+use crate::device::{score_on_device, ComputeOn, DeviceQueries};
 use crate::error::{Result, TraceError};
-use crate::host::{host_taps, Labels, Scalar};
+use crate::host::{device_taps, host_taps, Labels, Scalar};
 use crate::keep::{to_row, DocSums, Keeper, Kept};
 use crate::measure::Measurement;
 use crate::output::{Granularity, LayerKept, QueryResult, RowSink, TraceOutput, TraceReport};
@@ -357,6 +358,15 @@ fn score_pass<AD: AutodiffBackend>(
         fingerprint_queries(pq)
     };
     let prepared_batch = QueryBatch::new(&specs, pq)?;
+    let on_device = opts.windows.compute == ComputeOn::Device;
+    if on_device && opts.normalize != NormalizeOptions::default() {
+        return Err(TraceError::Usage(
+            "--normalize needs the candidates' statistics on the host: use --compute-on host"
+                .into(),
+        ));
+    }
+    let device_queries =
+        on_device.then(|| DeviceQueries::upload(&prepared_batch, &fz.embed.device()));
     let queries = &prepared.queries[..];
     let values = &prepared.values;
     let nq = queries.len();
@@ -409,6 +419,29 @@ fn score_pass<AD: AutodiffBackend>(
                 let batch = crate::candidates::candidate_batch(cands, pad)?;
                 let mut sc: Option<CandidateScores> = None;
                 for group in &plan.groups {
+                    if let Some(dq) = &device_queries {
+                        let taps = device_taps(
+                            &fz,
+                            &specs[group.clone()],
+                            &batch,
+                            Scalar::Loss(Labels::Data),
+                        )?;
+                        report.model_s += taps.t_model;
+                        let t0 = Instant::now();
+                        let part = score_on_device(
+                            &prepared_batch,
+                            dq,
+                            group.start,
+                            &taps,
+                            opts.per_token,
+                        )?;
+                        match &mut sc {
+                            None => sc = Some(part),
+                            Some(s) => s.add(&part)?,
+                        }
+                        report.contraction_s += t0.elapsed().as_secs_f64();
+                        continue;
+                    }
                     let taps = host_taps(
                         &fz,
                         &specs[group.clone()],

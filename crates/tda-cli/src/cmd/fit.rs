@@ -13,7 +13,7 @@ use crate::with_backend;
 
 #[derive(Args)]
 #[command(
-    after_help = "Fits the block-diagonal Gauss-Newton approximation used by `tda trace`: per tracked linear layer A = E[a aᵀ], S = E[g gᵀ] (per token, f64), their eigendecompositions (faer, f64) and, for ekfac, the eigenvalue correction Λ (per sequence). Labels are sampled from the model (true Fisher, seeded) unless --fisher empirical. Factors are written once, atomically, to FACTORS_DIR/factors.safetensors with the model fingerprint; damping is applied at use.
+    after_help = "Fits the block-diagonal Gauss-Newton approximation used by `tda trace`: per tracked linear layer A = E[a aᵀ], S = E[g gᵀ] (per token, summed in f64 across batches), their eigendecompositions (faer, f64) and, for ekfac, the eigenvalue correction Λ (per sequence). Labels are sampled from the model (true Fisher, seeded) unless --fisher empirical. Factors are written once, atomically, to FACTORS_DIR/factors.safetensors with the model fingerprint; damping is applied at use.
 
 Examples:
   tda fit --model runs/demo/model --corpus runs/demo/corpus.jsonl --out runs/demo/factors
@@ -76,6 +76,11 @@ pub struct FitArgs {
     pub memory_budget: Option<tda_trace::MemoryBudget>,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
+    /// Where A, S and Λ are summed: device (tensor operations where the model runs; only the
+    /// per-layer sums are copied) or host (taps copied, faer GEMMs) [default: device with
+    /// --device cuda, host with --device cpu, where the host's kernels are the faster].
+    #[arg(long)]
+    pub compute_on: Option<tda_trace::device::ComputeOn>,
     /// Print the fit report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -114,6 +119,7 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
             windows: tda_trace::WindowOptions {
                 shard: a.shard.unwrap_or_default(),
                 memory_budget: a.memory_budget,
+                compute: crate::cmd::compute_on(a.compute_on, a.device),
                 ..a.windows.options()
             },
         };

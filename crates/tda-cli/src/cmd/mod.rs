@@ -117,8 +117,21 @@ impl WindowArgs {
             max_windows: self.max_windows.map(|n| n as usize),
             shard: tda_trace::Shard::ALL,
             memory_budget: None,
+            compute: tda_trace::device::ComputeOn::Host,
         }
     }
+}
+
+/// `--compute-on`, or its default for the device: the model's device on a GPU, the host's
+/// faster kernels on a CPU.
+pub fn compute_on(
+    flag: Option<tda_trace::device::ComputeOn>,
+    device: DeviceKind,
+) -> tda_trace::device::ComputeOn {
+    flag.unwrap_or(match device {
+        DeviceKind::Cuda => tda_trace::device::ComputeOn::Device,
+        DeviceKind::Cpu => tda_trace::device::ComputeOn::Host,
+    })
 }
 
 /// Fails with a clear message when `kind` cannot run here (CUDA requested without driver or feature).

@@ -181,6 +181,11 @@ pub struct TraceArgs {
     pub ensemble: Vec<(PathBuf, PathBuf)>,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
+    /// Where the candidates are scored: device (tensor operations where the model runs; only
+    /// the scores are copied) or host (taps copied, faer GEMMs) [default: device with --device
+    /// cuda, host with --device cpu, where the host's kernels are the faster].
+    #[arg(long, conflicts_with = "relabel")]
+    pub compute_on: Option<tda_trace::device::ComputeOn>,
     /// JSON to stdout.
     #[arg(long)]
     pub json: bool,
@@ -226,6 +231,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         windows: tda_trace::WindowOptions {
             shard: a.shard.unwrap_or_default(),
             memory_budget: a.memory_budget,
+            compute: crate::cmd::compute_on(a.compute_on, a.device),
             ..a.windows.options()
         },
         granularity: a.granularity,

@@ -223,12 +223,6 @@ impl FactorFitter {
 
     /// Adds the sums of a pass over another slice of the data (same pass, same layers and blocks).
     pub fn add_sums(&mut self, sums: &PassSums) -> Result<()> {
-        if self.pass != Some(sums.pass) {
-            return Err(CurvatureError::Usage(format!(
-                "sums of the {:?} pass given during the {:?} pass",
-                sums.pass, self.pass
-            )));
-        }
         if sums.layers.len() != self.acc.len() {
             return Err(CurvatureError::Usage(format!(
                 "sums of {} layers for {} layers",
@@ -236,7 +230,28 @@ impl FactorFitter {
                 self.acc.len()
             )));
         }
-        for ((acc, spec), parts) in self.acc.iter_mut().zip(&self.specs).zip(&sums.layers) {
+        self.add_layer_sums(0, sums)
+    }
+
+    /// Adds the sums of the layers `first .. first + sums.layers.len()` (one batch's, made on the
+    /// model's device, or a layer group's). Its tokens and sequences are counted only with the
+    /// group that starts at layer 0, as in [`FactorFitter::add_layers`].
+    pub fn add_layer_sums(&mut self, first: usize, sums: &PassSums) -> Result<()> {
+        if self.pass != Some(sums.pass) {
+            return Err(CurvatureError::Usage(format!(
+                "sums of the {:?} pass given during the {:?} pass",
+                sums.pass, self.pass
+            )));
+        }
+        let end = first + sums.layers.len();
+        if sums.layers.is_empty() || end > self.acc.len() {
+            return Err(CurvatureError::Usage(format!(
+                "sums for layers {first}..{end} of {} tracked layers",
+                self.acc.len()
+            )));
+        }
+        let layers = self.acc[first..end].iter_mut().zip(&self.specs[first..end]);
+        for ((acc, spec), parts) in layers.zip(&sums.layers) {
             let mut targets: Vec<&mut Vec<f64>> = match sums.pass {
                 Pass::Covariance => acc.cov_a.iter_mut().chain(acc.cov_s.iter_mut()).collect(),
                 Pass::Lambda => vec![&mut acc.lambda],
@@ -253,14 +268,29 @@ impl FactorFitter {
                 t.iter_mut().zip(p).for_each(|(x, y)| *x += y);
             }
         }
-        match sums.pass {
-            Pass::Covariance => {
-                self.tokens += sums.tokens;
-                self.cov_sequences += sums.sequences;
+        if first == 0 {
+            match sums.pass {
+                Pass::Covariance => {
+                    self.tokens += sums.tokens;
+                    self.cov_sequences += sums.sequences;
+                }
+                Pass::Lambda => self.lambda_sequences += sums.sequences,
             }
-            Pass::Lambda => self.lambda_sequences += sums.sequences,
         }
         Ok(())
+    }
+
+    /// The diagonal blocks `(offset, width)` of layer `layer`'s A side and S side.
+    pub fn blocks(&self, layer: usize) -> (&[(usize, usize)], &[(usize, usize)]) {
+        let acc = &self.acc[layer];
+        (&acc.a_blocks, &acc.s_blocks)
+    }
+
+    /// The eigenbases `(Q_A, Q_S)` of layer `layer`, once the covariance pass has ended (`kfac`,
+    /// `ekfac`; `None` before, and for strategies without them).
+    pub fn eigenbases(&self, layer: usize) -> Option<(&Eigenbasis, &Eigenbasis)> {
+        let acc = &self.acc[layer];
+        acc.a_basis.as_ref().zip(acc.s_basis.as_ref())
     }
 
     /// The pass expected next (`None`: call [`FactorFitter::finish`]).
