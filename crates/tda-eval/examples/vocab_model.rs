@@ -4,13 +4,14 @@
 //! and measures peak memory:
 //!
 //! ```sh
-//! cargo run --release -p tda-eval --example vocab_model -- OUT HIDDEN LAYERS DOCS BIOS_PER_DOC
+//! cargo run --release -p tda-eval --example vocab_model -- OUT HIDDEN LAYERS DOCS BIOS_PER_DOC [VOCAB]
 //! ```
 //!
 //! `OUT/model` (HF folder; the tokenizer is a 2,048-entry byte-level BPE trained on the corpus:
 //! ids stay below the model's vocabulary, as Qwen2's own tokenizer is smaller than its
 //! `vocab_size`), `OUT/corpus.jsonl` (`DOCS` documents, each `BIOS_PER_DOC` biographies long),
-//! `OUT/queries.jsonl` (8 queries: a person's name → their city).
+//! `OUT/queries.jsonl` (8 queries: a person's name → their city). `VOCAB` (default 151,936, at
+//! least 2,048) sets another vocabulary size.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ fn main() {
         arg(4, "DOCS"),
         arg(5, "BIOS_PER_DOC"),
     );
+    let vocab = args.get(6).map_or(151_936, |_| arg(6, "VOCAB"));
+    assert!(vocab >= 2048, "VOCAB must hold the 2,048-entry tokenizer");
     let bios = biographies(docs * per_doc, 5);
     let texts: Vec<String> = bios
         .chunks(per_doc)
@@ -52,7 +55,7 @@ fn main() {
     let heads = (hidden / 64).max(1);
     let cfg = ModelConfig {
         arch: Arch::Qwen2,
-        vocab_size: 151_936,
+        vocab_size: vocab,
         hidden,
         n_layers: layers,
         n_heads: heads,
@@ -86,7 +89,7 @@ fn main() {
         writeln!(queries, "{row}").expect("write");
     }
     eprintln!(
-        "{}: Qwen2-shaped, hidden {hidden}, {layers} blocks, vocab 151,936; {docs} documents",
+        "{}: Qwen2-shaped, hidden {hidden}, {layers} blocks, vocab {vocab}; {docs} documents",
         out.display()
     );
 }

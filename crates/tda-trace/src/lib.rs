@@ -11,6 +11,8 @@
 //! - [`budget`]: how a batch is tapped within a memory budget (windows per forward, layer groups).
 //! - [`host`]: a batch → per-layer taps `a` `[B·T, d_in]`, `g` `[B·T, d_out]` on the host, for the
 //!   training loss (labels from the data or sampled from the model) or a [`measure`]ment.
+//! - [`device`]: the same sums and scores as tensor operations on the model's device (only sums
+//!   and scores are copied), chosen by [`WindowOptions::compute`].
 //! - [`fit`]: taps of the corpus → [`tda_curvature::FactorFitter`] passes (A, S, eigenbases, Λ) →
 //!   factors saved with the model [`fingerprint`]; [`modules`] chooses the tracked layers.
 //! - [`prefilter`]: queries → BM25 / TF-IDF hits in a corpus index → candidate documents.

@@ -21,9 +21,11 @@
 //! token (counted from the first layer's mask; all layers of a batch are expected to share the mask).
 //!
 //! Layout: `fitted` (what a fit produces: [`Strategy`], [`FitConfig`], [`Eigenbasis`],
-//! [`LayerFactors`], [`Factors`]) and `fitter` (how: [`FactorFitter`] and its [`Pass`]es);
-//! `fitter` depends on `fitted`, never the other way.
+//! [`LayerFactors`], [`Factors`]), `fitter` (how: [`FactorFitter`] and its [`Pass`]es) and
+//! `accumulate` (its per-batch kernels on host taps); `fitter` depends on the other two, never the
+//! other way.
 
+mod accumulate;
 mod fitted;
 mod fitter;
 

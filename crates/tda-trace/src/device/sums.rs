@@ -23,8 +23,11 @@ const LAMBDA_CHUNK_BYTES: usize = 256 << 20;
 /// The eigenbases of the tracked layers on the device, for an `ekfac` Λ pass: per layer, one
 /// `[s, s]` tensor per diagonal block of Q_A and of Q_S.
 pub struct DeviceBases<B: Backend> {
-    layers: Vec<(Vec<Tensor<B, 2>>, Vec<Tensor<B, 2>>)>,
+    layers: Vec<LayerBases<B>>,
 }
+
+/// One layer's `(Q_A blocks, Q_S blocks)`.
+type LayerBases<B> = (Vec<Tensor<B, 2>>, Vec<Tensor<B, 2>>);
 
 impl<B: Backend> DeviceBases<B> {
     /// Uploads the fitter's eigenbases (`None` when it has none: a `diagonal` fit).
@@ -169,7 +172,7 @@ fn gram_blocks<B: Backend>(x: Tensor<B, 2>, blocks: &[(usize, usize)]) -> Vec<Ve
 /// of at most [`LAMBDA_CHUNK_BYTES`].
 fn lambda_sum<B: Backend>(
     spec: &LayerSpec,
-    basis: Option<&(Vec<Tensor<B, 2>>, Vec<Tensor<B, 2>>)>,
+    basis: Option<&LayerBases<B>>,
     a: &Tensor<B, 3>,
     g: &Tensor<B, 3>,
     pad: &Tensor<B, 3, Bool>,
