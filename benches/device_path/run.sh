@@ -26,6 +26,12 @@ for on in host device; do
     --queries "$work/m/queries.jsonl" --device "$device" --compute-on "$on" --batch-size 16 \
     --top-k 10 --json > "$work/trace_$on.json"
 done
+# Mixed precision (item 6): the device contraction with bf16 operands, every document ranked.
+for prec in f32 bf16; do
+  "$tda" trace --model "$work/m/model" --factors "$work/f_host" --corpus "$work/m/corpus.jsonl" \
+    --queries "$work/m/queries.jsonl" --device "$device" --compute-on device --precision "$prec" \
+    --batch-size 16 --top-k all --json > "$work/trace_all_$prec.json"
+done
 python3 - "$work" <<'PY'
 import json, sys
 w = sys.argv[1]
@@ -46,4 +52,24 @@ ranks = {on: [[(r["doc_id"], round(r["score"], 3)) for r in q["results"]]
 same = sum(a[0] == b[0] for qa, qb in zip(ranks["host"], ranks["device"]) for a, b in zip(qa, qb))
 total = sum(len(q) for q in ranks["host"])
 print(f"\ntop-10 documents equal in {same} of {total} ranks")
+def spearman(x, y):
+    def rank(v):
+        r = [0] * len(v)
+        for k, i in enumerate(sorted(range(len(v)), key=lambda i: v[i])):
+            r[i] = k
+        return r
+    rx, ry, m = rank(x), rank(y), (len(x) - 1) / 2
+    return sum((a - m) * (b - m) for a, b in zip(rx, ry)) / sum((a - m) ** 2 for a in rx)
+runs = {p: json.load(open(f"{w}/trace_all_{p}.json")) for p in ("f32", "bf16")}
+rhos, errs = [], []
+for qf, qb in zip(runs["f32"]["queries"], runs["bf16"]["queries"]):
+    f = {r["doc_id"]: r["score"] for r in qf["results"]}
+    b = {r["doc_id"]: r["score"] for r in qb["results"]}
+    keys = sorted(f)
+    rhos.append(spearman([f[k] for k in keys], [b[k] for k in keys]))
+    scale = max(abs(v) for v in f.values())
+    errs.append(max(abs(f[k] - b[k]) for k in keys) / scale)
+print(f"bf16 vs f32 over {len(keys)} documents: Spearman min {min(rhos):.4f} mean {sum(rhos)/len(rhos):.4f}; "
+      f"largest difference {max(errs):.1e} of the largest score; trace total f32 "
+      f"{runs['f32']['report']['total_s']:.1f} s, bf16 {runs['bf16']['report']['total_s']:.1f} s")
 PY

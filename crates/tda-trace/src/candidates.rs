@@ -185,6 +185,9 @@ pub struct WindowOptions {
     /// Where `fit` computes its sums: on the host from copied taps, or on the model's device
     /// ([`crate::device`]).
     pub compute: crate::device::ComputeOn,
+    /// The precision of `trace`'s contraction on the device (`bf16` needs
+    /// [`crate::device::ComputeOn::Device`]; `fit` is always f32).
+    pub precision: crate::device::Precision,
 }
 
 impl Default for WindowOptions {
@@ -197,6 +200,7 @@ impl Default for WindowOptions {
             shard: Shard::ALL,
             memory_budget: None,
             compute: crate::device::ComputeOn::Host,
+            precision: crate::device::Precision::F32,
         }
     }
 }

@@ -108,6 +108,11 @@ pub fn fit<AD: AutodiffBackend>(
     progress: &mut dyn FnMut(&FitProgress),
 ) -> Result<(Factors, FitReport)> {
     let t_all = Instant::now();
+    if opts.windows.precision != crate::device::Precision::F32 {
+        return Err(TraceError::Usage(
+            "factors are fitted in f32 (bf16 covariances give broken eigenvectors): --precision applies to trace".into(),
+        ));
+    }
     let mut fitter = new_fitter(model, opts)?;
     let specs = fitter.specs().to_vec();
     let fz = frozen(model);

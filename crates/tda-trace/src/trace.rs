@@ -26,7 +26,7 @@ use tda_model::{frozen, Tokenizer, Transformer};
 
 use crate::budget::{MemoryBudget, TapPlan};
 use crate::candidates::{for_each_batch, DocSource, WindowOptions};
-use crate::device::{score_on_device, ComputeOn, DeviceQueries};
+use crate::device::{score_on_device, ComputeOn, DeviceQueries, Precision};
 use crate::error::{Result, TraceError};
 use crate::host::{device_taps, host_taps, Labels, Scalar};
 use crate::keep::{to_row, DocSums, Keeper, Kept};
@@ -359,6 +359,11 @@ fn score_pass<AD: AutodiffBackend>(
     };
     let prepared_batch = QueryBatch::new(&specs, pq)?;
     let on_device = opts.windows.compute == ComputeOn::Device;
+    if !on_device && opts.windows.precision != Precision::F32 {
+        return Err(TraceError::Usage(
+            "--precision bf16 is a precision of the device path: add --compute-on device".into(),
+        ));
+    }
     if on_device && opts.normalize != NormalizeOptions::default() {
         return Err(TraceError::Usage(
             "--normalize needs the candidates' statistics on the host: use --compute-on host"
@@ -434,6 +439,7 @@ fn score_pass<AD: AutodiffBackend>(
                             group.start,
                             &taps,
                             opts.per_token,
+                            opts.windows.precision,
                         )?;
                         match &mut sc {
                             None => sc = Some(part),

@@ -486,3 +486,105 @@ fn device_trace_equals_host_trace() {
         }
     }
 }
+
+fn spearman(x: &[f64], y: &[f64]) -> f64 {
+    let rank = |v: &[f64]| {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+        let mut r = vec![0.0; v.len()];
+        for (k, &i) in idx.iter().enumerate() {
+            r[i] = k as f64;
+        }
+        r
+    };
+    let (rx, ry) = (rank(x), rank(y));
+    let n = x.len() as f64;
+    let m = (n - 1.0) / 2.0;
+    let cov: f64 = rx.iter().zip(&ry).map(|(a, b)| (a - m) * (b - m)).sum();
+    let var: f64 = rx.iter().map(|a| (a - m) * (a - m)).sum();
+    cov / var
+}
+
+/// `--precision bf16` (mixed: bf16 GEMM operands, f32 reductions) on the device path: scores
+/// stay rank-correlated with the f32 scores (Spearman ≥ 0.95 per query over every window, on
+/// both contraction paths; measured values printed) and are not equal to them (the cast is
+/// real); without the device path the option is refused, and `fit` refuses it.
+#[test]
+fn bf16_contraction_correlates_with_f32() {
+    let m = load_folder::<AD>(&fixture("llama"), &Default::default()).unwrap();
+    let (factors, _) = fit_on(&m, Strategy::Ekfac, ComputeOn::Host, None);
+    let qs = [
+        Query {
+            id: "a".into(),
+            prompt: "Mira Tolven was born in".into(),
+            completion: " Kestrel Bay".into(),
+        },
+        Query {
+            id: "b".into(),
+            prompt: "The quick brown".into(),
+            completion: " fox jumps".into(),
+        },
+    ];
+    let run = |compute, precision, per_token| {
+        let opts = TraceOptions {
+            top_k: None,
+            granularity: tda_trace::Granularity::Window,
+            per_token,
+            windows: WindowOptions {
+                compute,
+                precision,
+                ..win()
+            },
+            ..Default::default()
+        };
+        tda_trace::trace(
+            &m.model,
+            &m.tokenizer,
+            &factors,
+            &qs,
+            &docs(),
+            &opts,
+            &mut |_, _| {},
+        )
+    };
+    use tda_trace::device::Precision;
+    for per_token in [true, false] {
+        let f = run(ComputeOn::Device, Precision::F32, per_token).unwrap();
+        let h = run(ComputeOn::Device, Precision::Bf16, per_token).unwrap();
+        for (fq, hq) in f.queries.iter().zip(&h.queries) {
+            let key = |r: &tda_trace::ResultRow| (r.doc_id.clone(), r.window);
+            let mut fr: Vec<_> = fq.results.iter().map(|r| (key(r), r.score)).collect();
+            let mut hr: Vec<_> = hq.results.iter().map(|r| (key(r), r.score)).collect();
+            fr.sort_by(|a, b| a.0.cmp(&b.0));
+            hr.sort_by(|a, b| a.0.cmp(&b.0));
+            assert!(fr.len() > 4 && fr.len() == hr.len());
+            let (x, y): (Vec<f64>, Vec<f64>) = fr.iter().zip(&hr).map(|(a, b)| (a.1, b.1)).unzip();
+            let rho = spearman(&x, &y);
+            let scale = x.iter().fold(0f64, |s, v| s.max(v.abs()));
+            let err = x
+                .iter()
+                .zip(&y)
+                .fold(0f64, |s, (a, b)| s.max((a - b).abs()))
+                / scale;
+            eprintln!("bf16 vs f32, per_token={per_token}, query {}: Spearman {rho:.4}, largest difference {err:.1e} of the largest score", fq.id);
+            assert!(rho >= 0.95, "Spearman {rho}");
+            assert!(err > 0.0, "bf16 changed nothing");
+        }
+    }
+    let e = run(ComputeOn::Host, Precision::Bf16, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--compute-on device"), "{e}");
+    let opts = FitOptions {
+        windows: WindowOptions {
+            compute: ComputeOn::Device,
+            precision: Precision::Bf16,
+            ..win()
+        },
+        ..Default::default()
+    };
+    let e = fit(&m.model, &m.tokenizer, &docs(), &opts, "x", &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("f32"), "{e}");
+}

@@ -118,6 +118,7 @@ impl WindowArgs {
             shard: tda_trace::Shard::ALL,
             memory_budget: None,
             compute: tda_trace::device::ComputeOn::Host,
+            precision: tda_trace::device::Precision::F32,
         }
     }
 }

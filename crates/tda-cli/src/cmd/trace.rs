@@ -186,6 +186,11 @@ pub struct TraceArgs {
     /// cuda, host with --device cpu, where the host's kernels are the faster].
     #[arg(long, conflicts_with = "relabel")]
     pub compute_on: Option<tda_trace::device::ComputeOn>,
+    /// Precision of the candidate contraction on the device: f32, or bf16 (mixed: bf16 GEMM
+    /// operands, f32 reductions; the factors and the preconditioned queries stay f32). Needs
+    /// --compute-on device (the default with --device cuda).
+    #[arg(long, default_value = "f32", conflicts_with = "relabel")]
+    pub precision: tda_trace::device::Precision,
     /// JSON to stdout.
     #[arg(long)]
     pub json: bool,
@@ -232,6 +237,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
             shard: a.shard.unwrap_or_default(),
             memory_budget: a.memory_budget,
             compute: crate::cmd::compute_on(a.compute_on, a.device),
+            precision: a.precision,
             ..a.windows.options()
         },
         granularity: a.granularity,

@@ -13,6 +13,7 @@ pub mod score;
 pub mod sums;
 
 pub use score::{score_on_device, DeviceQueries};
+
 pub use sums::{batch_sums, DeviceBases};
 
 /// Where a batch's influence math runs.
@@ -35,6 +36,46 @@ impl std::str::FromStr for ComputeOn {
             _ => Err(format!("unknown place {s:?} (host or device)")),
         }
     }
+}
+
+/// The precision of the device path's candidate contraction (`tda trace`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 GEMMs.
+    #[default]
+    F32,
+    /// Mixed: the candidates' taps and the query factors are cast to bf16 for the contraction's
+    /// GEMMs; the per-query reduction and everything after run in f32 / f64. Covariances, Λ and
+    /// preconditioning stay f32, as Kronfluence's "smart low precision" keeps Λ and
+    /// preconditioning in f32 (bf16 Gram matrices give broken eigenvectors: bergson PR #239).
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            _ => Err(format!("unknown precision {s:?} (f32 or bf16)")),
+        }
+    }
+}
+
+/// `x` in the contraction's precision.
+pub(crate) fn in_precision<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    p: Precision,
+) -> Tensor<B, D> {
+    match p {
+        Precision::F32 => x,
+        Precision::Bf16 => x.cast(burn::tensor::FloatDType::BF16),
+    }
+}
+
+/// `x` back in f32.
+pub(crate) fn in_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.cast(burn::tensor::FloatDType::F32)
 }
 
 /// A tensor's values on the host, upcast to f64.

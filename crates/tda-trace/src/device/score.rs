@@ -7,14 +7,16 @@
 //!   [`CHUNK`] weights whose f32 products cross to the host (`[chunks, B, Q]`) and are summed
 //!   there in f64, as the host path sums its chunks.
 //!
-//! Padding rows are filled with 0 before any product, so they score 0 whatever they held.
+//! Padding rows are filled with 0 before any product, so they score 0 whatever they held. With
+//! [`Precision::Bf16`] the GEMMs take bf16 operands; their results are cast back to f32 before
+//! the per-query reduction.
 
 use std::cell::OnceCell;
 
 use burn::prelude::*;
 use tda_curvature::score::{CandidateScores, Path, QueryBatch};
 
-use super::to_f64;
+use super::{in_f32, in_precision, to_f64, Precision};
 use crate::error::{Result, TraceError};
 use crate::host::DeviceTaps;
 
@@ -74,6 +76,7 @@ pub fn score_on_device<B: Backend>(
     first: usize,
     taps: &DeviceTaps<B>,
     per_token: bool,
+    precision: Precision,
 ) -> Result<CandidateScores> {
     let specs = queries.specs();
     let end = first + taps.a.len();
@@ -119,18 +122,18 @@ pub fn score_on_device<B: Backend>(
                 }
                 Tensor::from_data(TensorData::new(t, [nc, CHUNK, nq]), &device)
             });
-            let mut grads = g
-                .reshape([b, t, d_out])
-                .swap_dims(1, 2)
-                .matmul(a.reshape([b, t, d_a]))
-                .reshape([b, n]);
+            let mut grads = in_f32(
+                in_precision(g.reshape([b, t, d_out]).swap_dims(1, 2), precision)
+                    .matmul(in_precision(a.reshape([b, t, d_a]), precision)),
+            )
+            .reshape([b, n]);
             if nc * CHUNK > n {
                 grads = Tensor::cat(vec![grads, Tensor::zeros([b, nc * CHUNK - n], &device)], 1);
             }
-            let parts = grads
-                .reshape([b, nc, CHUNK])
-                .swap_dims(0, 1)
-                .matmul(dense.clone()); // [nc, b, Q]
+            let parts = in_f32(
+                in_precision(grads.reshape([b, nc, CHUNK]).swap_dims(0, 1), precision)
+                    .matmul(in_precision(dense.clone(), precision)),
+            ); // [nc, b, Q]
             let parts = to_f64(parts);
             for part in parts.chunks(b * nq) {
                 for bi in 0..b {
@@ -141,7 +144,10 @@ pub fn score_on_device<B: Backend>(
             }
             continue;
         }
-        let s = (g.matmul(ql.left.clone()) * a.matmul(ql.right.clone())).matmul(ql.columns.clone());
+        let x = in_f32(in_precision(g, precision).matmul(in_precision(ql.left.clone(), precision)));
+        let y =
+            in_f32(in_precision(a, precision).matmul(in_precision(ql.right.clone(), precision)));
+        let s = (x * y).matmul(ql.columns.clone());
         let s = to_f64(s); // [rows, Q]
         for r in 0..rows {
             let bi = r / t;

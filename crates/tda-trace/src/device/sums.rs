@@ -57,7 +57,14 @@ pub fn batch_sums<B: Backend>(
     let pass = fitter
         .pass()
         .ok_or_else(|| TraceError::Usage("all passes of the fit are done".into()))?;
-    let specs = &fitter.specs()[first..first + taps.a.len()];
+    let end = first + taps.a.len();
+    if end > fitter.specs().len() {
+        return Err(TraceError::Usage(format!(
+            "taps for layers {first}..{end} of {} tracked layers",
+            fitter.specs().len()
+        )));
+    }
+    let specs = &fitter.specs()[first..end];
     let (b, t) = (taps.batch, taps.seq_len);
     let device = match taps.a.first() {
         Some(a) => a.device(),
