@@ -205,6 +205,35 @@ pub struct CandidateScores {
 }
 
 impl CandidateScores {
+    /// The scores of a batch from its per-layer scores `[B, L, Q]` (and per-token scores
+    /// `[B, T, Q]`, or empty): `total` is their sum over the layers.
+    pub fn from_layers(
+        batch: usize,
+        seq_len: usize,
+        n_queries: usize,
+        n_layers: usize,
+        per_token: Vec<f64>,
+        per_layer: Vec<f64>,
+    ) -> Self {
+        let mut total = vec![0.0f64; batch * n_queries];
+        for b in 0..batch {
+            for l in 0..n_layers {
+                for q in 0..n_queries {
+                    total[b * n_queries + q] += per_layer[(b * n_layers + l) * n_queries + q];
+                }
+            }
+        }
+        Self {
+            batch,
+            seq_len,
+            n_queries,
+            n_layers,
+            total,
+            per_token,
+            per_layer,
+        }
+    }
+
     /// Adds the scores of another layer group of the same batch (same shape).
     pub fn add(&mut self, o: &CandidateScores) -> Result<()> {
         let same = (self.batch, self.seq_len, self.n_queries, self.n_layers)
@@ -352,23 +381,9 @@ pub fn score_layers(
             }
         }
     }
-    let mut total = vec![0.0f64; bsz * nq];
-    for b in 0..bsz {
-        for l in 0..nl {
-            for q in 0..nq {
-                total[b * nq + q] += per_layer[(b * nl + l) * nq + q];
-            }
-        }
-    }
-    Ok(CandidateScores {
-        batch: bsz,
-        seq_len: t_len,
-        n_queries: nq,
-        n_layers: nl,
-        total,
-        per_token,
-        per_layer,
-    })
+    Ok(CandidateScores::from_layers(
+        bsz, t_len, nq, nl, per_token, per_layer,
+    ))
 }
 
 /// `⟨P_q, G_b⟩` of one layer `[B, Q]`: `G_b = g_bᵀ a_b` over the real rows of each sequence

@@ -441,10 +441,7 @@ fn score_pass<AD: AutodiffBackend>(
                             opts.per_token,
                             opts.windows.precision,
                         )?;
-                        match &mut sc {
-                            None => sc = Some(part),
-                            Some(s) => s.add(&part)?,
-                        }
+                        add_group(&mut sc, part)?;
                         report.contraction_s += t0.elapsed().as_secs_f64();
                         continue;
                     }
@@ -459,10 +456,7 @@ fn score_pass<AD: AutodiffBackend>(
                     let lbs = taps.layer_batches();
                     let t0 = Instant::now();
                     let part = score_layers(&prepared_batch, group.start, &lbs, opts.per_token)?;
-                    match &mut sc {
-                        None => sc = Some(part),
-                        Some(s) => s.add(&part)?,
-                    }
+                    add_group(&mut sc, part)?;
                     report.contraction_s += t0.elapsed().as_secs_f64();
                     let t1 = Instant::now();
                     if normalized {
@@ -598,4 +592,13 @@ fn fingerprint_queries(pq: &[tda_curvature::PreconditionedQuery]) -> u64 {
         }
     }
     h
+}
+
+/// Adds one layer group's scores of a batch to the batch's scores so far.
+fn add_group(sc: &mut Option<CandidateScores>, part: CandidateScores) -> Result<()> {
+    match sc {
+        None => *sc = Some(part),
+        Some(s) => s.add(&part)?,
+    }
+    Ok(())
 }

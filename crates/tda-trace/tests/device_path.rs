@@ -8,7 +8,9 @@
 //! is ~1e-7 relative); fitted factors and scores, which go through an eigendecomposition and
 //! damping, to 1e-4 of the largest value.
 
-use std::path::PathBuf;
+mod common;
+
+use common::fixture;
 
 use burn::prelude::*;
 use tda_curvature::{FactorFitter, FitConfig, LayerBatch, LayerSpec, Strategy};
@@ -26,12 +28,6 @@ use tda_trace::{
 type AD = CpuAutodiff;
 type B = tda_model::device::Cpu;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
-
 fn docs() -> DocSource {
     let texts = [
         "The cat sat on the mat and looked at the bird.",
@@ -39,24 +35,7 @@ fn docs() -> DocSource {
         "Short one.",
         "Mira Tolven was born in Kestrel Bay in 1931 and works as a baker.",
     ];
-    DocSource::docs(
-        texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| tda_corpus::Document {
-                title: None,
-                id: format!("d{i}"),
-                text: t.to_string(),
-                source: tda_corpus::SourceRef {
-                    path: "mem".into(),
-                    format: tda_corpus::Format::Jsonl,
-                    row: i as u64,
-                    byte_offset: 0,
-                    byte_len: t.len() as u64,
-                },
-            })
-            .collect(),
-    )
+    common::mem_docs(&texts)
 }
 
 fn win() -> WindowOptions {
@@ -344,33 +323,6 @@ fn device_fit_equals_host_fit_and_traces_the_same() {
             x.spec.name
         );
     }
-}
-
-/// A forward that overflows is named by layer on the device path too, as on the host path.
-#[test]
-fn device_path_names_the_non_finite_layer() {
-    let m = load_folder::<AD>(&fixture("gpt2"), &Default::default()).unwrap();
-    let mut w = m.model.to_weights();
-    let t = w.get_mut("transformer.h.1.mlp.c_fc.weight").unwrap();
-    t.data.iter_mut().for_each(|x| *x *= 1e37);
-    let b = w.get_mut("transformer.h.1.mlp.c_fc.bias").unwrap();
-    b.data.iter_mut().for_each(|x| *x = f32::MAX);
-    let bad = tda_model::Transformer::<AD>::from_weights(&m.model.config, &w, &Default::default())
-        .unwrap();
-    let opts = FitOptions {
-        windows: WindowOptions {
-            compute: ComputeOn::Device,
-            ..win()
-        },
-        ..Default::default()
-    };
-    let e = fit(&bad, &m.tokenizer, &docs(), &opts, "x", &mut |_| {})
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("layer transformer.h.1.mlp.c_proj: non-finite value in activations"),
-        "{e}"
-    );
 }
 
 /// `tda trace` scored on the device equals the host's scores: both contraction paths (per token

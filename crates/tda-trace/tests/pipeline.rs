@@ -10,7 +10,9 @@
 //! f64 from f32 gradients; we allow 2e-3 of the largest |score| of the query (observed ≲ 1e-5).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+mod common;
+
+use common::fixture;
 
 use tda_curvature::{Damping, Factors, Normalization, NormalizeOptions, Rank, Strategy};
 use tda_model::device::CpuAutodiff;
@@ -25,12 +27,6 @@ use tda_trace::{
 
 type AD = CpuAutodiff;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
-
 fn docs() -> DocSource {
     let texts = [
         "The cat sat on the mat and looked at the bird.",
@@ -40,24 +36,7 @@ fn docs() -> DocSource {
         "Mira Tolven was born in Kestrel Bay in 1931 and works as a baker.",
         "The library keeps records of every family in the district.",
     ];
-    DocSource::docs(
-        texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| tda_corpus::Document {
-                title: None,
-                id: format!("d{i}"),
-                text: t.to_string(),
-                source: tda_corpus::SourceRef {
-                    path: "mem".into(),
-                    format: tda_corpus::Format::Jsonl,
-                    row: i as u64,
-                    byte_offset: 0,
-                    byte_len: t.len() as u64,
-                },
-            })
-            .collect(),
-    )
+    common::mem_docs(&texts)
 }
 
 fn queries() -> Vec<Query> {
@@ -531,19 +510,25 @@ fn non_finite_activations_name_the_layer() {
     b.data.iter_mut().for_each(|x| *x = f32::MAX);
     let bad = tda_model::Transformer::<AD>::from_weights(&m.model.config, &w, &Default::default())
         .unwrap();
-    let opts = FitOptions {
-        windows: win(),
-        ..Default::default()
-    };
-    let e = fit(&bad, &m.tokenizer, &docs(), &opts, "x", &mut |_| {})
-        .unwrap_err()
-        .to_string();
-    // c_fc's output is the first non-finite tap: the layer after it (mlp.c_proj) sees NaN
-    // activations; c_fc itself sees NaN output gradients in the backward.
-    assert!(
-        e.contains("layer transformer.h.1.mlp.c_proj: non-finite value in activations"),
-        "{e}"
-    );
+    // The host path checks the copied taps; the device path (`tda_trace::device`) the sums.
+    for compute in [
+        tda_trace::device::ComputeOn::Host,
+        tda_trace::device::ComputeOn::Device,
+    ] {
+        let opts = FitOptions {
+            windows: WindowOptions { compute, ..win() },
+            ..Default::default()
+        };
+        let e = fit(&bad, &m.tokenizer, &docs(), &opts, "x", &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        // c_fc's output is the first non-finite tap: the layer after it (mlp.c_proj) sees NaN
+        // activations; c_fc itself sees NaN output gradients in the backward.
+        assert!(
+            e.contains("layer transformer.h.1.mlp.c_proj: non-finite value in activations"),
+            "{compute:?}: {e}"
+        );
+    }
 }
 
 #[test]

@@ -9,6 +9,8 @@
 //! 1e-4 of the largest entry, Λ to 1e-3 of its largest entry, scores to 1e-4 of the largest
 //! |score|. Counts are exact; one shard is bit-for-bit the unsharded fit.
 
+mod common;
+
 use std::path::PathBuf;
 
 use tda_curvature::{Damping, Factors, Rank, Strategy};
@@ -40,18 +42,8 @@ fn docs() -> DocSource {
                     .map(|k| words[(i * 3 + k * 5) % words.len()])
                     .collect();
                 let text = format!("Doc {i}: {}.", text.join(" "));
-                tda_corpus::Document {
-                    title: None,
-                    id: format!("d{}", i % 20), // ids repeat: documents are told apart by ordinal
-                    source: tda_corpus::SourceRef {
-                        path: "mem".into(),
-                        format: tda_corpus::Format::Jsonl,
-                        row: i as u64,
-                        byte_offset: 0,
-                        byte_len: text.len() as u64,
-                    },
-                    text,
-                }
+                // ids repeat: documents are told apart by ordinal
+                common::mem_doc(i, format!("d{}", i % 20), text)
             })
             .collect(),
     )

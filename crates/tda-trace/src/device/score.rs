@@ -160,23 +160,7 @@ pub fn score_on_device<B: Backend>(
             }
         }
     }
-    let mut total = vec![0.0f64; b * nq];
-    for bi in 0..b {
-        for l in 0..nl {
-            for q in 0..nq {
-                total[bi * nq + q] += per_layer[(bi * nl + l) * nq + q];
-            }
-        }
-    }
-    let scores = CandidateScores {
-        batch: b,
-        seq_len: t,
-        n_queries: nq,
-        n_layers: nl,
-        total,
-        per_token: tokens,
-        per_layer,
-    };
+    let scores = CandidateScores::from_layers(b, t, nq, nl, tokens, per_layer);
     if let Some(l) = (first..end)
         .find(|&l| (0..b).any(|bi| (0..nq).any(|q| !scores.layer(bi, l, q).is_finite())))
     {
