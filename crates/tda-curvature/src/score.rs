@@ -234,6 +234,16 @@ impl CandidateScores {
         }
     }
 
+    /// Adds `part` (a layer group's scores of a batch) to the batch's scores so far in `sum`, or
+    /// starts them.
+    pub fn accumulate(sum: &mut Option<Self>, part: Self) -> Result<()> {
+        match sum {
+            None => *sum = Some(part),
+            Some(s) => s.add(&part)?,
+        }
+        Ok(())
+    }
+
     /// Adds the scores of another layer group of the same batch (same shape).
     pub fn add(&mut self, o: &CandidateScores) -> Result<()> {
         let same = (self.batch, self.seq_len, self.n_queries, self.n_layers)

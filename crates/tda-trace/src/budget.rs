@@ -4,7 +4,7 @@
 //!
 //! Estimated bytes of one window of `t` tokens (f32 everywhere):
 //! - logits `[t, V]` three times (logits, log-softmax, their gradient), four with sampled labels
-//!   (the host copy they are drawn from);
+//!   (the sampler's transients, bounded by 256 positions at a time: at most one more copy);
 //! - the autodiff graph: every linear layer's input `[t, d_in]` (kept whether tracked or not) and
 //!   attention scores and probabilities `[h, t, t]` per block;
 //! - per tracked layer, its taps `a [t, d_in]`, `g [t, d_out]` twice (on the device and the

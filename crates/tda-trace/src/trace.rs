@@ -441,7 +441,7 @@ fn score_pass<AD: AutodiffBackend>(
                             opts.per_token,
                             opts.windows.precision,
                         )?;
-                        add_group(&mut sc, part)?;
+                        CandidateScores::accumulate(&mut sc, part)?;
                         report.contraction_s += t0.elapsed().as_secs_f64();
                         continue;
                     }
@@ -456,7 +456,7 @@ fn score_pass<AD: AutodiffBackend>(
                     let lbs = taps.layer_batches();
                     let t0 = Instant::now();
                     let part = score_layers(&prepared_batch, group.start, &lbs, opts.per_token)?;
-                    add_group(&mut sc, part)?;
+                    CandidateScores::accumulate(&mut sc, part)?;
                     report.contraction_s += t0.elapsed().as_secs_f64();
                     let t1 = Instant::now();
                     if normalized {
@@ -592,13 +592,4 @@ fn fingerprint_queries(pq: &[tda_curvature::PreconditionedQuery]) -> u64 {
         }
     }
     h
-}
-
-/// Adds one layer group's scores of a batch to the batch's scores so far.
-fn add_group(sc: &mut Option<CandidateScores>, part: CandidateScores) -> Result<()> {
-    match sc {
-        None => *sc = Some(part),
-        Some(s) => s.add(&part)?,
-    }
-    Ok(())
 }
