@@ -562,6 +562,89 @@ fn cite_attributes_a_given_answer() {
     }
 }
 
+/// `--requests`: many answers in one run give the reports that one run per answer gives (timings
+/// aside), in input order; a bad line names `file:line` and writes nothing.
+#[test]
+fn cite_requests_equal_one_run_per_request() {
+    let dir = scratch();
+    let docs = dir.join("docs.jsonl");
+    let d1 = "Mira Tolven was born in Tarn.";
+    let d2 = "Oskar Vell works as a baker.";
+    std::fs::write(
+        &docs,
+        format!("{{\"id\": \"d1\", \"text\": \"{d1}\"}}\n{{\"id\": \"d2\", \"text\": \"{d2}\"}}\n"),
+    )
+    .unwrap();
+    let qs = [
+        (
+            "Where was Mira Tolven born?",
+            "Mira Tolven was born in Tarn.",
+        ),
+        (
+            "What does Oskar Vell work as?",
+            "Oskar Vell works as a baker.",
+        ),
+    ];
+    let requests = dir.join("requests.jsonl");
+    let lines: Vec<String> = qs
+        .iter()
+        .map(|(q, ans)| {
+            serde_json::json!({"question": q, "answer": ans, "docs": [
+                {"id": "d1", "text": d1}, {"id": "d2", "text": d2}]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&requests, lines.join("\n") + "\n\n").unwrap();
+    let without_timings = |mut v: serde_json::Value| {
+        v.as_object_mut().unwrap().remove("timings");
+        v
+    };
+    let out = dir.join("reports.jsonl");
+    let m = ["--model", p(&fixture("rag")), "--method", "mirage"];
+    ok(["cite", "--requests", p(&requests), "--out", p(&out)]
+        .iter()
+        .chain(&m));
+    let batch: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| without_timings(json(l)))
+        .collect();
+    assert_eq!(batch.len(), 2);
+    for ((q, ans), got) in qs.iter().zip(&batch) {
+        let one = json(&ok([
+            "cite",
+            "--docs",
+            p(&docs),
+            "--question",
+            q,
+            "--answer",
+            ans,
+            "--json",
+        ]
+        .iter()
+        .chain(&m)));
+        assert_eq!(&without_timings(one), got, "{q}");
+    }
+    // A document without text on line 2: named, and the output is not written.
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}\n{{\"question\": \"q\", \"docs\": [{{\"id\": \"x\"}}]}}\n",
+            lines[0]
+        ),
+    )
+    .unwrap();
+    let out2 = dir.join("none.jsonl");
+    fails(
+        ["cite", "--requests", p(&bad), "--out", p(&out2)]
+            .iter()
+            .chain(&m),
+        &["bad.jsonl:2", "missing field `text`"],
+        &[&out2],
+    );
+}
+
 /// Determinism. The same command gives bit-identical factors and scores, with the same thread
 /// count and across thread counts: every parallel reduction of fit and trace sums fixed pieces
 /// in a fixed order, and each eigendecomposition runs on one thread (faer's parallel

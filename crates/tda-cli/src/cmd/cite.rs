@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use tda_context::{
-    attribute, read_documents, CciFilter, ChatTemplate, Gradient, Method, Options, Request,
-    Threshold,
+    attribute, read_documents, Attribution, CciFilter, ChatTemplate, Document, Gradient, Method,
+    Options, Request, Threshold,
 };
 use tda_model::device::DeviceKind;
 
@@ -17,6 +17,7 @@ use crate::with_backend;
   tda cite --model tests/fixtures/rag --docs docs.jsonl --question \"Where was Mira Tolven born?\"
   tda cite --model M --docs docs.jsonl --question Q --answer \"Mira was born in Tarn.\" --html cite.html
   tda cite --model M --docs docs.parquet --question Q --cti-top-k 5 --cci-top-k 3 --json
+  tda cite --model M --requests questions.jsonl --out reports.jsonl   # one load, many answers
   tda cite --model tests/fixtures/rag --docs d.jsonl --question Q \\
       --prompt-template 'Question: {question}\\n\\n{context}\\nAnswer:' --doc-template 'Document [{i}]: {text}\\n'
 
@@ -37,14 +38,19 @@ pub struct CiteArgs {
     /// HF model folder (config.json, model.safetensors, tokenizer.json).
     #[arg(long)]
     pub model: PathBuf,
-    #[arg(long)]
-    pub question: String,
+    #[arg(long, required_unless_present = "requests")]
+    pub question: Option<String>,
     /// Retrieved documents: .jsonl or .parquet.
-    #[arg(long)]
-    pub docs: PathBuf,
+    #[arg(long, required_unless_present = "requests")]
+    pub docs: Option<PathBuf>,
     /// Attribute this answer instead of generating one (the generation flags are then refused).
     #[arg(long)]
     pub answer: Option<String>,
+    /// Many questions in one run (the model is loaded once): a .jsonl file with one request per
+    /// line, {"question", "docs": [{"id"?, "title"?, "text"}], "answer"?}. Writes one JSON report
+    /// per line, in input order (stdout with --json, or --out).
+    #[arg(long, conflicts_with_all = ["question", "docs", "answer", "html"])]
+    pub requests: Option<PathBuf>,
     /// Print the JSON report on stdout.
     #[arg(long)]
     pub json: bool,
@@ -243,12 +249,18 @@ pub fn run(a: &CiteArgs) -> anyhow::Result<()> {
     for out in [&a.out, &a.html].into_iter().flatten() {
         crate::output::check_out(out, tda_io::Output::File)?;
     }
-    let docs = read_documents(&a.docs)?;
+    if let Some(path) = &a.requests {
+        return run_requests(a, path, &opts);
+    }
+    let (Some(question), Some(docs)) = (&a.question, &a.docs) else {
+        anyhow::bail!("--question and --docs are required (or --requests FILE)");
+    };
+    let docs = read_documents(docs)?;
     with_backend!(a.device, |B, AD, device| {
         let m = tda_model::load_folder::<AD>(&a.model, &device)?;
         let chat = a.ctx.chat_template(&a.model)?;
         let req = Request {
-            question: &a.question,
+            question,
             docs: &docs,
             answer: a.answer.as_deref(),
         };
@@ -262,36 +274,134 @@ pub fn run(a: &CiteArgs) -> anyhow::Result<()> {
         if a.json {
             println!("{}", report.to_json());
         } else {
-            println!("{}", report.answer_with_citations);
-            println!();
-            for s in &report.sentences {
-                let cites: Vec<String> = s
-                    .citations
-                    .iter()
-                    .map(|&c| format!("[{c}] {}", docs[c - 1].id))
-                    .collect();
-                println!(
-                    "sentence {}: {}",
-                    s.index + 1,
-                    if cites.is_empty() {
-                        "no citation".to_string()
-                    } else {
-                        cites.join(", ")
-                    }
-                );
+            print_text(&report, &docs);
+        }
+        Ok(())
+    })
+}
+
+/// The answer with inline citations, each sentence's cited documents, and a summary on stderr.
+fn print_text(report: &Attribution, docs: &[Document]) {
+    println!("{}", report.answer_with_citations);
+    println!();
+    for s in &report.sentences {
+        let cites: Vec<String> = s
+            .citations
+            .iter()
+            .map(|&c| format!("[{c}] {}", docs[c - 1].id))
+            .collect();
+        println!(
+            "sentence {}: {}",
+            s.index + 1,
+            if cites.is_empty() {
+                "no citation".to_string()
+            } else {
+                cites.join(", ")
             }
-            let p = &report.passes;
-            eprintln!(
-                "{}: {} context-sensitive of {} answer tokens (threshold {:.3} nats); {} forwards + {} backwards ({} rows); {:.2} s",
-                report.settings.method.name(),
-                report.tokens.iter().filter(|t| t.selected).count(),
-                report.tokens.len(),
-                report.settings.threshold_value,
-                p.forwards,
-                p.backwards,
-                p.gradient_rows,
-                report.timings.total_s
-            );
+        );
+    }
+    let p = &report.passes;
+    eprintln!(
+        "{}: {} context-sensitive of {} answer tokens (threshold {:.3} nats); {} forwards + {} backwards ({} rows); {:.2} s",
+        report.settings.method.name(),
+        report.tokens.iter().filter(|t| t.selected).count(),
+        report.tokens.len(),
+        report.settings.threshold_value,
+        p.forwards,
+        p.backwards,
+        p.gradient_rows,
+        report.timings.total_s
+    );
+}
+
+/// One line of a `--requests` file. Unknown fields are ignored, so the planted sets' lines
+/// (`tda-eval --example rag_jsonl`) are requests as they are.
+#[derive(serde::Deserialize)]
+struct RequestLine {
+    question: String,
+    docs: Vec<DocLine>,
+    #[serde(default)]
+    answer: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct DocLine {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+    text: String,
+}
+
+/// A request read from a file: question, documents, the answer if given.
+type Owned = (String, Vec<Document>, Option<String>);
+
+/// Reads a `--requests` file: every line is checked (blank lines skipped) before any work, so a
+/// bad line fails the run naming `file:line` and nothing is written.
+fn read_requests(path: &std::path::Path) -> anyhow::Result<Vec<Owned>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let r: RequestLine = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("{}: not a request ({e})", at()))?;
+        if r.docs.is_empty() {
+            anyhow::bail!("{}: no documents", at());
+        }
+        let mut docs = Vec::with_capacity(r.docs.len());
+        for (k, d) in r.docs.into_iter().enumerate() {
+            if d.text.trim().is_empty() {
+                anyhow::bail!("{}: document {} has an empty text", at(), k + 1);
+            }
+            let id = d.id.unwrap_or_else(|| (k + 1).to_string());
+            docs.push(Document::new(id, d.title.as_deref(), d.text));
+        }
+        out.push((r.question, docs, r.answer));
+    }
+    if out.is_empty() {
+        anyhow::bail!("{}: no requests", path.display());
+    }
+    Ok(out)
+}
+
+/// `tda cite --requests`: one model load, one report per request (JSON lines, input order).
+fn run_requests(a: &CiteArgs, path: &std::path::Path, opts: &Options) -> anyhow::Result<()> {
+    let requests = read_requests(path)?;
+    if a.ctx.generation_given() {
+        if let Some(i) = requests.iter().position(|r| r.2.is_some()) {
+            anyhow::bail!("{}:{}: the answer is attributed as given: the generation flags (--max-new-tokens, --temperature, --top-p, --seed) are refused with it", path.display(), i + 1);
+        }
+    }
+    with_backend!(a.device, |B, AD, device| {
+        let m = tda_model::load_folder::<AD>(&a.model, &device)?;
+        let chat = a.ctx.chat_template(&a.model)?;
+        let pb = crate::output::bar(requests.len() as u64, "cite [{bar:30}] {pos}/{len} ({eta})");
+        let mut lines = String::new();
+        for (i, (question, docs, answer)) in requests.iter().enumerate() {
+            let req = Request {
+                question,
+                docs,
+                answer: answer.as_deref(),
+            };
+            let report = attribute(&m.model, &m.tokenizer, chat.as_ref(), &req, opts)
+                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
+            let line = serde_json::to_string(&report)?;
+            if a.json {
+                println!("{line}");
+            } else if a.out.is_none() {
+                print_text(&report, docs);
+            }
+            lines.push_str(&line);
+            lines.push('\n');
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        if let Some(p) = &a.out {
+            tda_io::write_file(p, lines.as_bytes())?;
         }
         Ok(())
     })
