@@ -15,6 +15,49 @@ fn rag_model() -> tda_model::HfModel<CpuAutodiff> {
     tda_model::load_folder::<CpuAutodiff>(&dir, &Default::default()).unwrap()
 }
 
+/// The readers' training set: the planted facts are stated once, or not at all when their document
+/// was ablated (gold 0, in about 0.3 × ½ of the facts); tie values are drawn at random.
+#[test]
+fn training_set_ablates_documents_and_draws_tie_values() {
+    let (mut dropped, mut facts, mut same, mut ties) = (0, 0, 0, 0);
+    for ex in tda_eval::rag_training_set(1000, 6) {
+        for (s, &g) in ex.sentences.iter().zip(&ex.gold) {
+            facts += 1;
+            let stating = (0..ex.docs.len()).filter(|&i| ex.docs[i].text.contains(s.as_str()));
+            let stating: Vec<usize> = stating.map(|i| i + 1).collect();
+            if g == 0 {
+                dropped += 1;
+                assert!(stating.is_empty(), "{s:?} in {:?}", ex.docs);
+            } else {
+                assert_eq!(stating, vec![g]);
+            }
+            // The verb after the two-word name (was, works, has, likes) and the value's last word.
+            let verb = s.split_whitespace().nth(2).unwrap();
+            let value = s.rsplit(' ').next().unwrap().trim_end_matches('.');
+            for d in ex
+                .docs
+                .iter()
+                .filter(|d| d.text.contains(&format!("who {verb} ")))
+            {
+                ties += 1;
+                let (clause, _) = d.text.split_once(", knows").unwrap();
+                same += usize::from(clause.ends_with(value));
+            }
+        }
+    }
+    let share = dropped as f64 / facts as f64;
+    assert!(
+        (0.1..0.2).contains(&share),
+        "{share} of the facts lost their document"
+    );
+    // Values are drawn among 8–10: about 1 tie in 8 repeats the asked person's value.
+    let same = same as f64 / ties as f64;
+    assert!(
+        ties > 300 && (0.03..0.25).contains(&same),
+        "{same} of {ties} ties"
+    );
+}
+
 #[test]
 fn each_fact_is_stated_in_exactly_one_document() {
     let set = rag_set(300, 5);

@@ -64,4 +64,4 @@ pub use explain_world::{
     explain_world, score_routes, ExplainCase, ExplainWorld, RouteScore, RoutedToken, TrainItem,
 };
 pub use metrics::{citation_prf, lds, mrr, pearson, rank_of, recall_at_k, spearman, Prf};
-pub use rag::{rag_set, template, training_text, RagExample};
+pub use rag::{rag_set, rag_training_set, template, training_text, RagExample};

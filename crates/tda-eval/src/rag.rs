@@ -76,10 +76,41 @@ pub struct RagExample {
 /// distractor "{Other}, who {predicate}, knows {Name}."). Documents are shuffled.
 pub fn rag_set(n: usize, seed: u64) -> Vec<RagExample> {
     let mut rng = StdRng::seed_from_u64(seed);
-    (0..n).map(|_| one(&mut rng)).collect()
+    (0..n).map(|_| one(&mut rng, false)).collect()
 }
 
-fn one(rng: &mut StdRng) -> RagExample {
+/// Training examples for a reader that reads, and says "I don't know" by its odds: as
+/// [`rag_set`], except that
+/// - a tie distractor's value is drawn at random ("{Other}, who likes the colour W, knows
+///   {Name}."), so the value of a "who" clause is no evidence about the asked person (in
+///   `rag_set` it is always the asked person's, and a reader trained on that may read the answer
+///   from the tie);
+/// - in [`ABLATED`] of the examples each document is kept with probability ½, as ContextCite's
+///   ablations do, and the reference answer is kept: when its document is gone, a value is
+///   independent of the prompt, so a reader trained by maximum likelihood gives it its prior
+///   (1 / #values), and ablation-based attribution sees the drop it should. `gold` is then 0
+///   for a fact whose document was dropped.
+///
+/// Evaluation sets stay [`rag_set`].
+pub fn rag_training_set(n: usize, seed: u64) -> Vec<RagExample> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n).map(|_| one(&mut rng, true)).collect()
+}
+
+/// The share of [`rag_training_set`]'s examples whose documents are randomly ablated.
+pub const ABLATED: f64 = 0.3;
+
+/// A value of `f` other than `v`.
+fn other_value(rng: &mut StdRng, f: Fact, v: &str) -> &'static str {
+    loop {
+        let w = pick(rng, f.values());
+        if w != v {
+            break w;
+        }
+    }
+}
+
+fn one(rng: &mut StdRng, training: bool) -> RagExample {
     let who = name(rng);
     let f1 = Fact::ALL[rng.random_range(0..4)];
     let f2 = loop {
@@ -100,17 +131,13 @@ fn one(rng: &mut StdRng) -> RagExample {
         let other = name(rng);
         ties.push(rng.random_bool(0.5));
         if ties[ties.len() - 1] {
+            let tv = if training { pick(rng, f.values()) } else { v };
             docs.push((
-                format!("{other}, who {}, knows {who}.", f.predicate(v)),
+                format!("{other}, who {}, knows {who}.", f.predicate(tv)),
                 None,
             ));
         } else {
-            let w = loop {
-                let w = pick(rng, f.values());
-                if w != v {
-                    break w;
-                }
-            };
+            let w = other_value(rng, f, v);
             docs.push((format!("{other} {}.", f.predicate(w)), None));
         }
     }
@@ -120,6 +147,9 @@ fn one(rng: &mut StdRng) -> RagExample {
             format!("{} {}.", name(rng), f.predicate(pick(rng, f.values()))),
             None,
         ));
+    }
+    if training && rng.random_bool(ABLATED) {
+        docs.retain(|_| rng.random_bool(0.5));
     }
     for i in (1..docs.len()).rev() {
         let j = rng.random_range(0..=i);
