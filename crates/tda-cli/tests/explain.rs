@@ -64,13 +64,20 @@ fn explain_routes_tokens_and_the_page_renders_in_a_browser() {
             .map(|t| t["route"].as_str().unwrap().to_string())
             .collect()
     };
-    // The name is copied from the question; the period is neither; some token is context-driven.
+    // The name is copied from the question; a period (no word) is never question or memory: it
+    // is neither, or context where the document tells where the value ends (the reader of
+    // `tests/fixtures/rag` ends the multi-token city "Northmoor" from its document); some token
+    // is context-driven.
     assert!(
         route("Z").iter().all(|r| r == "question"),
         "{:?}",
         route("Z")
     );
-    assert!(route(".").iter().all(|r| r == "neither"));
+    assert!(
+        route(".").iter().all(|r| r == "neither" || r == "context"),
+        "{:?}",
+        route(".")
+    );
     let ctx: Vec<&serde_json::Value> = tokens.iter().filter(|t| t["route"] == "context").collect();
     assert!(!ctx.is_empty(), "no context-driven token");
     for t in &ctx {

@@ -220,10 +220,30 @@ pub fn route(v: &AnswerView, question: &str, memory_min_prob: f32) -> Vec<TokenE
             layers: Vec::new(),
         })
         .collect();
-    // Word agreement.
+    // The documents of context token `c`: best first, at most 3, positive scores.
+    let documents_of = |c: usize| -> Vec<DocScore> {
+        let ds = v.doc_scores[c]
+            .as_ref()
+            .expect("a context token has document scores");
+        let mut order: Vec<usize> = (0..ds.len()).filter(|&i| ds[i] > 0.0).collect();
+        order.sort_by(|&a, &b| ds[b].total_cmp(&ds[a]).then(a.cmp(&b)));
+        order
+            .into_iter()
+            .take(3)
+            .map(|i| DocScore {
+                doc: i + 1,
+                id: v.doc_ids.get(i).cloned().unwrap_or_default(),
+                score: ds[i],
+            })
+            .collect()
+    };
+    // Word agreement; a context token outside any word (punctuation) keeps its own documents.
     let mut t = 0;
     while t < n {
         let Some(w) = word[t] else {
+            if own[t] == Route::Context {
+                out[t].documents = documents_of(t);
+            }
             t += 1;
             continue;
         };
@@ -239,20 +259,7 @@ pub fn route(v: &AnswerView, question: &str, memory_min_prob: f32) -> Vec<TokenE
             tok.route = route;
         }
         if let Some(c) = docs_from {
-            let ds = v.doc_scores[c]
-                .as_ref()
-                .expect("a context token has document scores");
-            let mut order: Vec<usize> = (0..ds.len()).filter(|&i| ds[i] > 0.0).collect();
-            order.sort_by(|&a, &b| ds[b].total_cmp(&ds[a]).then(a.cmp(&b)));
-            let docs: Vec<DocScore> = order
-                .into_iter()
-                .take(3)
-                .map(|i| DocScore {
-                    doc: i + 1,
-                    id: v.doc_ids.get(i).cloned().unwrap_or_default(),
-                    score: ds[i],
-                })
-                .collect();
+            let docs = documents_of(c);
             for tok in &mut out[t..end] {
                 tok.documents = docs.clone();
             }

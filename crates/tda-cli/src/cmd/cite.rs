@@ -333,8 +333,13 @@ struct DocLine {
     text: String,
 }
 
-/// A request read from a file: question, documents, the answer if given.
-type Owned = (String, Vec<Document>, Option<String>);
+/// A request read from a file, with its 1-based line number for errors.
+struct Owned {
+    line: usize,
+    question: String,
+    docs: Vec<Document>,
+    answer: Option<String>,
+}
 
 /// Reads a `--requests` file: every line is checked (blank lines skipped) before any work, so a
 /// bad line fails the run naming `file:line` and nothing is written.
@@ -360,7 +365,12 @@ fn read_requests(path: &std::path::Path) -> anyhow::Result<Vec<Owned>> {
             let id = d.id.unwrap_or_else(|| (k + 1).to_string());
             docs.push(Document::new(id, d.title.as_deref(), d.text));
         }
-        out.push((r.question, docs, r.answer));
+        out.push(Owned {
+            line: i + 1,
+            question: r.question,
+            docs,
+            answer: r.answer,
+        });
     }
     if out.is_empty() {
         anyhow::bail!("{}: no requests", path.display());
@@ -372,31 +382,34 @@ fn read_requests(path: &std::path::Path) -> anyhow::Result<Vec<Owned>> {
 fn run_requests(a: &CiteArgs, path: &std::path::Path, opts: &Options) -> anyhow::Result<()> {
     let requests = read_requests(path)?;
     if a.ctx.generation_given() {
-        if let Some(i) = requests.iter().position(|r| r.2.is_some()) {
-            anyhow::bail!("{}:{}: the answer is attributed as given: the generation flags (--max-new-tokens, --temperature, --top-p, --seed) are refused with it", path.display(), i + 1);
+        if let Some(r) = requests.iter().find(|r| r.answer.is_some()) {
+            anyhow::bail!("{}:{}: the answer is attributed as given: the generation flags (--max-new-tokens, --temperature, --top-p, --seed) are refused with it", path.display(), r.line);
         }
     }
     with_backend!(a.device, |B, AD, device| {
         let m = tda_model::load_folder::<AD>(&a.model, &device)?;
         let chat = a.ctx.chat_template(&a.model)?;
         let pb = crate::output::bar(requests.len() as u64, "cite [{bar:30}] {pos}/{len} ({eta})");
+        // The JSON lines for --out, written once all requests are done.
         let mut lines = String::new();
-        for (i, (question, docs, answer)) in requests.iter().enumerate() {
+        for r in &requests {
             let req = Request {
-                question,
-                docs,
-                answer: answer.as_deref(),
+                question: &r.question,
+                docs: &r.docs,
+                answer: r.answer.as_deref(),
             };
             let report = attribute(&m.model, &m.tokenizer, chat.as_ref(), &req, opts)
-                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
+                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), r.line))?;
             let line = serde_json::to_string(&report)?;
             if a.json {
                 println!("{line}");
             } else if a.out.is_none() {
-                print_text(&report, docs);
+                print_text(&report, &r.docs);
             }
-            lines.push_str(&line);
-            lines.push('\n');
+            if a.out.is_some() {
+                lines.push_str(&line);
+                lines.push('\n');
+            }
             pb.inc(1);
         }
         pb.finish_and_clear();
