@@ -139,9 +139,10 @@ fn trained_model_cites_the_planted_documents() {
     );
 }
 
-/// Floor for the citation F1 of the committed model on 16 examples: measured 0.308 (P 0.303,
-/// R 0.313; lexical baseline F1 0.821), see benches/results/cite.md for the full comparison.
-const F1_FLOOR: f64 = 0.25;
+/// Floor for MIRAGE's citation F1 on the committed reader, 16 examples: measured 1.000 (lexical
+/// overlap, at most 3 citations: F1 0.821); see benches/results/cite.md. The floor leaves room
+/// for 3 wrong citations of 32 (f32 kernels differ across machines).
+const F1_FLOOR: f64 = 0.9;
 
 /// Leave-one-out scores equal the drops computed independently: CTI's unbatched, unpadded
 /// teacher-forced forward (`token_stats`) after the prompt rendered without document i, summed
@@ -218,9 +219,11 @@ fn ablation_methods_cite_the_planted_documents() {
         (Method::context_cite(), CONTEXT_CITE_F1_FLOOR),
         (Method::LeaveOneOut, LOO_F1_FLOOR),
     ] {
+        // As `tda cite` ships them: the method's default minimum share (0.2 for ablations).
         let opts = Options {
             template: template(),
             method,
+            min_share: method.default_min_share(),
             ..Options::default()
         };
         let (mut cites, mut gold) = (Vec::new(), Vec::new());
@@ -252,7 +255,8 @@ fn ablation_methods_cite_the_planted_documents() {
     }
 }
 
-/// Floors (16 examples of `rag_set(16, 777)`, at most 3 citations, no minimum share): measured
-/// F1 0.484 (ContextCite) and 0.468 (leave-one-out); see benches/results/cite.md.
-const CONTEXT_CITE_F1_FLOOR: f64 = 0.4;
-const LOO_F1_FLOOR: f64 = 0.4;
+/// Floors (16 examples of `rag_set(16, 777)`, at most 3 citations, minimum share 0.2): measured
+/// F1 1.000 for both (without the minimum share 0.66: every positive score is cited); see
+/// benches/results/cite.md.
+const CONTEXT_CITE_F1_FLOOR: f64 = 0.9;
+const LOO_F1_FLOOR: f64 = 0.9;
