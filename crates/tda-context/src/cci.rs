@@ -140,23 +140,20 @@ pub fn contrastive_gradients<B: AutodiffBackend>(
             .map(|tg| if tg.contrast != tg.y { 1.0 } else { 0.0 })
             .collect();
         let ids = batch.to_tensor::<B>(&device);
-        let taps = tda_model::tap(
+        let int1 = |x: Vec<i32>| Tensor::<B, 1, Int>::from_data(TensorData::new(x, [k]), &device);
+        // Only the k predicting positions go through the unembedding.
+        let taps = tda_model::tap_positions(
             &frozen,
             ids,
+            int1(pos),
             &|_: &str| false,
             true,
-            |logits: Tensor<B, 3>| {
-                let v = logits.dims()[2];
-                let int1 =
-                    |x: Vec<i32>| Tensor::<B, 1, Int>::from_data(TensorData::new(x, [k]), &device);
-                let rows = logits.reshape([k * len, v]).select(0, int1(pos.clone()));
+            |rows: Tensor<B, 2>| {
                 let lp = log_softmax(rows, 1); // [k, v]
-                let py = lp.clone().gather(1, int1(ys.clone()).reshape([k, 1]));
-                let pc = lp.gather(1, int1(cs.clone()).reshape([k, 1]));
-                let mask = Tensor::<B, 2>::from_data(
-                    TensorData::new(use_contrast.clone(), [k, 1]),
-                    &device,
-                );
+                let py = lp.clone().gather(1, int1(ys).reshape([k, 1]));
+                let pc = lp.gather(1, int1(cs).reshape([k, 1]));
+                let mask =
+                    Tensor::<B, 2>::from_data(TensorData::new(use_contrast, [k, 1]), &device);
                 (py - pc * mask).sum()
             },
         );

@@ -64,12 +64,14 @@ fn answer_logprobs<B: Backend>(
     seq.extend_from_slice(&answer[..answer.len() - 1]);
     let device = model.embed.device();
     let ids = TokenBatch::new(&[seq], 0)?.to_tensor::<B>(&device);
-    let logits = model.forward(ids);
+    // The unembedding only at the T predicting positions.
+    let mut none = tda_model::nn::NoRecord;
+    let hidden = model
+        .hidden_with(ids, None, &mut none)
+        .narrow(1, prompt.len() - 1, answer.len());
+    let logits = model.head_with(hidden, &mut none);
     let v = logits.dims()[2];
-    let logits = logits
-        .narrow(1, prompt.len() - 1, answer.len())
-        .reshape([answer.len(), v]);
-    Ok(log_softmax(logits, 1))
+    Ok(log_softmax(logits.reshape([answer.len(), v]), 1))
 }
 
 /// The CTI statistics of `answer` after the contextual prompt `ctx` and the contextless prompt
@@ -89,8 +91,12 @@ pub fn token_stats<B: Backend>(
     if ctx.is_empty() || noctx.is_empty() {
         return Err(ContextError::usage("the prompt has no tokens"));
     }
-    let lc = answer_logprobs(model, ctx, answer)?;
-    let ln = answer_logprobs(model, noctx, answer)?;
+    // The two forwards are independent: one per core when there are two.
+    let (lc, ln) = rayon::join(
+        || answer_logprobs(model, ctx, answer),
+        || answer_logprobs(model, noctx, answer),
+    );
+    let (lc, ln) = (lc?, ln?);
     let t = answer.len();
     let device = lc.device();
     let y = Tensor::<B, 1, Int>::from_data(

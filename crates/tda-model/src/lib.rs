@@ -51,6 +51,6 @@ pub use config::{Arch, ModelConfig};
 pub use error::{ModelError, Result};
 pub use hf::{load_folder, save_folder, save_folder_with, HfModel};
 pub use model::{HostTensor, LinearInfo, Transformer, WeightSource, Weights};
-pub use taps::{frozen, tap, tap_with_gradients, LayerTap, Taps};
+pub use taps::{frozen, tap, tap_positions, tap_with_gradients, LayerTap, Taps};
 
 pub use tokenizers::Tokenizer;

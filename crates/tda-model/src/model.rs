@@ -215,6 +215,19 @@ impl<B: Backend> Transformer<B> {
     pub fn forward_with<R: Recorder<B>>(
         &self,
         ids: Tensor<B, 2, Int>,
+        cache: Option<&mut KvCache<B>>,
+        rec: &mut R,
+    ) -> Tensor<B, 3> {
+        let x = self.hidden_with(ids, cache, rec);
+        self.head_with(x, rec)
+    }
+
+    /// The last block's output `[b, t, d]` (before the final norm) for token ids `[b, t]`; with
+    /// [`Transformer::head_with`] it is [`Transformer::forward_with`]. Selecting positions of the
+    /// hidden state before the head gives their logits without the `[b, t, vocab]` product.
+    pub fn hidden_with<R: Recorder<B>>(
+        &self,
+        ids: Tensor<B, 2, Int>,
         mut cache: Option<&mut KvCache<B>>,
         rec: &mut R,
     ) -> Tensor<B, 3> {
@@ -245,6 +258,13 @@ impl<B: Backend> Transformer<B> {
         if let Some(k) = cache {
             k.len += t;
         }
+        x
+    }
+
+    /// Logits `[b, t, vocab]` of hidden states `[b, t, d]`: the final norm, then `lm_head` (or the
+    /// tied embeddings), recorded as `lm_head`.
+    pub fn head_with<R: Recorder<B>>(&self, x: Tensor<B, 3>, rec: &mut R) -> Tensor<B, 3> {
+        let [b, t, d] = x.dims();
         let h = self.norm_final.forward(x);
         match &self.lm_head {
             Some(head) => head.forward(h, rec),
@@ -253,7 +273,7 @@ impl<B: Backend> Transformer<B> {
                     .clone()
                     .reshape([b * t, d])
                     .matmul(self.embed.val().transpose())
-                    .reshape([b, t, c.vocab_size]);
+                    .reshape([b, t, self.config.vocab_size]);
                 rec.linear("lm_head", &h, logits)
             }
         }

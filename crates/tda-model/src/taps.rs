@@ -89,14 +89,61 @@ where
     B: AutodiffBackend,
     F: FnOnce(Tensor<B, 3>) -> Tensor<B, 1>,
 {
+    run_tap(model, filter, input_grad, |rec| {
+        measure(model.forward_with(ids, None, rec))
+    })
+}
+
+/// [`tap`] when the scalar needs the logits of a few positions only: `measure` gets the logits
+/// `[n, vocab]` of the flat positions `positions` (`r·t + i` for row r, position i) of `ids`
+/// `[b, t]`; the unembedding runs on those n rows, not on all b·t. So `lm_head`'s tap, if asked
+/// for, has one row per selected position (`[1, n, ·]`).
+pub fn tap_positions<B, F>(
+    model: &Transformer<B>,
+    ids: Tensor<B, 2, Int>,
+    positions: Tensor<B, 1, Int>,
+    filter: &dyn LayerFilter,
+    input_grad: bool,
+    measure: F,
+) -> Taps<B::InnerBackend>
+where
+    B: AutodiffBackend,
+    F: FnOnce(Tensor<B, 2>) -> Tensor<B, 1>,
+{
+    run_tap(model, filter, input_grad, |rec| {
+        let [b, t] = ids.dims();
+        let n = positions.dims()[0];
+        let x = model.hidden_with(ids, None, rec);
+        let d = x.dims()[2];
+        let rows = x
+            .reshape([b * t, d])
+            .select(0, positions)
+            .reshape([1, n, d]);
+        let v = model.config.vocab_size;
+        measure(model.head_with(rows, rec).reshape([n, v]))
+    })
+    .0
+}
+
+/// One forward through `scalar` (which runs the model with the recorder), its backward, and the
+/// taps it recorded.
+fn run_tap<B, F>(
+    model: &Transformer<B>,
+    filter: &dyn LayerFilter,
+    input_grad: bool,
+    scalar: F,
+) -> (Taps<B::InnerBackend>, B::Gradients)
+where
+    B: AutodiffBackend,
+    F: FnOnce(&mut TapRecorder<'_, B>) -> Tensor<B, 1>,
+{
     let mut rec = TapRecorder::<B> {
         filter,
         want_input_grad: input_grad,
         probes: Vec::new(),
         embeddings: None,
     };
-    let logits = model.forward_with(ids, None, &mut rec);
-    let scalar = measure(logits);
+    let scalar = scalar(&mut rec);
     let value = scalar
         .clone()
         .inner()

@@ -248,3 +248,49 @@ fn tied_lm_head_tap_is_the_output_projection_part() {
     let scale = full.iter().fold(0f32, |m, x| m.max(x.abs()));
     assert!(off(&projection) > 1e-3 * scale && off(&lookup) > 1e-3 * scale);
 }
+
+/// `tap_positions` (the unembedding on the selected positions only) gives the same input gradient
+/// and the same taps of the blocks as `tap` with the positions selected from the full logits, for
+/// every architecture.
+#[test]
+fn tap_positions_equals_selecting_from_all_logits() {
+    for arch in [Arch::Gpt2, Arch::Llama, Arch::Qwen2] {
+        let m = tda_model::frozen(&model(arch));
+        let batch = TokenBatch::new(&seqs(), 0).unwrap();
+        let device = Default::default();
+        let ids = batch.to_tensor::<AD>(&device);
+        let len = batch.seq_len;
+        // Row 0 position 6, row 1 position 3 (flat r·len + i), against targets 9 and 40.
+        let pos = [6, len + 3];
+        let int1 = |x: &[usize]| {
+            Tensor::<AD, 1, Int>::from_data(
+                TensorData::new(x.iter().map(|&v| v as i32).collect(), [x.len()]),
+                &device,
+            )
+        };
+        let measure = |rows: Tensor<AD, 2>| {
+            let lp = burn::tensor::activation::log_softmax(rows, 1);
+            lp.gather(1, int1(&[9, 40]).reshape([2, 1])).sum()
+        };
+        let blocks = |name: &str| name != "lm_head";
+        let want = tda_model::tap(&m, ids.clone(), &blocks, true, |logits: Tensor<AD, 3>| {
+            let v = logits.dims()[2];
+            measure(logits.reshape([2 * len, v]).select(0, int1(&pos)))
+        });
+        let got = tda_model::tap_positions(&m, ids, int1(&pos), &blocks, true, measure);
+        assert!((got.value - want.value).abs() <= 1e-5 * want.value.abs().max(1.0));
+        let flat = |t: Tensor<<AD as AutodiffBackend>::InnerBackend, 3>| {
+            let [b, t_, d] = t.dims();
+            vec2(t.reshape([b * t_, d]))
+        };
+        assert_close(
+            "input gradient",
+            &flat(got.input_grad.unwrap()),
+            &flat(want.input_grad.unwrap()),
+        );
+        assert_eq!(got.layers.len(), want.layers.len());
+        for (g, w) in got.layers.iter().zip(&want.layers) {
+            assert_close(&g.name, &flat(g.g.clone()), &flat(w.g.clone()));
+        }
+    }
+}
