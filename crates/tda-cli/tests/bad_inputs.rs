@@ -983,7 +983,11 @@ fn multi_stage_target_sets_and_filter_lists() {
         ])
         .into_iter()
         .chain(Q),
-        &["--completion-only", "--index"],
+        &[
+            "corpus.jsonl line",
+            "not a prompt/completion pair",
+            "--completion-only",
+        ],
         &[],
     );
     let long = write(

@@ -1060,6 +1060,83 @@ fn completion_only_pairs_take_the_loss_on_the_completion() {
     ]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(r.stderr.contains("1 documents"), "{}", r.stderr);
+    // Through the prefilter: an index of the pairs' completions; the retrieved pair is scored as
+    // a pair (the same score as without the index), a pair without an id is named `<file>:<row>`
+    // either way, and the pair whose completion shares no word with the query is not retrieved.
+    let more = dir.join("more.jsonl");
+    std::fs::write(
+        &more,
+        format!(
+            "{{\"id\": \"pair\", \"prompt\": \"{prompt}\", \"completion\": \"{completion}\"}}\n\
+             {{\"prompt\": \"Where is the city?\", \"completion\": \" The city lies by the river\"}}\n\
+             {{\"id\": \"far\", \"prompt\": \"The city\", \"completion\": \" Zorblat\"}}\n"
+        ),
+    )
+    .unwrap();
+    let idx = dir.join("pairs-index");
+    let r = run([
+        "index",
+        "--corpus",
+        p(&more),
+        "--text-column",
+        "completion",
+        "--index",
+        p(&idx),
+        "--quiet",
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let q = [
+        "--prompt",
+        "The city",
+        "--completion",
+        " by the river Kestrel Bay",
+        "--top-k",
+        "all",
+    ];
+    let mut v = vec![
+        "trace",
+        "--model",
+        p(&w.model),
+        "--factors",
+        p(&w.factors),
+        "--corpus",
+        p(&more),
+        "--completion-only",
+        "--index",
+        p(&idx),
+        "--json",
+    ];
+    v.extend_from_slice(&q);
+    let got = scores_by_doc(&json(&ok(v))).remove(0);
+    let mut ids: Vec<&str> = got.keys().map(String::as_str).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["more.jsonl:1", "pair"], "{got:?}");
+    let mut v = vec![
+        "trace",
+        "--model",
+        p(&w.model),
+        "--factors",
+        p(&w.factors),
+        "--corpus",
+        p(&more),
+        "--completion-only",
+        "--json",
+    ];
+    v.extend_from_slice(&q);
+    let all = scores_by_doc(&json(&ok(v))).remove(0);
+    // Both name the pair without an id as the index does.
+    assert!(
+        all.contains_key("far") && all.contains_key("more.jsonl:1"),
+        "{all:?}"
+    );
+    for id in ["pair", "more.jsonl:1"] {
+        assert!(
+            close(got[id], all[id], 1e-9),
+            "{id}: {} vs {}",
+            got[id],
+            all[id]
+        );
+    }
 }
 
 /// `tda select` with every method on a jsonl pool with a planted duplicate: the output lines are

@@ -357,6 +357,39 @@ impl ExplainWorld {
     }
 }
 
+impl TrainItem {
+    /// As it was trained: `(prompt, completion)` with the loss on the completion only — the whole
+    /// text as the completion of an empty prompt for a statement document, else split where the
+    /// answer starts (the whitespace before it goes with the answer, as the tokenizer sees it).
+    pub fn as_pair(&self) -> (&str, &str) {
+        match self.answer_at {
+            None => ("", &self.text),
+            Some(at) => {
+                let prompt = self.text[..at].trim_end();
+                (prompt, &self.text[prompt.len()..])
+            }
+        }
+    }
+}
+
+impl ExplainWorld {
+    /// The training items as prompt/completion pairs (`{"id", "prompt", "completion"}` per line,
+    /// see [`TrainItem::as_pair`]), written atomically: `tda trace --completion-only` scores them
+    /// with the loss the model was trained with.
+    pub fn write_pairs(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let mut s = String::new();
+        for t in &self.train {
+            let (prompt, completion) = t.as_pair();
+            s.push_str(
+                &serde_json::json!({"id": t.id, "prompt": prompt, "completion": completion})
+                    .to_string(),
+            );
+            s.push('\n');
+        }
+        tda_io::write_file(path, s.as_bytes())
+    }
+}
+
 /// The tokens of a `tda explain` JSON report (`tokens[]` with `start`, `end`, `route`,
 /// `documents[0].doc`, `span` into `memory_spans[].training[].doc_id`) as [`RoutedToken`]s.
 pub fn routed_tokens(report: &serde_json::Value) -> Vec<RoutedToken> {

@@ -35,7 +35,7 @@ use tda_context::{attribute, ChatTemplate, Document, Request};
 use tda_corpus::ReadOptions;
 use tda_curvature::Factors;
 use tda_model::Transformer;
-use tda_trace::{candidate_source, Prefilter, Query, TraceOptions};
+use tda_trace::{candidate_source, CandidateKind, Prefilter, Query, TraceOptions};
 use tokenizers::Tokenizer;
 
 pub use report::{Explanation, MemorySpan, TrainingDoc};
@@ -56,12 +56,14 @@ pub enum ExplainError {
 
 pub type Result<T> = std::result::Result<T, ExplainError>;
 
-/// The training side: factors fitted on the model, the corpus they trace into, an optional
-/// prefilter index of that corpus, and the trace settings (`per_layer` is always on).
+/// The training side: factors fitted on the model, the corpus they trace into (documents, or
+/// prompt/completion pairs scored with the loss on the completion, as they were trained), an
+/// optional prefilter index of that corpus, and the trace settings (`per_layer` is always on).
 pub struct Memory<'a> {
     pub factors: &'a Factors,
     pub corpus: &'a Path,
     pub read: &'a ReadOptions,
+    pub kind: CandidateKind,
     pub prefilter: Option<&'a Prefilter>,
     pub trace: TraceOptions,
 }
@@ -161,7 +163,8 @@ pub fn explain<AD: AutodiffBackend>(
     let mut traced = false;
     if let (Some(mem), false) = (&memory, memory_spans.is_empty()) {
         let queries: Vec<Query> = memory_spans.iter().map(|s| s.query.clone()).collect();
-        let (source, _) = candidate_source(mem.corpus, mem.read, mem.prefilter, &queries)?;
+        let (source, _) =
+            candidate_source(mem.corpus, mem.read, mem.kind, mem.prefilter, &queries)?;
         let mut topts = mem.trace.clone();
         topts.per_layer = true;
         topts.aggregate = None;

@@ -1,7 +1,9 @@
 //! `tda explain` on the planted world of `tests/fixtures/explain` (`tda_eval::explain_world`):
 //! facts only in the prompt's documents must be routed `context` and cited to their document;
 //! facts only in the training data must be routed `memory` and traced to a training document that
-//! states them. Small fixed-seed version of `cargo bench -p tda-benches --bench explain`.
+//! states them. The training data is traced as the prompt/completion pairs it was trained on (the
+//! loss on the answers), through an index of their completions. Small fixed-seed version of
+//! `cargo bench -p tda-benches --bench explain`.
 
 use std::path::PathBuf;
 
@@ -10,7 +12,7 @@ use tda_eval::explain_world::{fixture_world, routed_tokens};
 use tda_eval::{score_routes, template, RouteScore};
 use tda_explain::{explain, ExplainOptions, Memory};
 use tda_model::device::CpuAutodiff;
-use tda_trace::{DocSource, FitOptions, Prefilter, TraceOptions, WindowOptions};
+use tda_trace::{CandidateKind, DocSource, FitOptions, Prefilter, TraceOptions, WindowOptions};
 
 #[test]
 fn planted_world_routes_context_and_memory_facts() {
@@ -18,10 +20,17 @@ fn planted_world_routes_context_and_memory_facts() {
     let m = tda_model::load_folder::<CpuAutodiff>(&dir, &Default::default()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let corpus = tmp.path().join("train.jsonl");
-    fixture_world().write_corpus(&corpus).unwrap();
-    let read = ReadOptions::default();
+    fixture_world().write_pairs(&corpus).unwrap();
+    let read = ReadOptions {
+        text_column: "completion".into(),
+        ..ReadOptions::default()
+    };
     let index = tmp.path().join("index");
-    CorpusIndex::build(&corpus, &index, &IndexOptions::default(), Progress::Hidden).unwrap();
+    let index_opts = IndexOptions {
+        read: read.clone(),
+        ..IndexOptions::default()
+    };
+    CorpusIndex::build(&corpus, &index, &index_opts, Progress::Hidden).unwrap();
     let fit = FitOptions {
         windows: WindowOptions {
             max_windows: Some(200),
@@ -34,7 +43,7 @@ fn planted_world_routes_context_and_memory_facts() {
     let (factors, _) = tda_trace::fit(
         &m.model,
         &m.tokenizer,
-        &DocSource::corpus_with(&corpus, read.clone()),
+        &DocSource::pairs(&corpus).unwrap(),
         &fit,
         &fp,
         &mut |_| {},
@@ -51,6 +60,7 @@ fn planted_world_routes_context_and_memory_facts() {
             factors: &factors,
             corpus: &corpus,
             read: &read,
+            kind: CandidateKind::Pairs,
             prefilter: Some(&prefilter),
             trace: TraceOptions::default(),
         };
@@ -101,7 +111,10 @@ fn planted_world_routes_context_and_memory_facts() {
     assert!(total.mrr() >= FLOOR_MRR, "{total:?}");
 }
 
-/// Floors for 8 cases (prefilter of 40). Measured: context P 0.78 R 0.88 (cited right 0.50),
-/// memory P 1.00 R 0.75, MRR 0.39; the 24-case figures are in benches/results/explain.md.
-const FLOOR_ROUTING: f64 = 0.6;
-const FLOOR_MRR: f64 = 0.15;
+/// Floors for 8 cases (prefilter of 40 over the pairs' completions, the pairs scored with the
+/// loss on the answers). Measured: context P 1.00 R 1.00 (cited right 1.00), memory P 1.00
+/// R 1.00, MRR 0.67 (traced as documents with the loss on every token, the earlier fixture:
+/// 0.39); the 24-case figures are in benches/results/explain.md. The floors leave room for one
+/// misrouted fact of 16 and for f32 kernels that differ across machines.
+const FLOOR_ROUTING: f64 = 0.85;
+const FLOOR_MRR: f64 = 0.5;

@@ -42,14 +42,36 @@ impl DocSource {
     pub fn docs(docs: Vec<Document>) -> Self {
         Self::Docs(Arc::new(docs))
     }
-    /// The prompt/completion pairs of the jsonl file `path` (errors name the file and line).
+    /// The prompt/completion pairs of the jsonl file `path` (errors name the file and line). A
+    /// pair without an `id` is named as the corpus readers name a record: `<file name>:<row>`
+    /// (0-based line), so it has the same id here and in an index of the file.
     pub fn pairs(path: impl Into<PathBuf>) -> Result<Self> {
         let path = path.into();
-        let pairs = crate::query::read_rows(&path, "prompt/completion pairs")?;
+        let file = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let pairs = crate::query::read_numbered_rows(&path, "prompt/completion pairs")?
+            .into_iter()
+            .map(|(row, mut q): (u64, crate::query::Query)| {
+                if q.id.is_empty() {
+                    q.id = format!("{file}:{row}");
+                }
+                q
+            })
+            .collect();
         Ok(Self::Pairs {
             path,
             pairs: Arc::new(pairs),
         })
+    }
+
+    /// Pairs already read (e.g. the prefilter's), `path` the file they come from.
+    pub fn pairs_from(path: impl Into<PathBuf>, pairs: Vec<crate::query::Query>) -> Self {
+        Self::Pairs {
+            path: path.into(),
+            pairs: Arc::new(pairs),
+        }
     }
 
     /// Bytes of the source (for progress), if known.

@@ -68,7 +68,7 @@ pub use measure::Measurement;
 pub use modules::ModuleSelection;
 pub use output::Granularity;
 pub use output::{write_parquet, ResultRow, TraceOutput, TraceReport};
-pub use prefilter::{candidate_source, prefilter, Prefilter};
+pub use prefilter::{candidate_source, prefilter, prefilter_pairs, CandidateKind, Prefilter};
 pub use query::{read_queries, read_rows, Aggregate, Query, RelabelRow};
 pub use relabel::relabel;
 pub use self_influence::self_influence;

@@ -60,12 +60,64 @@ pub fn prefilter(
     read: &ReadOptions,
     queries: &[Query],
 ) -> Result<(DocSource, PrefilterReport)> {
+    let (index, hits, report) = retrieve(p, corpus, Some(read), queries)?;
+    Ok((DocSource::docs(index.fetch(&hits)?), report))
+}
+
+/// [`prefilter`] for a jsonl file of prompt/completion pairs (supervised fine-tuning data,
+/// `{"prompt", "completion", "id"?}` per line), indexed as documents whose text is one of the
+/// pair's fields (`tda index --text-column completion`: what the model was trained to say). Each
+/// hit's line is re-read as a pair and scored as [`DocSource::pairs`] scores it, the loss on the
+/// completion only; a pair without an `id` takes the index's (`<file>:<row>`). The index's own
+/// read options say which field it holds, so none are given here.
+pub fn prefilter_pairs(
+    p: &Prefilter,
+    pairs: &Path,
+    queries: &[Query],
+) -> Result<(DocSource, PrefilterReport)> {
+    if pairs.extension().is_none_or(|e| e != "jsonl") {
+        return Err(TraceError::Usage(format!(
+            "{}: prompt/completion pairs are read from a .jsonl file",
+            pairs.display()
+        )));
+    }
+    let (index, hits, report) = retrieve(p, pairs, None, queries)?;
+    let read = &index.info().read;
+    let mut selected = Vec::with_capacity(hits.len());
+    for h in &hits {
+        let bytes = tda_corpus::read_record_bytes(&h.source, read)?;
+        let line = h.source.row + 1;
+        let mut pair: Query = serde_json::from_slice(&bytes).map_err(|e| {
+            TraceError::Usage(format!(
+                "{} line {line}: not a prompt/completion pair ({e}); --completion-only reads \
+                 {{\"prompt\", \"completion\"}} objects",
+                pairs.display()
+            ))
+        })?;
+        if pair.id.is_empty() {
+            pair.id = h.doc_id.clone();
+        }
+        selected.push(pair);
+    }
+    Ok((DocSource::pairs_from(pairs, selected), report))
+}
+
+/// The index's hits for `queries`, deduplicated across queries in retrieval order; `read`, when
+/// given, must be the options the index was built with.
+fn retrieve(
+    p: &Prefilter,
+    corpus: &Path,
+    read: Option<&ReadOptions>,
+    queries: &[Query],
+) -> Result<(CorpusIndex, Vec<tda_corpus::Hit>, PrefilterReport)> {
     if p.candidates == 0 {
         return Err(TraceError::Usage("--candidates must be at least 1".into()));
     }
     let index = CorpusIndex::open(&p.index)?;
     index.check_corpus(corpus)?;
-    check_read_options(&p.index, &index.info().read, read)?;
+    if let Some(read) = read {
+        check_read_options(&p.index, &index.info().read, read)?;
+    }
     let mut seen = HashSet::new();
     let mut hits = Vec::new();
     let mut report = PrefilterReport::default();
@@ -87,7 +139,7 @@ pub fn prefilter(
             queries.len()
         )));
     }
-    Ok((DocSource::docs(index.fetch(&hits)?), report))
+    Ok((index, hits, report))
 }
 
 /// The corpus options given to the trace must be those the index was built with.
@@ -125,19 +177,35 @@ fn check_read_options(dir: &Path, built: &ReadOptions, given: &ReadOptions) -> R
     Ok(())
 }
 
-/// The candidates of a trace: every document of `corpus`, or the prefilter's documents when
-/// `prefilter` is given (then the report says what it retrieved).
+/// How the candidate file is read: documents (the loss on every token of a window), or
+/// prompt/completion pairs (the loss on the completion only, as a completion-only fine-tune).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CandidateKind {
+    #[default]
+    Documents,
+    Pairs,
+}
+
+/// The candidates of a trace: every document (or pair) of `corpus`, or the prefilter's when
+/// `prefilter` is given (then the report says what it retrieved). `read` applies to documents.
 pub fn candidate_source(
     corpus: &Path,
     read: &ReadOptions,
+    kind: CandidateKind,
     prefilter: Option<&Prefilter>,
     queries: &[Query],
 ) -> Result<(DocSource, Option<PrefilterReport>)> {
-    match prefilter {
-        None => Ok((DocSource::corpus_with(corpus, read.clone()), None)),
-        Some(p) => {
-            let (source, report) = self::prefilter(p, corpus, read, queries)?;
-            Ok((source, Some(report)))
+    let (source, report) = match (kind, prefilter) {
+        (CandidateKind::Documents, None) => (DocSource::corpus_with(corpus, read.clone()), None),
+        (CandidateKind::Pairs, None) => (DocSource::pairs(corpus)?, None),
+        (CandidateKind::Documents, Some(p)) => {
+            let (s, r) = self::prefilter(p, corpus, read, queries)?;
+            (s, Some(r))
         }
-    }
+        (CandidateKind::Pairs, Some(p)) => {
+            let (s, r) = prefilter_pairs(p, corpus, queries)?;
+            (s, Some(r))
+        }
+    };
+    Ok((source, report))
 }

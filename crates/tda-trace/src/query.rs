@@ -41,6 +41,17 @@ pub fn read_rows<T: serde::de::DeserializeOwned>(
     path: &std::path::Path,
     what: &str,
 ) -> Result<Vec<T>> {
+    Ok(read_numbered_rows(path, what)?
+        .into_iter()
+        .map(|(_, row)| row)
+        .collect())
+}
+
+/// [`read_rows`] with each row's 0-based line number.
+pub fn read_numbered_rows<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    what: &str,
+) -> Result<Vec<(u64, T)>> {
     let text = read_utf8(path)?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -49,7 +60,7 @@ pub fn read_rows<T: serde::de::DeserializeOwned>(
         }
         let row = serde_json::from_str(line)
             .map_err(|e| TraceError::Usage(format!("{} line {}: {e}", path.display(), i + 1)))?;
-        rows.push(row);
+        rows.push((i as u64, row));
     }
     if rows.is_empty() {
         return Err(TraceError::Usage(format!(

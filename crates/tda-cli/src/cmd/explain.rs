@@ -14,7 +14,7 @@ use tda_trace::{model_fingerprint, Prefilter, TraceOptions};
 
 use super::cite::ContextArgs;
 use super::trace::{parse_damping, parse_top_k, TopKArg};
-use super::{CorpusArgs, WindowArgs};
+use super::{CorpusArgs, PairArgs, WindowArgs};
 use crate::with_backend;
 
 #[derive(Args)]
@@ -23,6 +23,8 @@ use crate::with_backend;
       --factors F --corpus train.jsonl --index IDX --html explain.html
   tda explain --model M --question Q --answer \"Zek Bo was born in Tarn.\" --factors F --corpus train.jsonl --json
   tda explain --model M --docs docs.jsonl --question Q --method loo          # context and layers only, no trace
+  tda explain --model M --docs docs.jsonl --question Q --factors F --corpus sft.jsonl --completion-only --index IDX
+                                          # fine-tuning pairs, traced with the loss on their completions
 
 Each answer token gets one route:
   context   context-sensitive (KL(P_noctx || P_ctx) above the CTI threshold, see `tda cite --help`)
@@ -65,6 +67,10 @@ pub struct ExplainArgs {
     /// Damping λ: `heuristic` (0.1 × mean eigenvalue per layer) or a number.
     #[arg(long, default_value = "heuristic", value_parser = parse_damping, requires = "factors")]
     pub damping: Damping,
+    /// Scores of the training documents: none, train-grad-norm (÷ ‖∇L(z)‖²), relatif (÷
+    /// sqrt(self-influence)) or cosine (see `tda trace --help`).
+    #[arg(long, default_value = "none", value_parser = super::parse::parse_norm, requires = "factors")]
+    pub normalization: tda_curvature::Normalization,
     /// Memory route: p(token | prompt without documents) at least this.
     #[arg(long, default_value_t = 0.5)]
     pub memory_min_prob: f32,
@@ -83,6 +89,8 @@ pub struct ExplainArgs {
     pub ctx: ContextArgs,
     #[command(flatten)]
     pub read: CorpusArgs,
+    #[command(flatten)]
+    pub pairs: PairArgs,
     #[command(flatten)]
     pub windows: WindowArgs,
 }
@@ -125,11 +133,16 @@ pub fn run(a: &ExplainArgs) -> anyhow::Result<()> {
                 .as_deref()
                 .expect("clap requires --corpus with --factors"),
             read: &read,
+            kind: a.pairs.kind(),
             prefilter: prefilter.as_ref(),
             trace: TraceOptions {
                 damping: a.damping,
                 top_k: a.top_k.0,
                 windows: a.windows.options(),
+                normalize: tda_curvature::NormalizeOptions {
+                    method: a.normalization,
+                    per_token_count: false,
+                },
                 ..TraceOptions::default()
             },
         });

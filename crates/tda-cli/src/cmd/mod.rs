@@ -67,13 +67,24 @@ impl CorpusArgs {
 #[derive(clap::Args, Clone, Debug)]
 #[command(next_help_heading = "Corpus")]
 pub struct PairArgs {
-    /// The corpus is a jsonl of {"prompt", "completion"} pairs: one window per pair (BOS + prompt
-    /// + completion), the loss on the completion tokens only (as a completion-only fine-tune).
+    /// The corpus is a jsonl of {"prompt", "completion"} pairs: one window per pair (BOS, prompt,
+    /// completion), the loss on the completion tokens only (as a completion-only fine-tune). With
+    /// `--index I` (built by `tda index --corpus FILE --text-column completion`), the prefilter's
+    /// hits are re-read and scored as pairs.
     #[arg(long, conflicts_with_all = ["text_column", "id_column", "text_mode", "max_doc_mib", "strict"])]
     pub completion_only: bool,
 }
 
 impl PairArgs {
+    /// Documents or pairs.
+    pub fn kind(&self) -> tda_trace::CandidateKind {
+        if self.completion_only {
+            tda_trace::CandidateKind::Pairs
+        } else {
+            tda_trace::CandidateKind::Documents
+        }
+    }
+
     /// The candidate source of `corpus`: its documents read with `read`, or its pairs.
     pub fn source(
         &self,

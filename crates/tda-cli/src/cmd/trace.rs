@@ -58,6 +58,7 @@ Multi-stage (pretraining → fine-tuning): --model is the fine-tuned model θ_ft
 Examples:
   tda trace --model runs/demo/model --factors runs/demo/factors --corpus runs/demo/corpus.jsonl --prompt \"Mira Tolven was born in\" --completion \" Kestrel Bay\"
   tda trace --model M --factors F --corpus C.jsonl --queries q.jsonl --top-k 20 --per-token --per-layer --json
+  tda trace --model M --factors F --corpus sft.jsonl --completion-only --index I --prompt P --completion X   # fine-tuning pairs (loss on completions), prefiltered by `tda index --corpus sft.jsonl --text-column completion --index I`
   tda trace --model M --factors F --corpus C.jsonl --index indexes/C --candidates 10000 --queries q.jsonl --out scores.parquet
   tda trace --model M --factors F --corpus C.jsonl --queries targets.txt --aggregate mean --top-k 50
   tda trace --model FT --factors FT_F --pretrain-model PT --pretrain-factors PT_F --corpus pretrain.jsonl --queries qa.jsonl
@@ -407,24 +408,13 @@ fn candidates(
     queries: &[Query],
 ) -> anyhow::Result<(tda_trace::DocSource, indicatif::ProgressBar)> {
     let corpus = a.corpus.clone().context("--corpus is required")?;
-    if a.pairs.completion_only {
-        if a.index.is_some() {
-            anyhow::bail!("--completion-only scores every pair: the prefilter --index indexes documents (drop one)");
-        }
-        let source = a.pairs.source(&corpus, &a.read)?;
-        let pb = bar(
-            source.total_bytes().unwrap_or(0),
-            "scoring [{bar:30}] {bytes}/{total_bytes} {elapsed} {msg}",
-        );
-        return Ok((source, pb));
-    }
     let prefilter = a
         .index
         .as_ref()
         .map(|dir| tda_trace::Prefilter::bm25(dir, a.candidates));
     let read = a.read.read_options();
     let (source, retrieved) =
-        tda_trace::candidate_source(&corpus, &read, prefilter.as_ref(), queries)?;
+        tda_trace::candidate_source(&corpus, &read, a.pairs.kind(), prefilter.as_ref(), queries)?;
     if let (Some(p), Some(r)) = (&prefilter, &retrieved) {
         eprintln!(
             "prefilter: {} candidate documents from {}",
