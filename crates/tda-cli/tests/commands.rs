@@ -1093,37 +1093,27 @@ fn completion_only_pairs_take_the_loss_on_the_completion() {
         "--top-k",
         "all",
     ];
-    let mut v = vec![
-        "trace",
-        "--model",
-        p(&w.model),
-        "--factors",
-        p(&w.factors),
-        "--corpus",
-        p(&more),
-        "--completion-only",
-        "--index",
-        p(&idx),
-        "--json",
-    ];
-    v.extend_from_slice(&q);
-    let got = scores_by_doc(&json(&ok(v))).remove(0);
+    let trace_pairs = |extra: &[&str]| {
+        let mut v = vec![
+            "trace",
+            "--model",
+            p(&w.model),
+            "--factors",
+            p(&w.factors),
+            "--corpus",
+            p(&more),
+            "--completion-only",
+            "--json",
+        ];
+        v.extend_from_slice(&q);
+        v.extend_from_slice(extra);
+        scores_by_doc(&json(&ok(v))).remove(0)
+    };
+    let got = trace_pairs(&["--index", p(&idx)]);
     let mut ids: Vec<&str> = got.keys().map(String::as_str).collect();
     ids.sort_unstable();
     assert_eq!(ids, ["more.jsonl:1", "pair"], "{got:?}");
-    let mut v = vec![
-        "trace",
-        "--model",
-        p(&w.model),
-        "--factors",
-        p(&w.factors),
-        "--corpus",
-        p(&more),
-        "--completion-only",
-        "--json",
-    ];
-    v.extend_from_slice(&q);
-    let all = scores_by_doc(&json(&ok(v))).remove(0);
+    let all = trace_pairs(&[]);
     // Both name the pair without an id as the index does.
     assert!(
         all.contains_key("far") && all.contains_key("more.jsonl:1"),
