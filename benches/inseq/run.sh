@@ -12,7 +12,6 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import inseq" 2>/dev/
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "inseq==0.7.1"
 fi
-cargo build --release -q -p tda-cli
-cargo build --release -q -p tda-eval --example rag_jsonl
+cargo build --release -q --workspace --bin tda --example rag_jsonl  # --workspace: the feature set of the tests, target/ reused
 target/release/examples/rag_jsonl "$n" 20241112 > target/inseq-rag.jsonl
 python3 benches/inseq/compare.py target/release/tda "$venv/bin/python" tests/fixtures/rag target/inseq-rag.jsonl
