@@ -66,6 +66,18 @@ impl DocSource {
         })
     }
 
+    /// The whole file `path` as documents (read with `read`) or as prompt/completion pairs.
+    pub fn of_kind(
+        path: impl Into<PathBuf>,
+        read: &ReadOptions,
+        kind: crate::prefilter::CandidateKind,
+    ) -> Result<Self> {
+        match kind {
+            crate::prefilter::CandidateKind::Documents => Ok(Self::corpus_with(path, read.clone())),
+            crate::prefilter::CandidateKind::Pairs => Self::pairs(path),
+        }
+    }
+
     /// Pairs already read (e.g. the prefilter's), `path` the file they come from.
     pub fn pairs_from(path: impl Into<PathBuf>, pairs: Vec<crate::query::Query>) -> Self {
         Self::Pairs {

@@ -196,8 +196,7 @@ pub fn candidate_source(
     queries: &[Query],
 ) -> Result<(DocSource, Option<PrefilterReport>)> {
     let (source, report) = match (kind, prefilter) {
-        (CandidateKind::Documents, None) => (DocSource::corpus_with(corpus, read.clone()), None),
-        (CandidateKind::Pairs, None) => (DocSource::pairs(corpus)?, None),
+        (kind, None) => (DocSource::of_kind(corpus, read, kind)?, None),
         (CandidateKind::Documents, Some(p)) => {
             let (s, r) = self::prefilter(p, corpus, read, queries)?;
             (s, Some(r))

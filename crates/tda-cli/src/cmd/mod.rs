@@ -91,11 +91,11 @@ impl PairArgs {
         corpus: &std::path::Path,
         read: &CorpusArgs,
     ) -> anyhow::Result<tda_trace::DocSource> {
-        Ok(if self.completion_only {
-            tda_trace::DocSource::pairs(corpus)?
-        } else {
-            tda_trace::DocSource::corpus_with(corpus, read.read_options())
-        })
+        Ok(tda_trace::DocSource::of_kind(
+            corpus,
+            &read.read_options(),
+            self.kind(),
+        )?)
     }
 }
 
