@@ -12,6 +12,15 @@ use crate::budget::MemoryBudget;
 use crate::error::{Result, TraceError};
 use crate::shard::Shard;
 
+/// How the candidate file is read: documents (the loss on every token of a window), or
+/// prompt/completion pairs (the loss on the completion only, as a completion-only fine-tune).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CandidateKind {
+    #[default]
+    Documents,
+    Pairs,
+}
+
 /// Where the documents come from.
 #[derive(Clone, Debug)]
 pub enum DocSource {
@@ -70,11 +79,11 @@ impl DocSource {
     pub fn of_kind(
         path: impl Into<PathBuf>,
         read: &ReadOptions,
-        kind: crate::prefilter::CandidateKind,
+        kind: CandidateKind,
     ) -> Result<Self> {
         match kind {
-            crate::prefilter::CandidateKind::Documents => Ok(Self::corpus_with(path, read.clone())),
-            crate::prefilter::CandidateKind::Pairs => Self::pairs(path),
+            CandidateKind::Documents => Ok(Self::corpus_with(path, read.clone())),
+            CandidateKind::Pairs => Self::pairs(path),
         }
     }
 

@@ -60,7 +60,7 @@ pub mod stages;
 pub mod trace;
 
 pub use budget::{MemoryBudget, TapPlan};
-pub use candidates::{Candidate, DocSource, PassStats, WindowOptions};
+pub use candidates::{Candidate, CandidateKind, DocSource, PassStats, WindowOptions};
 pub use error::{Result, TraceError};
 pub use fingerprint::model_fingerprint;
 pub use fit::{fit, Fisher, FitOptions, FitProgress, FitReport};
@@ -68,7 +68,7 @@ pub use measure::Measurement;
 pub use modules::ModuleSelection;
 pub use output::Granularity;
 pub use output::{write_parquet, ResultRow, TraceOutput, TraceReport};
-pub use prefilter::{candidate_source, prefilter, prefilter_pairs, CandidateKind, Prefilter};
+pub use prefilter::{candidate_source, prefilter, prefilter_pairs, Prefilter};
 pub use query::{read_queries, read_rows, Aggregate, Query, RelabelRow};
 pub use relabel::relabel;
 pub use self_influence::self_influence;

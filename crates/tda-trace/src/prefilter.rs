@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use tda_corpus::{CorpusIndex, Ranking, ReadOptions};
 
-use crate::candidates::DocSource;
+use crate::candidates::{CandidateKind, DocSource};
 use crate::error::{Result, TraceError};
 use crate::query::Query;
 
@@ -175,15 +175,6 @@ fn check_read_options(dir: &Path, built: &ReadOptions, given: &ReadOptions) -> R
         ));
     }
     Ok(())
-}
-
-/// How the candidate file is read: documents (the loss on every token of a window), or
-/// prompt/completion pairs (the loss on the completion only, as a completion-only fine-tune).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CandidateKind {
-    #[default]
-    Documents,
-    Pairs,
 }
 
 /// The candidates of a trace: every document (or pair) of `corpus`, or the prefilter's when
