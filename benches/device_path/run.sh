@@ -13,8 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 work="${1:-/tmp/tda-device-path}"
 device="${DEVICE:-cpu}"
-cargo build --release -q -p tda-cli
-cargo build --release -q -p tda-eval --example vocab_model
+cargo build --release -q --workspace --bin tda  # --workspace: the feature set of the tests, target/ reused
+cargo build --release -q --workspace --example vocab_model
 tda=target/release/tda
 rm -rf "$work" && mkdir -p "$work"
 # Qwen2-shaped, hidden 256, 4 blocks (MLP 1389), vocabulary 2,048; 240 documents of ~190 tokens.

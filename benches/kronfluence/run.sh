@@ -14,7 +14,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import kronfluence, t
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "kronfluence==1.0.1" transformers
 fi
-cargo build --release -q -p tda-cli
+cargo build --release -q --workspace --bin tda  # --workspace: the feature set of the tests, target/ reused
 rm -rf "$work" && mkdir -p "$work"
 "$venv/bin/python" benches/kronfluence/make_task.py "$work" 2>/dev/null
 tda=target/release/tda

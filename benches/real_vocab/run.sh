@@ -13,8 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 work="${1:-/tmp/tda-real-vocab}"
 command -v /usr/bin/time >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
-cargo build --release -q -p tda-cli
-cargo build --release -q -p tda-eval --example vocab_model
+cargo build --release -q --workspace --bin tda  # --workspace: the feature set of the tests, target/ reused
+cargo build --release -q --workspace --example vocab_model
 gen=target/release/examples/vocab_model
 tda=target/release/tda
 rm -rf "$work" && mkdir -p "$work"

@@ -1,7 +1,6 @@
 //! Right-padded token batches and per-token log-probabilities.
 
 use burn::prelude::*;
-use burn::tensor::activation;
 
 use crate::error::{ModelError, Result};
 
@@ -108,7 +107,7 @@ impl TokenBatch {
 /// log p(ids[:, t+1] | ids[:, ≤ t]) for every position: `[b, t, V]` logits → `[b, t − 1]`.
 pub fn token_logprobs<B: Backend>(logits: Tensor<B, 3>, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
     let [b, t, _] = logits.dims();
-    let lp = activation::log_softmax(logits.narrow(1, 0, t - 1), 2);
+    let lp = crate::nn::log_softmax_last(logits.narrow(1, 0, t - 1));
     let targets = ids.narrow(1, 1, t - 1).reshape([b, t - 1, 1]);
     lp.gather(2, targets).reshape([b, t - 1])
 }

@@ -1,7 +1,6 @@
 //! Inference: per-token log-probs of a text and generation with a KV cache.
 
 use burn::prelude::*;
-use burn::tensor::activation;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use tokenizers::Tokenizer;
 
@@ -214,5 +213,5 @@ pub fn generate<B: Backend>(
 
 /// Log-softmax of a logits row, for callers that need the whole next-token distribution.
 pub fn log_softmax_last<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 3> {
-    activation::log_softmax(logits, 2)
+    crate::nn::log_softmax_last(logits)
 }

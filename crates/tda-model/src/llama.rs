@@ -251,14 +251,20 @@ impl<B: Backend> Block<B> {
         let [b, t, _] = x.dims();
         let heads = |y: Tensor<B, 3>, h: usize| y.reshape([b, t, h, c.head_dim]).swap_dims(1, 2);
         let h = self.norm_attn.forward(x.clone());
-        let q = heads(self.q_proj.forward(h.clone(), rec), c.n_heads);
-        let k = heads(self.k_proj.forward(h.clone(), rec), c.n_kv_heads);
-        let v = heads(self.v_proj.forward(h, rec), c.n_kv_heads);
-        let (cos, sin) = step
+        let rope = step
             .rope
             .as_ref()
             .expect("rope tables for the Llama layout");
-        let (q, k) = (nn::apply_rope(q, cos, sin), nn::apply_rope(k, cos, sin));
+        // RoPE before the heads are split off: contiguous rows (see `nn::Rope`).
+        let q = heads(
+            rope.apply(self.q_proj.forward(h.clone(), rec), false),
+            c.n_heads,
+        );
+        let k = heads(
+            rope.apply(self.k_proj.forward(h.clone(), rec), true),
+            c.n_kv_heads,
+        );
+        let v = heads(self.v_proj.forward(h, rec), c.n_kv_heads);
         let (k, v) = match cache {
             Some(slot) => KvCache::append(slot, k, v),
             None => (k, v),

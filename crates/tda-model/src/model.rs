@@ -248,8 +248,16 @@ impl<B: Backend> Transformer<B> {
         }
         let step = Step {
             offset,
-            rope: (c.arch.layout() == Layout::Llama)
-                .then(|| nn::rope_tables::<B>(c.rope_theta, c.head_dim, offset, t, &device)),
+            rope: (c.arch.layout() == Layout::Llama).then(|| {
+                nn::Rope::new(
+                    c.rope_theta,
+                    c.head_dim,
+                    (c.n_heads, c.n_kv_heads),
+                    offset,
+                    t,
+                    &device,
+                )
+            }),
         };
         for (i, block) in self.blocks.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|k| &mut k.layers[i]);

@@ -11,7 +11,6 @@
 use std::time::Instant;
 
 use burn::prelude::*;
-use burn::tensor::activation;
 use burn::tensor::backend::AutodiffBackend;
 use tda_curvature::{LayerBatch, LayerSpec};
 use tda_model::{tap, token_logprobs, TokenBatch, Transformer};
@@ -203,7 +202,7 @@ pub fn device_taps<AD: AutodiffBackend>(
                 let lab =
                     crate::sample::sample_on_device(logits.clone().narrow(1, 0, t - 1).inner(), u);
                 let lab = Tensor::<AD, 2, Int>::from_inner(lab).reshape([bsz, t - 1, 1]);
-                let lp = activation::log_softmax(logits.narrow(1, 0, t - 1), 2)
+                let lp = tda_model::nn::log_softmax_last(logits.narrow(1, 0, t - 1))
                     .gather(2, lab)
                     .reshape([bsz, t - 1]);
                 (lp * tmask).sum().neg()

@@ -2,7 +2,6 @@
 //! heads, and the key/value cache used by generation.
 
 use burn::prelude::*;
-use burn::tensor::activation;
 
 /// Keys and values of past positions, per block: `[b, h_kv, t_past, head_dim]`.
 /// Invariant: every filled slot holds `len` positions.
@@ -97,7 +96,7 @@ pub fn causal_attention<B: Backend>(
     } else {
         scores
     };
-    let probs = activation::softmax(scores, 3);
+    let probs = super::softmax_last(scores);
     probs.matmul(v).swap_dims(1, 2).reshape([b, tq, h * hd])
 }
 

@@ -9,20 +9,22 @@ mod attention;
 mod linear;
 mod norm;
 mod rope;
+mod softmax;
 
 pub use attention::{causal_attention, causal_mask, KvCache};
 pub use linear::{NoRecord, Recorder, TapLinear};
 pub use norm::Norm;
-pub use rope::{apply_rope, rope_tables};
+pub use rope::Rope;
+pub use softmax::{log_softmax_last, softmax_last};
 
 use burn::prelude::*;
 use burn::tensor::activation;
 
 /// What every block of one forward pass shares: the absolute position of the first token and,
-/// for RoPE layouts, the `cos`/`sin` tables `[1, 1, t, head_dim]` of these positions.
+/// for RoPE layouts, the rotary tables of these positions.
 pub struct Step<B: Backend> {
     pub offset: usize,
-    pub rope: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    pub rope: Option<Rope<B>>,
 }
 
 /// GELU, tanh approximation (HF `gelu_new`): 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
