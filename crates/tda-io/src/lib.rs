@@ -153,7 +153,10 @@ pub fn check_writable(path: &Path, what: Output) -> std::io::Result<()> {
             "is a file, so nothing can be written below it",
         ));
     }
-    let probe = sibling(&dir.join("write-probe"), "tmp");
+    // A probe left by a killed run is removed first (the kill test found one).
+    let probe_name = dir.join("write-probe");
+    remove_stale(&probe_name);
+    let probe = sibling(&probe_name, "tmp");
     File::create(&probe).map_err(|e| io_error(dir, e))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
@@ -371,6 +374,17 @@ fn sort_keys(value: serde_json::Value) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_probe_left_by_a_killed_run_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        // pid 4294967 is above Linux's pid_max: no such process.
+        let left = tmp.path().join(".write-probe.tmp-4294967-0-1");
+        std::fs::write(&left, b"").unwrap();
+        check_writable(&tmp.path().join("out.json"), Output::File).unwrap();
+        let rest: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
+        assert!(rest.is_empty(), "{rest:?}");
+    }
 
     #[test]
     fn stale_temporaries_of_dead_writers_are_cleaned() {

@@ -15,10 +15,9 @@ pub use attention::{causal_attention, causal_mask, KvCache};
 pub use linear::{NoRecord, Recorder, TapLinear};
 pub use norm::Norm;
 pub use rope::Rope;
-pub use softmax::{log_softmax_last, softmax_last};
+pub use softmax::{log_softmax_last, silu, softmax_last};
 
 use burn::prelude::*;
-use burn::tensor::activation;
 
 /// What every block of one forward pass shares: the absolute position of the first token and,
 /// for RoPE layouts, the rotary tables of these positions.
@@ -36,5 +35,5 @@ pub fn gelu_tanh<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
 
 /// SwiGLU: silu(gate) ⊙ up, both `[b, t, intermediate]`.
 pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
-    activation::silu(gate) * up
+    silu(gate) * up
 }
