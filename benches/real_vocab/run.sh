@@ -3,7 +3,7 @@
 # 151,936-entry vocabulary (random init, tied embeddings), peak RSS per command (GNU time), and
 # the peak RSS of `trace` on a 10× larger corpus with the same --top-k.
 #
-#   bash benches/real_vocab/run.sh [WORK_DIR]        # ≈ 15 min on 2 cores
+#   bash benches/real_vocab/run.sh [WORK_DIR]        # ≈ 35 min on 2 cores
 #
 # Default flags means: blocks tracked (no lm_head), windows of min(max_positions, 2048) tokens,
 # batches of 8 windows, the default memory budget (a quarter of this machine's memory). The
@@ -39,6 +39,13 @@ run trace_1x "$tda" trace --model "$work/x1/model" --factors "$work/x1/factors" 
 # The same model and factors: only the corpus is 10× larger.
 run trace_10x "$tda" trace --model "$work/x1/model" --factors "$work/x1/factors" \
   --corpus "$work/x10/corpus.jsonl" --queries "$work/x1/queries.jsonl" --top-k 10 --json
+# The same two corpora cut into windows of one length (--max-len 128 < every document), so both
+# runs have the same batch shapes: the 10× corpus's longest document is 210 tokens against 165,
+# and the default-window runs above peak with their longest batch, not with the corpus size.
+run trace_1x_w128 "$tda" trace --model "$work/x1/model" --factors "$work/x1/factors" \
+  --corpus "$work/x1/corpus.jsonl" --queries "$work/x1/queries.jsonl" --top-k 10 --max-len 128 --json
+run trace_10x_w128 "$tda" trace --model "$work/x1/model" --factors "$work/x1/factors" \
+  --corpus "$work/x10/corpus.jsonl" --queries "$work/x1/queries.jsonl" --top-k 10 --max-len 128 --json
 python3 - "$work" <<'PY'
 import json, re, sys
 w = sys.argv[1]
@@ -56,5 +63,8 @@ print(json.dumps({
               "model_passes": r.get("model_passes"), "total_s": round(r["total_s"], 1)},
     "trace_10x_over_1x_rss": round(rss("trace_10x") / rss("trace_1x"), 3),
     "trace_1x_rss_gib": round(rss("trace_1x"), 2), "trace_10x_rss_gib": round(rss("trace_10x"), 2),
+    "trace_10x_over_1x_rss_same_windows": round(rss("trace_10x_w128") / rss("trace_1x_w128"), 3),
+    "trace_1x_w128_rss_gib": round(rss("trace_1x_w128"), 2),
+    "trace_10x_w128_rss_gib": round(rss("trace_10x_w128"), 2),
 }, indent=1))
 PY
