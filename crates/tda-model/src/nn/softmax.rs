@@ -307,7 +307,7 @@ mod cpu {
             * r
             + 1.666_666_5e-1)
             * r
-            + 5.000_000_1e-1;
+            + 0.5; // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
         let er = p * r * r + r + 1.0;
         // k sits in the low mantissa bits of t: k + 127 in the exponent field is 2^k.
         let ki = t.to_bits().wrapping_sub(ROUND.to_bits());
