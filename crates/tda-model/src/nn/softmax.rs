@@ -167,8 +167,8 @@ fn record<B: Backend, C: CheckpointStrategy>(
     }
 }
 
-/// The CPU forward: softmax rows with an exponential that vectorises (burn-flex calls the scalar
-/// `expf` per element, the largest single cost of a small model's attention).
+/// The CPU forwards of softmax rows and SiLU, with an exponential that vectorises (burn-flex
+/// calls the scalar `expf` per element, the largest single cost of a small model's attention).
 mod cpu {
     use burn::backend::flex::FlexTensor;
     use burn::prelude::*;
