@@ -175,6 +175,28 @@ impl<'a> Basis64<'a> {
         let out = Eigenbasis::rotate(&xt, r, self.a.dim, &self.a.blocks, &self.qa, true);
         transpose(&out, r, self.a.dim)
     }
+    /// `P = Q_S M Q_Aᵀ` for `M [d_out, d_a]` in the eigenbasis, as exact factors of rank
+    /// `r = min(d_out, d_a)` without an SVD: `L = Q_S`, `R = Q_A Mᵀ` when `d_out ≤ d_a`, else
+    /// `L = Q_S M`, `R = Q_A` (one rotation; a full-rank query needs no singular vectors, and
+    /// scoring costs the same for any rank-`r` factors).
+    pub(crate) fn full_rank(&self, m: &[f64]) -> LowRankLayer {
+        let (d_out, d_a) = (self.s.dim, self.a.dim);
+        let (left, right, r) = if d_out <= d_a {
+            let mt = transpose(m, d_out, d_a); // [d_a, d_out]
+            (
+                self.s.dense(),
+                to_f32(&self.right_from_eigen(&mt, d_out)),
+                d_out,
+            )
+        } else {
+            (to_f32(&self.left_from_eigen(m, d_a)), self.a.dense(), d_a)
+        };
+        LowRankLayer {
+            rank: r,
+            left,
+            right,
+        }
+    }
     /// `Q_S M Q_Aᵀ` for `M [d_out, d_a]` in the eigenbasis.
     pub(crate) fn to_params(&self, m: &[f64]) -> Vec<f64> {
         let (d_out, d_a) = (self.s.dim, self.a.dim);
@@ -389,6 +411,12 @@ fn precondition_one(
                 .for_each(|(v, &x)| *v /= -(x as f64 + lam)),
         }
         let full_sq = check(&m)?;
+        if match rank {
+            Rank::Full => true,
+            Rank::Truncated(r) => r >= d_out.min(d_a),
+        } {
+            return Ok((basis.full_rank(&m), full_sq));
+        }
         let (left, right, r) = svd_factors(&m, d_out, d_a, rank, seed).map_err(numerical)?;
         let lr = LowRankLayer {
             rank: r,

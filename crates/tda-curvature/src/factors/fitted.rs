@@ -156,22 +156,20 @@ impl Eigenbasis {
         out
     }
 
+    /// The block-diagonal `Q [dim, dim]` row-major (column `c` the `c`-th eigenvector).
+    pub(crate) fn dense(&self) -> Vec<f32> {
+        let mut q = vec![0.0f32; self.dim * self.dim];
+        for (&(off, s), v) in self.blocks.iter().zip(&self.vecs) {
+            for i in 0..s {
+                q[(off + i) * self.dim + off..(off + i) * self.dim + off + s]
+                    .copy_from_slice(&v[i * s..(i + 1) * s]);
+            }
+        }
+        q
+    }
     /// `x [n, dim]` (f32) → `x Q`.
     pub(crate) fn rotate_f32(&self, x: &[f32], n: usize) -> Vec<f32> {
         Self::rotate(x, n, self.dim, &self.blocks, &self.vecs, false)
-    }
-
-    /// [`Eigenbasis::rotate_f32`] on one thread (for use inside parallel loops).
-    pub(crate) fn rotate_f32_seq(&self, x: &[f32], n: usize) -> Vec<f32> {
-        Self::rotate_par(
-            x,
-            n,
-            self.dim,
-            &self.blocks,
-            &self.vecs,
-            false,
-            faer::Par::Seq,
-        )
     }
 
     /// Eigenvectors upcast to f64 (for the f64 preconditioning path).
