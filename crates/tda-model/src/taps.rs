@@ -1,8 +1,10 @@
 //! Gradient taps: after one forward and one backward of a scalar, the input activations `a` and the
 //! output gradients `g` of chosen linear layers, and the gradient w.r.t. the input embeddings.
 //!
-//! Mechanism (burn has no hooks): each tracked layer's output gets a zero "probe" tensor added;
-//! the probe is a leaf, so its gradient is dL/d(output). With a frozen model ([`Module::no_grad`])
+//! Mechanism (burn has no hooks): where a tracked layer's output is already tracked, an identity
+//! operation ([`crate::nn::capture`]) records it and its backward hands dL/d(output) over; before
+//! anything is tracked (the first block's first layers), the output gets a zero "probe" tensor
+//! added, a leaf whose gradient is dL/d(output). With a frozen model ([`Module::no_grad`])
 //! burn computes no weight gradients and keeps no activations for them, so the backward is an
 //! activation-gradient backward only. The identity Σ_t g_t a_tᵀ = ∂L/∂W (and Σ_t g_t = ∂L/∂b)
 //! holds for every layer; the tests check it against autodiff.
@@ -12,7 +14,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::model::Transformer;
-use crate::nn::Recorder;
+use crate::nn::{capture, take_grad, GradSlot, Recorder};
 
 /// Which linear layers to tap, by HF module name.
 pub trait LayerFilter {
@@ -46,10 +48,17 @@ pub struct Taps<B: Backend> {
     pub value: f32,
 }
 
+/// How a tapped layer's output gradient is obtained: captured by an identity operation where the
+/// output is already tracked, else the gradient of a zero probe added to it.
+enum Grad<B: AutodiffBackend> {
+    Captured(GradSlot, [usize; 3]),
+    Probe(Tensor<B, 3>),
+}
+
 struct TapRecorder<'f, B: AutodiffBackend> {
     filter: &'f dyn LayerFilter,
     want_input_grad: bool,
-    probes: Vec<(String, Tensor<B::InnerBackend, 3>, Tensor<B, 3>)>,
+    probes: Vec<(String, Tensor<B::InnerBackend, 3>, Grad<B>)>,
     embeddings: Option<Tensor<B, 3>>,
 }
 
@@ -59,10 +68,18 @@ impl<B: AutodiffBackend> Recorder<B> for TapRecorder<'_, B> {
             return output;
         }
         let a = input.clone().inner();
-        // A leaf built from an inner-backend tensor (burn only lets leaves require grad).
-        let probe =
-            Tensor::<B, 3>::from_inner(Tensor::zeros(output.dims(), &a.device())).require_grad();
-        self.probes.push((name.to_string(), a, probe.clone()));
+        let dims = output.dims();
+        let (output, slot) = capture(output);
+        if let Some(slot) = slot {
+            self.probes
+                .push((name.to_string(), a, Grad::Captured(slot, dims)));
+            return output;
+        }
+        // Nothing upstream is tracked yet (the first block's first layers): a zero leaf built
+        // from an inner-backend tensor (burn only lets leaves require grad).
+        let probe = Tensor::<B, 3>::from_inner(Tensor::zeros(dims, &a.device())).require_grad();
+        self.probes
+            .push((name.to_string(), a, Grad::Probe(probe.clone())));
         output + probe
     }
     fn embeddings(&mut self, e: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -167,16 +184,22 @@ where
 
 fn collect_taps<B: AutodiffBackend>(
     model: &Transformer<B>,
-    probes: Vec<(String, Tensor<B::InnerBackend, 3>, Tensor<B, 3>)>,
+    probes: Vec<(String, Tensor<B::InnerBackend, 3>, Grad<B>)>,
     grads: &B::Gradients,
 ) -> Vec<LayerTap<B::InnerBackend>> {
     let infos = model.linear_layers();
     probes
         .into_iter()
-        .map(|(name, a, probe)| {
-            let g = probe
-                .grad(grads)
-                .unwrap_or_else(|| Tensor::zeros(probe.dims(), &a.device()));
+        .map(|(name, a, grad)| {
+            // No gradient: the scalar does not depend on this layer's output.
+            let g = match grad {
+                Grad::Captured(slot, dims) => {
+                    take_grad(&slot).unwrap_or_else(|| Tensor::zeros(dims, &a.device()))
+                }
+                Grad::Probe(probe) => probe
+                    .grad(grads)
+                    .unwrap_or_else(|| Tensor::zeros(probe.dims(), &a.device())),
+            };
             let has_bias = infos.iter().any(|i| i.name == name && i.has_bias);
             LayerTap {
                 name,

@@ -6,8 +6,8 @@ use burn::prelude::*;
 /// Observes (and may rewrite) intermediate tensors of a forward pass.
 ///
 /// The default methods pass everything through, so plain inference uses [`NoRecord`]. The gradient
-/// taps (see [`crate::taps`]) implement it to keep the input of each tracked linear layer and to add
-/// a zero "probe" to its output whose gradient is dL/d(output).
+/// taps (see [`crate::taps`]) implement it to keep the input of each tracked linear layer and to
+/// obtain dL/d(output) (an identity operation that captures the gradient, or a zero probe).
 pub trait Recorder<B: Backend> {
     /// Called with the input `[b, t, d_in]` and output `[b, t, d_out]` of the linear layer `name`
     /// (HF module name); returns the output to use downstream.

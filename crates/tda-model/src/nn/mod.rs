@@ -6,12 +6,14 @@
 //! [`TapLinear::name`], which the family code sets.
 
 mod attention;
+mod capture;
 mod linear;
 mod norm;
 mod rope;
 mod softmax;
 
 pub use attention::{causal_attention, causal_mask, KvCache};
+pub use capture::{capture, take_grad, GradSlot};
 pub use linear::{NoRecord, Recorder, TapLinear};
 pub use norm::Norm;
 pub use rope::Rope;
