@@ -25,7 +25,7 @@ pub(super) struct LayerAcc {
 const COV_CHUNK_ROWS: usize = 1024;
 /// Sequences whose squared per-sequence gradients are summed in f32 before the f64 Λ sum.
 const LAMBDA_SUBGROUP: usize = 4;
-/// The most memory the f32 partial sums of one Λ group may take.
+/// The most memory the f32 buffers of one Λ group (partial sums and products) may take.
 const LAMBDA_GROUP_BYTES: usize = 256 << 20;
 
 /// A_blk += X[:, blk]ᵀ X[:, blk] for each diagonal block, over real rows: the lower triangle only
@@ -123,7 +123,8 @@ pub(super) fn accumulate_lambda(
         (a, g)
     };
     let subgroups: Vec<&[std::ops::Range<usize>]> = seqs.chunks(LAMBDA_SUBGROUP).collect();
-    let group = (LAMBDA_GROUP_BYTES / (d_out * d_a * 4)).max(1);
+    // Each subgroup in flight holds two `[d_out, d_a]` f32 buffers (its partial sum and one product).
+    let group = (LAMBDA_GROUP_BYTES / (2 * d_out * d_a * 4)).max(1);
     for chunk in subgroups.chunks(group) {
         let parts: Vec<Vec<f32>> = chunk
             .par_iter()
