@@ -19,6 +19,7 @@ use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::TensorPrimitive;
 
+use super::softmax::{unwrap, wrap};
 use crate::device::Cpu;
 
 /// Where the backward leaves the gradient: the inner backend's float primitive, boxed.
@@ -43,31 +44,16 @@ pub fn capture<B: Backend, const D: usize>(x: Tensor<B, D>) -> (Tensor<B, D>, Op
         }
         Err(p) => p,
     };
-    (
-        wrap(
-            *prim
-                .downcast::<FloatTensor<B>>()
-                .expect("B's own primitive"),
-        ),
-        None,
-    )
+    let x = unwrap::<B>(prim);
+    (Tensor::from_primitive(TensorPrimitive::Float(x)), None)
 }
 
 /// The gradient left in `slot` as a tensor of the inner backend `I`, if the backward reached it.
 pub fn take_grad<I: Backend, const D: usize>(slot: &GradSlot) -> Option<Tensor<I, D>> {
-    let prim = slot.lock().expect("slot lock").take()?;
-    let prim = prim
-        .downcast::<FloatTensor<I>>()
-        .expect("the slot holds the inner backend's primitive");
-    Some(Tensor::from_primitive(TensorPrimitive::Float(*prim)))
-}
-
-fn wrap<B: Backend, const D: usize, P: Any>(prim: P) -> Tensor<B, D> {
-    let prim: Box<dyn Any> = Box::new(prim);
-    let prim = prim
-        .downcast::<FloatTensor<B>>()
-        .expect("the primitive is the backend's own");
-    Tensor::from_primitive(TensorPrimitive::Float(*prim))
+    let prim: Box<dyn Any> = slot.lock().expect("slot lock").take()?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(unwrap::<I>(
+        prim,
+    ))))
 }
 
 #[derive(Debug)]

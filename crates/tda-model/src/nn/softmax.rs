@@ -82,14 +82,15 @@ fn fused<B: Backend, const D: usize>(x: Tensor<B, D>, kind: Kind) -> Tensor<B, D
     }
 }
 
-/// The primitive back as `B`'s (it is `B`'s: only `B`'s primitive was boxed).
-fn unwrap<B: Backend>(prim: Box<dyn Any>) -> FloatTensor<B> {
+/// The primitive back as `B`'s (it is `B`'s: only `B`'s primitive was boxed). Shared with
+/// [`super::capture`], which dispatches on the backend the same way.
+pub(super) fn unwrap<B: Backend>(prim: Box<dyn Any>) -> FloatTensor<B> {
     *prim
         .downcast::<FloatTensor<B>>()
         .expect("the boxed primitive is the backend's own")
 }
 
-fn wrap<B: Backend, const D: usize, P: Any>(prim: P) -> Tensor<B, D> {
+pub(super) fn wrap<B: Backend, const D: usize, P: Any>(prim: P) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(unwrap::<B>(Box::new(prim))))
 }
 
