@@ -217,3 +217,59 @@ fn saved_mistral_folder_keeps_its_window() {
     let d = max_abs_diff(&got, &r.f32("logprobs_1"));
     assert!(d <= 1e-4, "reloaded mistral: log-probs differ by {d}");
 }
+
+/// `--dtype bf16|f16`: the fixtures run in half precision against `transformers` run in the same
+/// dtype (`tests/fixtures/make_half_reference.py` → `<model>/reference_half.json`).
+///
+/// Tolerance: half-precision runs that round in different places do not agree to f32's 1e-4; on
+/// these random models they differ about as much as either differs from f32 (`transformers`' own
+/// eager and sdpa attention do). `spread` is the largest distance between any two of
+/// `transformers`' runs of a text (f32, eager half, sdpa half); ours must be within 2·spread of
+/// its eager half run and of f32 (observed ≤ 1.6·spread), and at least 0.1·spread from f32 (so it
+/// really ran in half precision; observed ≥ 0.4). A weight loaded wrong moves log-probs by O(1);
+/// norms or softmax left in half precision by several spreads.
+#[test]
+fn half_precision_logprobs_match_transformers() {
+    let mut failures = vec![];
+    for name in MODELS {
+        let path = fixture(name).join("reference_half.json");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let half: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let r = Reference::load(name);
+        for (dt, run) in half["runs"].as_object().unwrap() {
+            let dtype: tda_model::ModelDtype = dt.parse().unwrap();
+            let m = tda_model::load_folder_as::<Cpu>(&fixture(name), &Default::default(), dtype)
+                .unwrap();
+            assert_eq!(
+                m.model.dtype(),
+                dtype.burn(),
+                "{name}: parameters not in {dt}"
+            );
+            for i in 0..2 {
+                let ids = r.ids(&format!("input_ids_{i}"));
+                let got = infer::sequence_logprobs(&m.model, std::slice::from_ref(&ids))
+                    .unwrap()
+                    .remove(0);
+                let want: Vec<f32> = run[format!("logprobs_{i}")]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect();
+                let spread = run[format!("spread_{i}")].as_f64().unwrap() as f32;
+                let (vs_half, vs_f32) = (
+                    max_abs_diff(&got, &want) / spread,
+                    max_abs_diff(&got, &r.f32(&format!("logprobs_{i}"))) / spread,
+                );
+                eprintln!(
+                    "{name} {dt} text {i}: max |Δ log p| in spreads ({spread:.2e}): vs transformers {dt} {vs_half:.2}, vs f32 {vs_f32:.2}"
+                );
+                if vs_half > 2.0 || !(0.1..=2.0).contains(&vs_f32) {
+                    failures.push(format!("{name} {dt} text {i}: {vs_half:.2} spreads from transformers' {dt} run, {vs_f32:.2} from f32"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -32,6 +32,10 @@ for prec in f32 bf16; do
     --queries "$work/m/queries.jsonl" --device "$device" --compute-on device --precision "$prec" \
     --batch-size 16 --top-k all --json > "$work/trace_all_$prec.json"
 done
+# Weights as stored (item 5): the model itself in bf16 (`--dtype bf16`; taps, sums and scores f32).
+"$tda" trace --model "$work/m/model" --factors "$work/f_host" --corpus "$work/m/corpus.jsonl" \
+  --queries "$work/m/queries.jsonl" --device "$device" --compute-on device --dtype bf16 \
+  --batch-size 16 --top-k all --json > "$work/trace_all_model_bf16.json"
 python3 - "$work" <<'PY'
 import json, sys
 w = sys.argv[1]
@@ -60,16 +64,17 @@ def spearman(x, y):
         return r
     rx, ry, m = rank(x), rank(y), (len(x) - 1) / 2
     return sum((a - m) * (b - m) for a, b in zip(rx, ry)) / sum((a - m) ** 2 for a in rx)
-runs = {p: json.load(open(f"{w}/trace_all_{p}.json")) for p in ("f32", "bf16")}
-rhos, errs = [], []
-for qf, qb in zip(runs["f32"]["queries"], runs["bf16"]["queries"]):
-    f = {r["doc_id"]: r["score"] for r in qf["results"]}
-    b = {r["doc_id"]: r["score"] for r in qb["results"]}
-    keys = sorted(f)
-    rhos.append(spearman([f[k] for k in keys], [b[k] for k in keys]))
-    scale = max(abs(v) for v in f.values())
-    errs.append(max(abs(f[k] - b[k]) for k in keys) / scale)
-print(f"bf16 vs f32 over {len(keys)} documents: Spearman min {min(rhos):.4f} mean {sum(rhos)/len(rhos):.4f}; "
-      f"largest difference {max(errs):.1e} of the largest score; trace total f32 "
-      f"{runs['f32']['report']['total_s']:.1f} s, bf16 {runs['bf16']['report']['total_s']:.1f} s")
+runs = {p: json.load(open(f"{w}/trace_all_{p}.json")) for p in ("f32", "bf16", "model_bf16")}
+for p, what in (("bf16", "--precision bf16 (contraction)"), ("model_bf16", "--dtype bf16 (model)")):
+    rhos, errs = [], []
+    for qf, qb in zip(runs["f32"]["queries"], runs[p]["queries"]):
+        f = {r["doc_id"]: r["score"] for r in qf["results"]}
+        b = {r["doc_id"]: r["score"] for r in qb["results"]}
+        keys = sorted(f)
+        rhos.append(spearman([f[k] for k in keys], [b[k] for k in keys]))
+        scale = max(abs(v) for v in f.values())
+        errs.append(max(abs(f[k] - b[k]) for k in keys) / scale)
+    print(f"{what} vs f32 over {len(keys)} documents: Spearman min {min(rhos):.4f} mean "
+          f"{sum(rhos)/len(rhos):.4f}; largest difference {max(errs):.1e} of the largest score; "
+          f"trace total f32 {runs['f32']['report']['total_s']:.1f} s, {p} {runs[p]['report']['total_s']:.1f} s")
 PY

@@ -368,6 +368,76 @@ fn compute_on_device_fits_and_traces_like_the_host() {
     );
 }
 
+/// `--dtype bf16|f16`: fit and trace with the model held in half precision rank the documents as
+/// the f32 run does: for GPT-2 (f32 weights converted on load) and Qwen2 (bf16 weights taken as
+/// stored). The taps pass through half-precision activations, so scores differ by rounding, not by
+/// 1e-4: Spearman over every document ≥ 0.97 (observed 0.993 bf16 and 0.999 f16 for GPT-2, 0.996
+/// for Qwen2; these fixtures' large random weights amplify rounding), and the same top document. A bad dtype is a
+/// one-line error.
+#[test]
+fn half_precision_fits_and_traces_like_f32() {
+    let w = world();
+    let dir = scratch();
+    for (model, dtype) in [
+        (fixture("gpt2"), "bf16"),
+        (fixture("gpt2"), "f16"),
+        (fixture("qwen2"), "bf16"),
+    ] {
+        let scores = |dtype: &'static str| {
+            let name = model.file_name().unwrap().to_string_lossy();
+            let factors = dir.join(format!("{name}-{dtype}"));
+            let (m, c, f) = (p(&model), p(&w.corpus), p(&factors));
+            if !factors.exists() {
+                ok([
+                    "fit", "--model", m, "--corpus", c, "--out", f, "--dtype", dtype,
+                ]);
+            }
+            let mut v = vec!["trace", "--model", m, "--factors", f, "--corpus", c];
+            v.extend([
+                "--prompt",
+                "Mira Tolven was born in",
+                "--completion",
+                " Kestrel Bay",
+            ]);
+            v.extend(["--top-k", "all", "--json", "--dtype", dtype]);
+            let mut r = ranking(&json(&ok(v)));
+            let top = r[0].0.clone();
+            r.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+            (top, r.into_iter().map(|x| x.2).collect::<Vec<f64>>())
+        };
+        let (top32, f32s) = scores("f32");
+        let (top16, half) = scores(dtype);
+        let rho = tda_eval::spearman(&f32s, &half);
+        eprintln!(
+            "{} {dtype}: Spearman {rho:.4} vs f32 over {} windows",
+            model.display(),
+            f32s.len()
+        );
+        assert!(
+            rho >= 0.97,
+            "{} {dtype}: Spearman {rho} vs f32",
+            model.display()
+        );
+        assert_eq!(top16, top32, "{} {dtype}: top document", model.display());
+    }
+    let out = dir.join("never");
+    fails(
+        [
+            "fit",
+            "--model",
+            p(&w.model),
+            "--corpus",
+            p(&w.corpus),
+            "--out",
+            p(&out),
+            "--dtype",
+            "f64",
+        ],
+        &["--dtype", "unknown dtype \"f64\" (f32, bf16 or f16)"],
+        &[&out],
+    );
+}
+
 #[test]
 fn self_influence_ranks_every_window() {
     let w = world();

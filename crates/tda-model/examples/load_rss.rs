@@ -5,13 +5,14 @@
 //! ```sh
 //! cargo run --release -p tda-model --example load_rss -- DIR eager
 //! cargo run --release -p tda-model --example load_rss -- DIR lazy
+//! cargo run --release -p tda-model --example load_rss -- DIR lazy bf16   # `--dtype bf16`
 //! ```
 //!
 //! Prints the weights' f32 size and the process's peak resident memory (`VmHWM`), in MiB.
 
 use tda_model::device::Cpu;
 use tda_model::hf::read_folder_weights;
-use tda_model::{load_folder, ModelConfig, Transformer};
+use tda_model::{load_folder_as, ModelConfig, ModelDtype, Transformer};
 
 fn peak_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -29,7 +30,14 @@ fn peak_mib() -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let dir = std::path::PathBuf::from(args.get(1).expect("usage: load_rss DIR eager|lazy"));
+    let dir = std::path::PathBuf::from(
+        args.get(1)
+            .expect("usage: load_rss DIR eager|lazy [f32|bf16|f16]"),
+    );
+    let dtype: ModelDtype = args
+        .get(3)
+        .map_or(Ok(ModelDtype::F32), |s| s.parse())
+        .expect("dtype");
     let device = Default::default();
     let model = match args.get(2).map(String::as_str) {
         Some("eager") => {
@@ -37,7 +45,11 @@ fn main() {
             let w = read_folder_weights(&dir).expect("weights");
             Transformer::<Cpu>::from_weights(&cfg, &w, &device).expect("model")
         }
-        Some("lazy") => load_folder::<Cpu>(&dir, &device).expect("model").model,
+        Some("lazy") => {
+            load_folder_as::<Cpu>(&dir, &device, dtype)
+                .expect("model")
+                .model
+        }
         _ => panic!("mode: eager or lazy"),
     };
     // The peak first: `to_weights` below copies the model out.

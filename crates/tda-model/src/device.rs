@@ -78,3 +78,48 @@ pub fn check_cuda() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The type a model's parameters and activations are held in (`--dtype`). f32 is the reference;
+/// bf16/f16 halve the model's memory and, on a GPU, run its GEMMs on tensor cores. Whatever the
+/// type, norms, attention softmax and logits are computed in f32 (as `transformers` does), and
+/// taps reach the curvature code as f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ModelDtype {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl ModelDtype {
+    /// burn's dtype of the parameters.
+    pub fn burn(self) -> burn::tensor::DType {
+        match self {
+            Self::F32 => burn::tensor::DType::F32,
+            Self::Bf16 => burn::tensor::DType::BF16,
+            Self::F16 => burn::tensor::DType::F16,
+        }
+    }
+}
+
+impl std::str::FromStr for ModelDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            "f16" | "float16" => Ok(Self::F16),
+            _ => Err(format!("unknown dtype \"{s}\" (f32, bf16 or f16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for ModelDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        })
+    }
+}

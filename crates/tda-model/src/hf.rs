@@ -13,36 +13,45 @@ use tokenizers::Tokenizer;
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::model::{HostTensor, Transformer, Weights};
+use crate::model::{HostTensor, ModelDtype, Transformer, Weights};
+pub use crate::tokenizer::load_tokenizer;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
-/// Converts one stored tensor to f32 (f32, f16, bf16 and f64 are accepted).
-fn to_f32(view: &TensorView<'_>) -> std::result::Result<Vec<f32>, String> {
-    let bytes = view.data();
-    let out = match view.dtype() {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
-            .collect(),
+/// Bytes of a tensor converted per step when a model folder is read lazily: each step's file
+/// pages are released once converted, so loading holds the model plus one step, not the model
+/// plus its largest tensor's pages. A multiple of 8, so that no element straddles two steps.
+const STREAM_STEP: usize = 16 << 20;
+
+/// Converts one stored tensor (f32, f16, bf16 or f64) to `E` through f32 (`encode` of each
+/// value; exact for a 16-bit tensor asked for in its own type), `STREAM_STEP` bytes at a time,
+/// handing each step's bytes to `done` once they are converted.
+fn decode<E>(
+    view: &TensorView<'_>,
+    done: &dyn Fn(&[u8]),
+    encode: fn(f32) -> E,
+) -> std::result::Result<Vec<E>, String> {
+    let (size, decode): (usize, fn(&[u8]) -> f32) = match view.dtype() {
+        Dtype::F32 => (4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        Dtype::F16 => (2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        Dtype::BF16 => (2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        Dtype::F64 => (8, |b| f64::from_le_bytes(b.try_into().unwrap()) as f32),
         other => return Err(format!("dtype {other:?} is not a float type")),
     };
+    let mut out = Vec::with_capacity(view.data().len() / size);
+    for step in view.data().chunks(STREAM_STEP) {
+        out.extend(step.chunks_exact(size).map(|b| encode(decode(b))));
+        done(step);
+    }
     Ok(out)
+}
+
+/// One stored tensor as f32 (see [`decode`]).
+fn to_f32(view: &TensorView<'_>, done: &dyn Fn(&[u8])) -> std::result::Result<Vec<f32>, String> {
+    decode(view, done, |x| x)
 }
 
 /// Reads every floating-point tensor of one safetensors file as f32 (integer buffers are skipped).
@@ -71,7 +80,7 @@ pub fn read_safetensors(path: &Path) -> Result<Weights> {
         ) {
             continue;
         }
-        let data = to_f32(&view)
+        let data = to_f32(&view, &|_| ())
             .map_err(|m| ModelError::invalid(path, format!("tensor \"{name}\": {m}")))?;
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
             return Err(ModelError::invalid(
@@ -154,8 +163,16 @@ impl FolderWeights {
     }
 }
 
-impl crate::model::WeightSource for FolderWeights {
-    fn fetch(&self, name: &str) -> std::result::Result<Option<HostTensor>, String> {
+impl FolderWeights {
+    /// Runs `take` on the stored view of `name` (None: no such tensor) with a `done` callback
+    /// that gives the file pages of a part of the view back once `take` has read it: the
+    /// converted or copied tensor is all the caller keeps (pages are re-read from the file if
+    /// ever touched again). Errors are prefixed with the shard's name.
+    fn with_view<T>(
+        &self,
+        name: &str,
+        take: impl FnOnce(&TensorView<'_>, &dyn Fn(&[u8])) -> std::result::Result<T, String>,
+    ) -> std::result::Result<Option<T>, String> {
         let Some(&i) = self.index.get(name) else {
             return Ok(None);
         };
@@ -163,19 +180,49 @@ impl crate::model::WeightSource for FolderWeights {
         let file = path.file_name().unwrap_or_default().to_string_lossy();
         let st = SafeTensors::deserialize(map).map_err(|e| format!("{file}: {e}"))?;
         let view = st.tensor(name).map_err(|e| format!("{file}: {e}"))?;
-        let data = to_f32(&view).map_err(|m| format!("{file}: tensor \"{name}\": {m}"))?;
-        // The converted copy is all we keep: give the file pages back (they are re-read from
-        // the file if ever touched again). Best effort; a failure only costs memory.
-        let offset = view.data().as_ptr() as usize - map.as_ptr() as usize;
-        let len = view.data().len();
-        // SAFETY: a read-only private file mapping: DONTNEED drops clean pages, which read back
-        // from the file unchanged; nothing of the range is borrowed past this point.
-        let _ =
-            unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
-        Ok(Some(HostTensor {
-            shape: view.shape().to_vec(),
-            data,
-        }))
+        let done = |part: &[u8]| {
+            let offset = part.as_ptr() as usize - map.as_ptr() as usize;
+            // Best effort; a failure only costs memory.
+            // SAFETY: a read-only private file mapping: DONTNEED drops clean pages, which read
+            // back from the file unchanged if touched again (a page shared with the next part is
+            // simply re-read); nothing borrowed from the range is used after this.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, part.len())
+            };
+        };
+        take(&view, &done)
+            .map(Some)
+            .map_err(|m| format!("{file}: tensor \"{name}\": {m}"))
+    }
+}
+
+impl crate::model::WeightSource for FolderWeights {
+    fn fetch(&self, name: &str) -> std::result::Result<Option<HostTensor>, String> {
+        self.with_view(name, |view, done| {
+            Ok(HostTensor {
+                shape: view.shape().to_vec(),
+                data: to_f32(view, done)?,
+            })
+        })
+    }
+
+    /// Converted straight to `dtype`, one step at a time: a 16-bit tensor asked for in its
+    /// stored type comes out as stored, and no f32 copy of a whole tensor is made for bf16/f16.
+    fn fetch_as(
+        &self,
+        name: &str,
+        dtype: burn::tensor::DType,
+    ) -> std::result::Result<Option<burn::tensor::TensorData>, String> {
+        use burn::tensor::{DType, TensorData};
+        self.with_view(name, |view, done| {
+            let shape = view.shape().to_vec();
+            Ok(match dtype {
+                DType::F32 => TensorData::new(to_f32(view, done)?, shape),
+                DType::BF16 => TensorData::new(decode(view, done, half::bf16::from_f32)?, shape),
+                DType::F16 => TensorData::new(decode(view, done, half::f16::from_f32)?, shape),
+                other => return Err(format!("cannot load as {other:?}")),
+            })
+        })
     }
 }
 
@@ -284,164 +331,6 @@ fn serialize_safetensors(
     tda_io::sort_safetensors_header(file).map_err(ModelError::Write)
 }
 
-/// Reads `tokenizer.json` and checks that it fits the model: every id it can emit (vocabulary,
-/// added tokens, post-processor and padding ids) is below `vocab_size`, and it pads no text past
-/// `max_positions` (padding allocates its length for every text).
-pub fn load_tokenizer(path: &Path, config: &ModelConfig) -> Result<Tokenizer> {
-    if !path.exists() {
-        return Err(ModelError::invalid(path, "tokenizer file not found"));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-    // `tokenizers` panics (instead of erroring) on some JSON syntax errors inside the decoder and
-    // on some BPE merges: check those first.
-    let json: Value = serde_json::from_str(&text)
-        .map_err(|e| ModelError::invalid(path, format!("not valid JSON: {e}")))?;
-    check_bpe_merges(&json["model"]).map_err(|m| ModelError::invalid(path, m))?;
-    check_templates(&json["post_processor"]).map_err(|m| ModelError::invalid(path, m))?;
-    let tok: Tokenizer = text
-        .parse()
-        .map_err(|e| ModelError::invalid(path, format!("not a valid tokenizer: {e}")))?;
-    let n = tok.get_vocab_size(true);
-    if n > config.vocab_size {
-        return Err(ModelError::invalid(
-            path,
-            format!(
-                "tokenizer has {n} tokens but the model's vocab_size is {}",
-                config.vocab_size
-            ),
-        ));
-    }
-    if let Some(p) = tok.get_padding() {
-        let fixed = match p.strategy {
-            tokenizers::PaddingStrategy::Fixed(n) => n,
-            tokenizers::PaddingStrategy::BatchLongest => 0,
-        };
-        let n = fixed.max(p.pad_to_multiple_of.unwrap_or(0));
-        if n > config.max_positions {
-            return Err(ModelError::invalid(
-                path,
-                format!(
-                    "padding to {n} tokens is longer than the model's context ({} positions)",
-                    config.max_positions
-                ),
-            ));
-        }
-    }
-    let vocab = tok.get_vocab(true);
-    let mut ids: Vec<(u64, String)> = vocab
-        .iter()
-        .max_by_key(|(_, &i)| i)
-        .map(|(t, &i)| (i as u64, format!("token {t:?}")))
-        .into_iter()
-        .collect();
-    for key in ["post_processor", "padding"] {
-        extra_ids(&json[key], key, &mut ids);
-    }
-    if let Some((id, what)) = ids.iter().max() {
-        if *id >= config.vocab_size as u64 {
-            return Err(ModelError::invalid(
-                path,
-                format!(
-                    "{what} has id {id} but the model's vocab_size is {}",
-                    config.vocab_size
-                ),
-            ));
-        }
-    }
-    Ok(tok)
-}
-
-/// `tokenizers` slices out of bounds on a BPE merge whose result is longer than every entry of
-/// the vocabulary (and reads past a character on one whose second part is shorter than
-/// `continuing_subword_prefix`). A merge is only valid if its result is in the vocabulary, which
-/// excludes both: check exactly that, for merges whose two parts are in the vocabulary (the
-/// others `tokenizers` reports itself).
-fn check_bpe_merges(model: &Value) -> std::result::Result<(), String> {
-    let is_bpe = model.get("type").is_none_or(|t| t == "BPE");
-    let (Some(vocab), Some(merges)) = (
-        model.get("vocab").and_then(Value::as_object),
-        model.get("merges").and_then(Value::as_array),
-    ) else {
-        return Ok(());
-    };
-    if !is_bpe {
-        return Ok(());
-    }
-    let prefix = model
-        .get("continuing_subword_prefix")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    for (i, m) in merges.iter().enumerate() {
-        let pair = match m {
-            Value::String(s) => s.split_once(' ').filter(|(_, b)| !b.contains(' ')),
-            Value::Array(p) if p.len() == 2 => p[0].as_str().zip(p[1].as_str()),
-            _ => None,
-        };
-        let Some((a, b)) = pair else { continue };
-        if !vocab.contains_key(a) || !vocab.contains_key(b) {
-            continue;
-        }
-        let merged = b
-            .get(prefix.len()..)
-            .map(|rest| format!("{a}{rest}"))
-            .filter(|t| vocab.contains_key(t));
-        if merged.is_none() {
-            return Err(format!(
-                "BPE merge {i} ({a:?} + {b:?}): the merged token is not in the vocabulary"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// `tokenizers` looks a template's special tokens up by their key in `special_tokens` but checks
-/// them by the `id` inside the entry, and panics when the two differ: every special token a
-/// `TemplateProcessing` (also inside a `Sequence`) names must be a key of its `special_tokens`.
-fn check_templates(v: &Value) -> std::result::Result<(), String> {
-    match v {
-        Value::Object(o) if o.get("type").is_some_and(|t| t == "TemplateProcessing") => {
-            let known = o.get("special_tokens").and_then(Value::as_object);
-            for side in ["single", "pair"] {
-                let pieces = o.get(side).and_then(Value::as_array).into_iter().flatten();
-                for id in pieces.filter_map(|p| p.get("SpecialToken")?.get("id")?.as_str()) {
-                    if !known.is_some_and(|k| k.contains_key(id)) {
-                        return Err(format!(
-                            "post_processor: the {side} template uses special token {id:?}, which is not a key of special_tokens"
-                        ));
-                    }
-                }
-            }
-            Ok(())
-        }
-        Value::Object(o) => o.values().try_for_each(check_templates),
-        Value::Array(a) => a.iter().try_for_each(check_templates),
-        _ => Ok(()),
-    }
-}
-
-/// Token ids written outside the vocabulary: `ids` lists and `sep` / `cls` pairs of
-/// post-processors, `pad_id` of padding.
-fn extra_ids(v: &Value, what: &str, out: &mut Vec<(u64, String)>) {
-    match v {
-        Value::Object(o) => {
-            for (k, c) in o {
-                let ids: Vec<u64> = match (k.as_str(), c) {
-                    ("ids", Value::Array(a)) => a.iter().filter_map(Value::as_u64).collect(),
-                    ("sep" | "cls", Value::Array(a)) => {
-                        a.get(1).and_then(Value::as_u64).into_iter().collect()
-                    }
-                    ("pad_id", c) => c.as_u64().into_iter().collect(),
-                    _ => Vec::new(),
-                };
-                out.extend(ids.into_iter().map(|i| (i, format!("{what}.{k}"))));
-                extra_ids(c, what, out);
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|c| extra_ids(c, what, out)),
-        _ => {}
-    }
-}
-
 /// A model folder loaded into memory.
 pub struct HfModel<B: Backend> {
     pub dir: PathBuf,
@@ -451,6 +340,16 @@ pub struct HfModel<B: Backend> {
 
 /// Loads an HF model folder (config, weights converted to f32, tokenizer).
 pub fn load_folder<B: Backend>(dir: &Path, device: &B::Device) -> Result<HfModel<B>> {
+    load_folder_as(dir, device, ModelDtype::F32)
+}
+
+/// [`load_folder`] with parameters of `dtype`: bf16/f16 weights stored in that type are copied
+/// to the device as stored, never widened to f32 on the host (see [`ModelDtype`]).
+pub fn load_folder_as<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    dtype: ModelDtype,
+) -> Result<HfModel<B>> {
     if !dir.is_dir() {
         return Err(ModelError::invalid(dir, "model folder not found"));
     }
@@ -462,7 +361,7 @@ pub fn load_folder<B: Backend>(dir: &Path, device: &B::Device) -> Result<HfModel
     } else {
         dir.join(WEIGHTS_INDEX_FILE)
     };
-    let model = Transformer::from_source(&config, &weights, device)
+    let model = Transformer::from_source_as(&config, &weights, device, dtype)
         .map_err(|m| ModelError::invalid(&weights_path, m))?;
     let tokenizer = load_tokenizer(&dir.join(TOKENIZER_FILE), &config)?;
     Ok(HfModel {

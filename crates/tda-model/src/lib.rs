@@ -44,13 +44,14 @@ pub mod mistral;
 pub mod model;
 pub mod nn;
 pub mod taps;
+mod tokenizer;
 pub mod weights;
 
 pub use batch::{summed_nll, token_logprobs, TokenBatch};
 pub use config::{Arch, ModelConfig};
 pub use error::{ModelError, Result};
-pub use hf::{load_folder, save_folder, save_folder_with, HfModel};
-pub use model::{HostTensor, LinearInfo, Transformer, WeightSource, Weights};
+pub use hf::{load_folder, load_folder_as, save_folder, save_folder_with, HfModel};
+pub use model::{HostTensor, LinearInfo, ModelDtype, Transformer, WeightSource, Weights};
 pub use taps::{frozen, tap, tap_positions, tap_with_gradients, LayerTap, Taps};
 
 pub use tokenizers::Tokenizer;

@@ -14,6 +14,7 @@ use crate::nn::{self, NoRecord, Norm, Recorder, Step, TapLinear};
 use crate::weights::{put_linear, put_norm, Init, LinearLayout, Loader, Trunk, Values};
 use crate::{gpt2, llama};
 
+pub use crate::device::ModelDtype;
 pub use crate::nn::KvCache;
 pub use crate::weights::{GradReader, HostTensor, ParamReader, WeightSource, Weights};
 
@@ -115,8 +116,22 @@ impl<B: Backend> Transformer<B> {
         weights: &dyn WeightSource,
         device: &B::Device,
     ) -> Result<Self, String> {
+        Self::from_source_as(config, weights, device, ModelDtype::F32)
+    }
+
+    /// [`Transformer::from_source`] with parameters of `dtype`.
+    pub fn from_source_as(
+        config: &ModelConfig,
+        weights: &dyn WeightSource,
+        device: &B::Device,
+        dtype: ModelDtype,
+    ) -> Result<Self, String> {
         let c = config;
-        let ld = Loader::<B> { weights, device };
+        let ld = Loader::<B> {
+            weights,
+            device,
+            dtype: dtype.burn(),
+        };
         let tr = trunk(c.arch.layout());
         let blocks = (0..c.n_layers)
             .map(|i| Block::load(&ld, c, i))
@@ -180,6 +195,11 @@ impl<B: Backend> Transformer<B> {
     pub fn init(config: &ModelConfig, seed: u64, device: &B::Device) -> Self {
         let weights = init_weights(config, seed);
         Self::from_weights(config, &weights, device).expect("init_weights matches the config")
+    }
+
+    /// The type the parameters are held in (the embeddings', which every parameter shares).
+    pub fn dtype(&self) -> burn::tensor::DType {
+        self.embed.val().dtype()
     }
 
     /// All linear layers in forward order, with their HF names. The output projection is listed
@@ -255,7 +275,7 @@ impl<B: Backend> Transformer<B> {
                     (c.n_heads, c.n_kv_heads),
                     offset,
                     t,
-                    &device,
+                    (&device, x.dtype()),
                 )
             }),
         };
@@ -270,11 +290,12 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Logits `[b, t, vocab]` of hidden states `[b, t, d]`: the final norm, then `lm_head` (or the
-    /// tied embeddings), recorded as `lm_head`.
+    /// tied embeddings), recorded as `lm_head`. Logits are f32 whatever the model's dtype, as
+    /// `transformers` upcasts them before the loss.
     pub fn head_with<R: Recorder<B>>(&self, x: Tensor<B, 3>, rec: &mut R) -> Tensor<B, 3> {
         let [b, t, d] = x.dims();
         let h = self.norm_final.forward(x);
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(head) => head.forward(h, rec),
             None => {
                 let logits = h
@@ -284,7 +305,8 @@ impl<B: Backend> Transformer<B> {
                     .reshape([b, t, self.config.vocab_size]);
                 rec.linear("lm_head", &h, logits)
             }
-        }
+        };
+        nn::cast(logits, burn::tensor::DType::F32)
     }
 }
 

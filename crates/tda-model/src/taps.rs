@@ -12,9 +12,10 @@
 use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::DType;
 
 use crate::model::Transformer;
-use crate::nn::{capture, take_grad, GradSlot, Recorder};
+use crate::nn::{capture, cast, take_grad, GradSlot, Recorder};
 
 /// Which linear layers to tap, by HF module name.
 pub trait LayerFilter {
@@ -77,7 +78,8 @@ impl<B: AutodiffBackend> Recorder<B> for TapRecorder<'_, B> {
         }
         // Nothing upstream is tracked yet (the first block's first layers): a zero leaf built
         // from an inner-backend tensor (burn only lets leaves require grad).
-        let probe = Tensor::<B, 3>::from_inner(Tensor::zeros(dims, &a.device())).require_grad();
+        let probe = Tensor::<B, 3>::from_inner(Tensor::zeros(dims, (&a.device(), output.dtype())))
+            .require_grad();
         self.probes
             .push((name.to_string(), a, Grad::Probe(probe.clone())));
         output + probe
@@ -171,7 +173,10 @@ where
         .unwrap_or(f32::NAN);
     let grads = scalar.backward();
     let layers = collect_taps(model, rec.probes, &grads);
-    let input_grad = rec.embeddings.and_then(|e| e.grad(&grads));
+    let input_grad = rec
+        .embeddings
+        .and_then(|e| e.grad(&grads))
+        .map(|g| cast(g, DType::F32));
     (
         Taps {
             layers,
@@ -204,8 +209,8 @@ fn collect_taps<B: AutodiffBackend>(
             LayerTap {
                 name,
                 has_bias,
-                a,
-                g,
+                a: cast(a, DType::F32),
+                g: cast(g, DType::F32),
             }
         })
         .collect()

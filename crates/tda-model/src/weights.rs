@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use burn::module::Param;
 use burn::prelude::*;
+use burn::tensor::DType;
 
 use crate::nn::{Norm, TapLinear};
 
@@ -39,6 +40,21 @@ impl HostTensor {
     }
 }
 
+/// The transpose of a 2-D tensor of any element type (its bytes moved element by element).
+fn transposed(t: TensorData) -> TensorData {
+    let (r, c) = (t.shape[0], t.shape[1]);
+    let size = t.dtype.size();
+    let src = t.as_bytes();
+    let mut out = vec![0u8; src.len()];
+    for i in 0..r {
+        for j in 0..c {
+            let (from, to) = ((i * c + j) * size, (j * r + i) * size);
+            out[to..to + size].copy_from_slice(&src[from..from + size]);
+        }
+    }
+    TensorData::from_bytes_vec(out, [c, r], t.dtype)
+}
+
 /// HF names of the parts outside the blocks, per [`crate::config::Layout`].
 pub struct Trunk {
     /// Token embeddings `[vocab, d]`.
@@ -66,6 +82,15 @@ pub enum LinearLayout {
 pub trait WeightSource {
     /// The tensor `name` as f32, or `None` when there is none of that name.
     fn fetch(&self, name: &str) -> Result<Option<HostTensor>, String>;
+
+    /// The tensor `name` as `dtype` (a float type), or `None`. The default converts
+    /// [`WeightSource::fetch`]'s f32; a source that stores `dtype` returns it as stored, bit for
+    /// bit, without an f32 copy (`hf::FolderWeights`).
+    fn fetch_as(&self, name: &str, dtype: DType) -> Result<Option<TensorData>, String> {
+        Ok(self
+            .fetch(name)?
+            .map(|t| TensorData::new(t.data, t.shape).convert_dtype(dtype)))
+    }
 }
 
 impl WeightSource for Weights {
@@ -74,45 +99,43 @@ impl WeightSource for Weights {
     }
 }
 
-/// Takes tensors out of a [`WeightSource`] and turns them into parameters, checking shapes and
-/// finiteness. Errors name the tensor.
+/// Takes tensors out of a [`WeightSource`] and turns them into parameters of `dtype` (f32, or
+/// bf16/f16 kept as stored: `--dtype`), checking shapes and finiteness. Errors name the tensor.
 pub struct Loader<'a, B: Backend> {
     pub weights: &'a dyn WeightSource,
     pub device: &'a B::Device,
+    pub dtype: DType,
 }
 
 impl<B: Backend> Loader<'_, B> {
-    fn get(&self, name: &str, shape: &[usize]) -> Result<HostTensor, String> {
+    /// The tensor `name` in the loader's dtype, checked to have `shape` and finite values.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<TensorData, String> {
         let t = self
             .weights
-            .fetch(name)?
+            .fetch_as(name, self.dtype)?
             .ok_or_else(|| format!("tensor \"{name}\" is missing"))?;
-        if t.shape != shape {
+        if t.shape.as_slice() != shape {
             return Err(format!(
                 "tensor \"{name}\" has shape {:?}, the config implies {:?}",
-                t.shape, shape
+                t.shape.as_slice(),
+                shape
             ));
         }
-        if let Some(bad) = t.data.iter().position(|x| !x.is_finite()) {
+        if let Some(bad) = t.iter::<f32>().position(|x| !x.is_finite()) {
             return Err(format!(
                 "tensor \"{name}\" holds a non-finite value at index {bad}"
             ));
         }
         Ok(t)
     }
+    fn param<const D: usize>(&self, data: TensorData) -> Param<Tensor<B, D>> {
+        Param::from_tensor(Tensor::from_data(data, (self.device, self.dtype)))
+    }
     pub fn tensor1(&self, name: &str, n: usize) -> Result<Param<Tensor<B, 1>>, String> {
-        let t = self.get(name, &[n])?;
-        Ok(Param::from_tensor(Tensor::from_data(
-            TensorData::new(t.data, [n]),
-            self.device,
-        )))
+        Ok(self.param(self.get(name, &[n])?))
     }
     pub fn tensor2(&self, name: &str, r: usize, c: usize) -> Result<Param<Tensor<B, 2>>, String> {
-        let t = self.get(name, &[r, c])?;
-        Ok(Param::from_tensor(Tensor::from_data(
-            TensorData::new(t.data, [r, c]),
-            self.device,
-        )))
+        Ok(self.param(self.get(name, &[r, c])?))
     }
     /// The linear layer `module` (HF module name: reads `{module}.weight` and, with `bias`,
     /// `{module}.bias`).
@@ -129,11 +152,7 @@ impl<B: Backend> Loader<'_, B> {
             LinearLayout::Conv1d => self.tensor2(&wname, d_in, d_out)?,
             LinearLayout::Linear => {
                 // Transpose on the host so that the parameter is a leaf.
-                let w = self.get(&wname, &[d_out, d_in])?.transposed();
-                Param::from_tensor(Tensor::from_data(
-                    TensorData::new(w.data, [d_in, d_out]),
-                    self.device,
-                ))
+                self.param(transposed(self.get(&wname, &[d_out, d_in])?))
             }
         };
         let bias = if bias {

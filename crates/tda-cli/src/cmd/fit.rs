@@ -76,6 +76,8 @@ pub struct FitArgs {
     pub memory_budget: Option<tda_trace::MemoryBudget>,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
+    #[arg(long, default_value = "f32", help = super::DTYPE_HELP)]
+    pub dtype: tda_model::ModelDtype,
     /// Where A, S and Λ are summed: device (tensor operations where the model runs; only the
     /// per-layer sums are copied) or host (taps copied, faer GEMMs) [default: device with
     /// --device cuda, host with --device cpu, where the host's kernels are the faster].
@@ -104,7 +106,7 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
         );
     }
     with_backend!(a.device, |B, AD, device| {
-        let m = tda_model::load_folder::<AD>(&a.model, &device)?;
+        let m = tda_model::load_folder_as::<AD>(&a.model, &device, a.dtype)?;
         let fp = model_fingerprint(&a.model)?;
         let opts = FitOptions {
             strategy: a.strategy,

@@ -36,6 +36,8 @@ pub struct GenerateArgs {
     pub no_stop: bool,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
+    #[arg(long, default_value = "f32", help = super::DTYPE_HELP)]
+    pub dtype: tda_model::ModelDtype,
     /// Print JSON (prompt, completion, token ids) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -52,6 +54,8 @@ pub struct LogprobsArgs {
     pub text: String,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
+    #[arg(long, default_value = "f32", help = super::DTYPE_HELP)]
+    pub dtype: tda_model::ModelDtype,
     /// Print JSON: per token its id, string and log p given its prefix.
     #[arg(long)]
     pub json: bool,
@@ -90,7 +94,7 @@ pub fn sampling(
 pub fn generate(a: &GenerateArgs) -> anyhow::Result<()> {
     let (temperature, top_p, seed) = sampling(a.temperature, a.top_p, a.seed)?;
     with_backend!(a.device, |B, AD, device| {
-        let m = tda_model::load_folder::<B>(&a.model, &device)?;
+        let m = tda_model::load_folder_as::<B>(&a.model, &device, a.dtype)?;
         let (prompt_ids, _) = infer::encode_for_scoring(&m.tokenizer, &m.model.config, &a.prompt)?;
         let opts = GenerateOptions {
             max_new_tokens: a.max_new_tokens,
@@ -130,7 +134,7 @@ pub fn generate(a: &GenerateArgs) -> anyhow::Result<()> {
 
 pub fn logprobs(a: &LogprobsArgs) -> anyhow::Result<()> {
     with_backend!(a.device, |B, AD, device| {
-        let m = tda_model::load_folder::<B>(&a.model, &device)?;
+        let m = tda_model::load_folder_as::<B>(&a.model, &device, a.dtype)?;
         let tokens = infer::score_text(&m.model, &m.tokenizer, &a.text)?;
         if a.json {
             let total: f32 = tokens.iter().filter_map(|t| t.logprob).sum();

@@ -18,6 +18,9 @@ pub mod train;
 use tda_corpus::{ReadOptions, TextMode};
 use tda_model::device::{check_cuda, DeviceKind};
 
+/// `--dtype`, the same for every command that runs a model (`tda_model::ModelDtype`).
+pub const DTYPE_HELP: &str = "Parameters and activations in f32, bf16 or f16. Half-precision weights stored so are copied to the device as stored (half the memory, no f32 copy); norms, attention softmax, logits, curvature and scores stay f32. On a GPU half precision runs on tensor cores; on the CPU backend its GEMMs convert to f32 and run slower.";
+
 /// How a corpus is read: the same flags for every command that reads one (index, fit, trace,
 /// self-influence, train). Each pass prints what it read and skipped; a pass with no usable
 /// record is an error that says why.

@@ -101,6 +101,8 @@ pub struct SelectArgs {
     pub windows: super::WindowArgs,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
+    #[arg(long, default_value = "f32", help = super::DTYPE_HELP)]
+    pub dtype: tda_model::ModelDtype,
     /// Report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -188,7 +190,7 @@ pub fn run(a: &SelectArgs) -> anyhow::Result<()> {
     let pool = read_pool(&a.pool, &a.read.read_options())?;
     let windows = a.windows.options();
     with_backend!(a.device, |B, AD, device| {
-        let m = tda_model::load_folder::<AD>(&a.model, &device)?;
+        let m = tda_model::load_folder_as::<AD>(&a.model, &device, a.dtype)?;
         let pb = bar(
             pool.docs.iter().map(|d| d.text.len() as u64 + 1).sum(),
             "scoring [{bar:30}] {bytes}/{total_bytes} {elapsed} {msg}",

@@ -53,6 +53,8 @@ pub struct SelfInfluenceArgs {
     pub windows: super::WindowArgs,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
+    #[arg(long, default_value = "f32", help = super::DTYPE_HELP)]
+    pub dtype: tda_model::ModelDtype,
     #[arg(long)]
     pub json: bool,
 }
@@ -75,7 +77,7 @@ pub fn run(a: &SelfInfluenceArgs) -> anyhow::Result<()> {
         crate::output::check_out(out, tda_io::Output::File)?;
     }
     with_backend!(a.device, |B, AD, device| {
-        let m = tda_model::load_folder::<AD>(&a.model, &device)?;
+        let m = tda_model::load_folder_as::<AD>(&a.model, &device, a.dtype)?;
         let fp = model_fingerprint(&a.model)?;
         let factors = load_checked(&a.factors, &fp, &m.model.linear_layers())?;
         let source = a.pairs.source(&a.corpus, &a.read)?;

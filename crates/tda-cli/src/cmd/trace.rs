@@ -182,6 +182,8 @@ pub struct TraceArgs {
     pub ensemble: Vec<(PathBuf, PathBuf)>,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceKind,
+    #[arg(long, default_value = "f32", help = super::DTYPE_HELP)]
+    pub dtype: tda_model::ModelDtype,
     /// Where the candidates are scored: device (tensor operations where the model runs; only
     /// the scores are copied) or host (taps copied, faer GEMMs) [default: device with --device
     /// cuda, host with --device cpu, where the host's kernels are the faster].
@@ -253,7 +255,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         .as_ref()
         .context("--factors is required (the folder written by `tda fit`)")?;
     with_backend!(a.device, |B, AD, device| {
-        let m = tda_model::load_folder::<AD>(&a.model, &device)?;
+        let m = tda_model::load_folder_as::<AD>(&a.model, &device, a.dtype)?;
         let fp = model_fingerprint(&a.model)?;
         let factors = load_checked(factors_dir, &fp, &m.model.linear_layers())?;
         if let Some(rows_path) = &a.relabel {
@@ -382,7 +384,7 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
         }
         let (mut outs, mut fps) = (vec![out], vec![fp]);
         for (ckpt, fdir) in &a.ensemble {
-            let c = tda_model::load_folder::<AD>(ckpt, &device)?;
+            let c = tda_model::load_folder_as::<AD>(ckpt, &device, a.dtype)?;
             let cfp = model_fingerprint(ckpt)?;
             let cf = load_checked(fdir, &cfp, &c.model.linear_layers())?;
             outs.push(tda_trace::trace(
@@ -483,8 +485,8 @@ fn run_multistage(a: &TraceArgs, queries: &[Query], opts: &TraceOptions) -> anyh
         anyhow::bail!("--corpus is required (the pretraining candidates)");
     }
     with_backend!(a.device, |B, AD, device| {
-        let ft = tda_model::load_folder::<AD>(&a.model, &device)?;
-        let pt = tda_model::load_folder::<AD>(pt_dir, &device)?;
+        let ft = tda_model::load_folder_as::<AD>(&a.model, &device, a.dtype)?;
+        let pt = tda_model::load_folder_as::<AD>(pt_dir, &device, a.dtype)?;
         tda_trace::check_same_family(
             (&a.model, &ft.model.config, &ft.tokenizer),
             (pt_dir, &pt.model.config, &pt.tokenizer),

@@ -2,6 +2,7 @@
 //! heads, and the key/value cache used by generation.
 
 use burn::prelude::*;
+use burn::tensor::DType;
 
 /// Keys and values of past positions, per block: `[b, h_kv, t_past, head_dim]`.
 /// Invariant: every filled slot holds `len` positions.
@@ -85,7 +86,10 @@ pub fn causal_attention<B: Backend>(
         (expand(k), expand(v))
     };
     let scale = 1.0 / (hd as f64).sqrt();
+    // Mask and softmax in f32 whatever the model's dtype (as `transformers`' eager attention).
+    let dtype = q.dtype();
     let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+    let scores = super::cast(scores, DType::F32);
     // A single new query at the end of the cache sees every key unless a window cuts some off.
     let needs_mask = tq > 1 || offset + tq < tk || window.is_some_and(|w| w < tk);
     let scores = if needs_mask {
@@ -96,7 +100,7 @@ pub fn causal_attention<B: Backend>(
     } else {
         scores
     };
-    let probs = super::softmax_last(scores);
+    let probs = super::cast(super::softmax_last(scores), dtype);
     probs.matmul(v).swap_dims(1, 2).reshape([b, tq, h * hd])
 }
 

@@ -20,12 +20,22 @@ pub use rope::Rope;
 pub use softmax::{log_softmax_last, silu, softmax_last};
 
 use burn::prelude::*;
+use burn::tensor::DType;
 
 /// What every block of one forward pass shares: the absolute position of the first token and,
 /// for RoPE layouts, the rotary tables of these positions.
 pub struct Step<B: Backend> {
     pub offset: usize,
     pub rope: Option<Rope<B>>,
+}
+
+/// `x` in `dtype`; no operation (and no autodiff node) when it already is.
+pub fn cast<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if x.dtype() == dtype {
+        x
+    } else {
+        x.cast(dtype)
+    }
 }
 
 /// GELU, tanh approximation (HF `gelu_new`): 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).

@@ -5,6 +5,7 @@
 //! `[b, h, t, head_dim]` view would be copied element by element, forward and backward).
 
 use burn::prelude::*;
+use burn::tensor::TensorCreationOptions;
 
 /// The tables of one forward pass (positions `offset .. offset + t`), for queries (`n_heads`)
 /// and keys (`n_kv_heads`).
@@ -19,15 +20,17 @@ pub struct Rope<B: Backend> {
 }
 
 impl<B: Backend> Rope<B> {
-    /// Tables for `t` positions from `offset`. `head_dim` must be even.
+    /// Tables for `t` positions from `offset`, computed in f32 and created with `options` (the
+    /// device, and the model's dtype if not f32). `head_dim` must be even.
     pub fn new(
         theta: f64,
         head_dim: usize,
         (n_heads, n_kv_heads): (usize, usize),
         offset: usize,
         t: usize,
-        device: &B::Device,
+        options: impl Into<TensorCreationOptions<B>>,
     ) -> Self {
+        let options = options.into();
         let half = head_dim / 2;
         // emb = cat(freqs, freqs): both halves of a head use the same frequencies.
         // HF computes inv_freq = 1 / theta^(2i/d) and the angles in f32.
@@ -48,8 +51,8 @@ impl<B: Backend> Rope<B> {
                 }
             }
             (
-                Tensor::from_data(TensorData::new(cos, [1, n]), device),
-                Tensor::from_data(TensorData::new(sin, [1, n]), device),
+                Tensor::from_data(TensorData::new(cos, [1, n]), options.clone()),
+                Tensor::from_data(TensorData::new(sin, [1, n]), options.clone()),
             )
         };
         let q = tables(n_heads);
@@ -63,7 +66,7 @@ impl<B: Backend> Rope<B> {
             r[(i + half) * head_dim + i] = -1.0; // out_i = −x_{i+half}
             r[i * head_dim + i + half] = 1.0; // out_{i+half} = x_i
         }
-        let rotate = Tensor::from_data(TensorData::new(r, [head_dim, head_dim]), device);
+        let rotate = Tensor::from_data(TensorData::new(r, [head_dim, head_dim]), options);
         Self {
             q,
             kv,
