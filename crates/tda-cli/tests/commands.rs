@@ -400,7 +400,12 @@ fn half_precision_fits_and_traces_like_f32() {
                 " Kestrel Bay",
             ]);
             v.extend(["--top-k", "all", "--json", "--dtype", dtype]);
-            let mut r = ranking(&json(&ok(v)));
+            let out = json(&ok(v));
+            assert_eq!(
+                out["report"]["model_dtype"], dtype,
+                "the trace report names the dtype"
+            );
+            let mut r = ranking(&out);
             let top = r[0].0.clone();
             r.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
             (top, r.into_iter().map(|x| x.2).collect::<Vec<f64>>())

@@ -92,6 +92,15 @@ pub enum ModelDtype {
 }
 
 impl ModelDtype {
+    /// The dtype of a model's parameters (`Transformer::dtype`), as a name (`f32`, `bf16`, `f16`,
+    /// or burn's name for anything else).
+    pub fn name_of(dtype: burn::tensor::DType) -> String {
+        [Self::F32, Self::Bf16, Self::F16]
+            .into_iter()
+            .find(|d| d.burn() == dtype)
+            .map_or_else(|| format!("{dtype:?}"), |d| d.to_string())
+    }
+
     /// burn's dtype of the parameters.
     pub fn burn(self) -> burn::tensor::DType {
         match self {

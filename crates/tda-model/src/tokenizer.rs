@@ -165,4 +165,3 @@ fn extra_ids(v: &Value, what: &str, out: &mut Vec<(u64, String)>) {
         _ => {}
     }
 }
-

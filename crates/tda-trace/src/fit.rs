@@ -74,6 +74,9 @@ pub struct FitProgress {
 pub struct FitReport {
     pub strategy: String,
     pub fingerprint: String,
+    /// The model's `--dtype` (absent for a merged sharded fit, whose parts do not record it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model_dtype: String,
     pub layers: Vec<String>,
     /// What each pass read (the same every pass, checked).
     pub corpus: PassStats,
@@ -119,6 +122,7 @@ pub fn fit<AD: AutodiffBackend>(
     let mut report = FitReport {
         strategy: opts.strategy.to_string(),
         fingerprint: fingerprint.to_string(),
+        model_dtype: tda_model::ModelDtype::name_of(model.dtype()),
         layers: specs.iter().map(|s| s.name.clone()).collect(),
         ..Default::default()
     };

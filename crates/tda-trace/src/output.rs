@@ -143,6 +143,9 @@ pub struct LayerKept {
 /// Where the time went.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TraceReport {
+    /// The model's `--dtype`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model_dtype: String,
     /// What the candidate pass read.
     pub corpus: crate::candidates::PassStats,
     pub queries: usize,

@@ -376,6 +376,7 @@ fn score_pass<AD: AutodiffBackend>(
     let values = &prepared.values;
     let nq = queries.len();
     let mut report = TraceReport {
+        model_dtype: tda_model::ModelDtype::name_of(fz.dtype()),
         queries: nq,
         queries_s: prepared.seconds,
         query_rank_kept: rank_kept(&specs, pq),
