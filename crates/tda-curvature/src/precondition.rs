@@ -261,6 +261,15 @@ pub fn precondition(
             )));
         }
         for (g, l) in q.layers.iter().zip(&factors.layers) {
+            let complete = (factors.strategy == Strategy::Identity || l.lambda.is_some())
+                && (!factors.strategy.uses_eigenbasis()
+                    || (l.a_basis.is_some() && l.s_basis.is_some()));
+            if !complete {
+                return Err(CurvatureError::Usage(format!(
+                    "layer {}: {} factors without their Λ or eigenbases (specs only) cannot precondition",
+                    l.spec.name, factors.strategy
+                )));
+            }
             if g.g.len() != g.n * l.spec.d_out || g.a.len() != g.n * l.spec.d_a() {
                 return Err(crate::error::shape_err(
                     &l.spec.name,

@@ -26,12 +26,19 @@ use crate::taps::{validate_batches, LayerBatch, LayerSpec};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// The most memory the per-sequence path of one layer may take: its dense queries and the
 /// batch's per-sequence gradients (`(Q + B) · d_out · d_a` f32). A layer above it is always scored
 /// per token (e.g. the unembedding of a 150k vocabulary).
 pub const DENSE_QUERY_BUDGET_BYTES: usize = 256 << 20;
+
+/// The most memory the dense queries of all layers together may take (`Q · d_out · d_a` f32 per
+/// layer, kept for the whole trace once formed). Layers are granted it in the order they are
+/// first scored per sequence; a layer it no longer holds is scored per token for the rest of the
+/// trace. (Per layer alone, 24 blocks × 7 layers of a Qwen2-0.5B could hold 40 GiB.)
+pub const DENSE_QUERIES_TOTAL_BYTES: usize = 1 << 30;
 
 /// How one layer of a candidate batch is scored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,32 +74,32 @@ struct PackedLayer {
     /// Column ranges per query: `offsets[q]..offsets[q + 1]`.
     offsets: Vec<usize>,
     /// `[Q, d_out · d_a]`: each query's `P = L Rᵀ`, formed the first time the layer is scored
-    /// per sequence.
+    /// per sequence on the host.
     dense: OnceLock<Vec<f32>>,
+    /// Whether [`DENSE_QUERIES_TOTAL_BYTES`] holds this layer's dense queries (decided once).
+    granted: OnceLock<bool>,
 }
 
 impl PackedLayer {
-    fn dense(&self, spec: &LayerSpec) -> &[f32] {
-        self.dense.get_or_init(|| {
-            let (d_out, d_a, w) = (spec.d_out, spec.d_a(), self.width);
-            let n = d_out * d_a;
-            let mut out = vec![0.0f32; (self.offsets.len() - 1) * n];
-            out.par_chunks_mut(n).enumerate().for_each(|(q, p)| {
-                let (s, e) = (self.offsets[q], self.offsets[q + 1]);
-                let l = MatRef::from_row_major_slice(&self.left, d_out, w).subcols(s, e - s);
-                let r = MatRef::from_row_major_slice(&self.right, d_a, w).subcols(s, e - s);
-                let dst = MatMut::from_row_major_slice_mut(p, d_out, d_a);
-                matmul(
-                    dst,
-                    Accum::Replace,
-                    l,
-                    r.transpose(),
-                    1.0f32,
-                    faer::Par::Seq,
-                );
-            });
-            out
-        })
+    fn form_dense(&self, spec: &LayerSpec) -> Vec<f32> {
+        let (d_out, d_a, w) = (spec.d_out, spec.d_a(), self.width);
+        let n = d_out * d_a;
+        let mut out = vec![0.0f32; (self.offsets.len() - 1) * n];
+        out.par_chunks_mut(n).enumerate().for_each(|(q, p)| {
+            let (s, e) = (self.offsets[q], self.offsets[q + 1]);
+            let l = MatRef::from_row_major_slice(&self.left, d_out, w).subcols(s, e - s);
+            let r = MatRef::from_row_major_slice(&self.right, d_a, w).subcols(s, e - s);
+            let dst = MatMut::from_row_major_slice_mut(p, d_out, d_a);
+            matmul(
+                dst,
+                Accum::Replace,
+                l,
+                r.transpose(),
+                1.0f32,
+                faer::Par::Seq,
+            );
+        });
+        out
     }
 }
 
@@ -102,6 +109,8 @@ pub struct QueryBatch {
     n_queries: usize,
     layers: Vec<PackedLayer>,
     sq_norms: Vec<f64>,
+    /// What is left of [`DENSE_QUERIES_TOTAL_BYTES`].
+    dense_left: AtomicUsize,
 }
 
 impl QueryBatch {
@@ -150,6 +159,7 @@ impl QueryBatch {
                 width,
                 offsets,
                 dense: OnceLock::new(),
+                granted: OnceLock::new(),
             });
         }
         Ok(Self {
@@ -157,6 +167,7 @@ impl QueryBatch {
             n_queries: queries.len(),
             layers,
             sq_norms: queries.iter().map(|q| q.sq_norm).collect(),
+            dense_left: AtomicUsize::new(DENSE_QUERIES_TOTAL_BYTES),
         })
     }
 
@@ -181,9 +192,44 @@ impl QueryBatch {
         (&pk.left, &pk.right, pk.width, &pk.offsets)
     }
 
-    /// Layer `l`'s dense queries `P_q = L_q R_qᵀ`, `[Q, d_out · d_a]` (formed on first use).
+    /// The same queries with `bytes` in place of [`DENSE_QUERIES_TOTAL_BYTES`] (before any
+    /// layer is scored).
+    pub fn with_dense_budget(self, bytes: usize) -> Self {
+        Self {
+            dense_left: AtomicUsize::new(bytes),
+            ..self
+        }
+    }
+
+    /// Whether layer `l` of a batch of `batch` sequences × `rows` tokens in all is scored per
+    /// sequence: [`Path::choose`] prefers it and the dense queries fit what is left of
+    /// [`DENSE_QUERIES_TOTAL_BYTES`] (the first time a layer asks, its share is taken for good;
+    /// a layer refused once is scored per token from then on).
+    pub fn per_sequence(&self, l: usize, rows: usize, batch: usize) -> bool {
+        let (spec, pk) = (&self.specs[l], &self.layers[l]);
+        Path::choose(spec, rows, batch, pk.width, self.n_queries) == Path::PerSequence
+            && *pk.granted.get_or_init(|| {
+                let bytes = self.n_queries * spec.d_out * spec.d_a() * 4;
+                self.dense_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                        left.checked_sub(bytes)
+                    })
+                    .is_ok()
+            })
+    }
+
+    /// Layer `l`'s dense queries `P_q = L_q R_qᵀ`, `[Q, d_out · d_a]`, kept once formed (the
+    /// host path; call it only for a layer [`QueryBatch::per_sequence`] granted).
     pub fn dense(&self, l: usize) -> &[f32] {
-        self.layers[l].dense(&self.specs[l])
+        self.layers[l]
+            .dense
+            .get_or_init(|| self.layers[l].form_dense(&self.specs[l]))
+    }
+
+    /// [`QueryBatch::dense`], formed anew and not kept (for a caller that keeps its own copy,
+    /// e.g. on the model's device).
+    pub fn form_dense(&self, l: usize) -> Vec<f32> {
+        self.layers[l].form_dense(&self.specs[l])
     }
 }
 
@@ -330,8 +376,8 @@ pub fn score_layers(
         let lb = &batches[l - first];
         let pk = &queries.layers[l];
         let w = pk.width;
-        if !want_tokens && Path::choose(spec, rows, bsz, w, nq) == Path::PerSequence {
-            let s = per_sequence(pk.dense(spec), spec, lb, nq);
+        if !want_tokens && queries.per_sequence(l, rows, bsz) {
+            let s = per_sequence(queries.dense(l), spec, lb, nq);
             for b in 0..bsz {
                 for q in 0..nq {
                     per_layer[(b * nl + l) * nq + q] += s[b * nq + q];

@@ -260,7 +260,52 @@ fn per_sequence_path_equals_per_token_path() {
         for (a, b) in tok.total.iter().zip(&seq.total) {
             assert!((a - b).abs() <= 1e-5 * scale, "total {a} vs {b}");
         }
+        // A total dense-query budget that holds one layer: that layer alone goes per sequence
+        // (the first asked), the rest per token for good, and the scores do not change.
+        let c = &w.cands[0];
+        let (rows, bsz) = (c.batch * c.seq_len, c.batch);
+        let first = (0..sp.len()).find(|&l| qb.per_sequence(l, rows, bsz));
+        if let Some(first) = first {
+            let one = sp[first].d_out * sp[first].d_a() * pq.len() * 4;
+            let tight = QueryBatch::new(&sp, &pq).unwrap().with_dense_budget(one);
+            let got = score_candidates_with(&tight, &views(&w.cands), false).unwrap();
+            let granted: Vec<usize> = (0..sp.len())
+                .filter(|&l| tight.per_sequence(l, rows, bsz))
+                .collect();
+            assert_eq!(
+                granted,
+                vec![first],
+                "{rank:?}: one layer within the budget"
+            );
+            for (a, b) in tok.per_layer.iter().zip(&got.per_layer) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * scale,
+                    "budgeted per layer {a} vs {b}"
+                );
+            }
+            let none = QueryBatch::new(&sp, &pq).unwrap().with_dense_budget(0);
+            assert!((0..sp.len()).all(|l| !none.per_sequence(l, rows, bsz)));
+        }
     }
+}
+
+/// Factors reduced to their layer specs (what `tda trace` keeps through the candidate pass) can
+/// no longer precondition: an error, not identity scores in disguise.
+#[test]
+fn specs_only_factors_refuse_to_precondition() {
+    let w = world();
+    let sp = specs();
+    let qg = query_gradients(&sp, &views(&w.queries)).unwrap();
+    for strategy in [Strategy::Diagonal, Strategy::Kfac, Strategy::Ekfac] {
+        let f = fit(&sp, FitConfig::new(strategy), &w.fit_batches);
+        assert!(precondition(&f, Damping::default(), &qg, Rank::Full).is_ok());
+        let err = precondition(&f.into_specs_only(), Damping::default(), &qg, Rank::Full)
+            .err()
+            .unwrap_or_else(|| panic!("{strategy}: specs-only factors preconditioned"));
+        assert!(err.to_string().contains("specs only"), "{err}");
+    }
+    let id = Factors::identity(sp.clone(), "inv");
+    assert!(precondition(&id.into_specs_only(), Damping::default(), &qg, Rank::Full).is_ok());
 }
 
 #[test]

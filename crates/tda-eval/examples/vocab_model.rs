@@ -4,14 +4,15 @@
 //! and measures peak memory:
 //!
 //! ```sh
-//! cargo run --release -p tda-eval --example vocab_model -- OUT HIDDEN LAYERS DOCS BIOS_PER_DOC [VOCAB]
+//! cargo run --release -p tda-eval --example vocab_model -- OUT HIDDEN LAYERS DOCS BIOS_PER_DOC [VOCAB [ARCH [QUERIES]]]
 //! ```
 //!
 //! `OUT/model` (HF folder; the tokenizer is a 2,048-entry byte-level BPE trained on the corpus:
 //! ids stay below the model's vocabulary, as Qwen2's own tokenizer is smaller than its
 //! `vocab_size`), `OUT/corpus.jsonl` (`DOCS` documents, each `BIOS_PER_DOC` biographies long),
-//! `OUT/queries.jsonl` (8 queries: a person's name → their city). `VOCAB` (default 151,936, at
-//! least 2,048) sets another vocabulary size.
+//! `OUT/queries.jsonl` (`QUERIES` queries, default 8: a person's name → their city). `VOCAB`
+//! (default 151,936, at least 2,048) sets another vocabulary size; `ARCH` `gpt2` makes a GPT-2
+//! shape instead (heads of 64, learned positions up to 1,024, tied embeddings; `benches/gpt2_small`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -53,7 +54,9 @@ fn main() {
     let tok = train_bpe(texts.iter(), 2048).expect("tokenizer");
     let eot = tok.token_to_id(END_OF_TEXT).expect("eot");
     let heads = (hidden / 64).max(1);
-    let cfg = ModelConfig {
+    let arch = args.get(7).map_or("qwen2", String::as_str);
+    let n_queries = args.get(8).map_or(8, |_| arg(8, "QUERIES"));
+    let qwen2 = ModelConfig {
         arch: Arch::Qwen2,
         vocab_size: vocab,
         hidden,
@@ -73,6 +76,15 @@ fn main() {
         eos_token_id: Some(eot),
         sliding_window: None,
     };
+    let cfg = match arch {
+        "qwen2" => qwen2,
+        "gpt2" => ModelConfig {
+            bos_token_id: Some(eot),
+            eos_token_id: Some(eot),
+            ..ModelConfig::gpt2(hidden, layers, heads, vocab, 1024)
+        },
+        other => panic!("ARCH: qwen2 or gpt2, not {other}"),
+    };
     let model = Transformer::<Cpu>::init(&cfg, 0, &Default::default());
     tda_model::save_folder(&model, &tok, &out.join("model")).expect("save the model");
     let mut corpus = std::fs::File::create(out.join("corpus.jsonl")).expect("corpus");
@@ -81,7 +93,11 @@ fn main() {
         writeln!(corpus, "{row}").expect("write");
     }
     let mut queries = std::fs::File::create(out.join("queries.jsonl")).expect("queries");
-    for b in bios.iter().step_by((bios.len() / 8).max(1)).take(8) {
+    for b in bios
+        .iter()
+        .step_by((bios.len() / n_queries).max(1))
+        .take(n_queries)
+    {
         let row = serde_json::json!({
             "prompt": format!("{} was born in", b.person.name),
             "completion": format!(" {}", b.person.city),
@@ -89,7 +105,7 @@ fn main() {
         writeln!(queries, "{row}").expect("write");
     }
     eprintln!(
-        "{}: Qwen2-shaped, hidden {hidden}, {layers} blocks, vocab {vocab}; {docs} documents",
+        "{}: {arch}-shaped, hidden {hidden}, {layers} blocks, vocab {vocab}; {docs} documents, {n_queries} queries",
         out.display()
     );
 }

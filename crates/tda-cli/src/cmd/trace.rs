@@ -306,6 +306,15 @@ pub fn run(a: &TraceArgs) -> anyhow::Result<()> {
                 path.display()
             );
         }
+        // Prepared queries are all the candidate pass needs of the factors, unless RelatIF
+        // normalises by each candidate's own preconditioned norm.
+        let specs_only =
+            prepared.is_some() && a.shard.is_none() && a.normalization != Normalization::RelatIF;
+        let factors = if specs_only {
+            factors.into_specs_only()
+        } else {
+            factors
+        };
         // The prefilter searches the queries' texts: the given ones (an aggregated target's
         // label is not a text), or those of the saved file.
         let queries = match (&a.queries_from, &prepared) {

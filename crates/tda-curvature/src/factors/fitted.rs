@@ -224,6 +224,25 @@ pub struct Factors {
 }
 
 impl Factors {
+    /// These factors without their eigenbases and Λ (layer specs, strategy and counts kept):
+    /// all scoring needs once the queries are preconditioned, without holding the factors' size
+    /// (1.6 GB for GPT-2-small's blocks) through the candidate pass.
+    pub fn into_specs_only(self) -> Self {
+        Self {
+            layers: self
+                .layers
+                .into_iter()
+                .map(|l| LayerFactors {
+                    spec: l.spec,
+                    a_basis: None,
+                    s_basis: None,
+                    lambda: None,
+                })
+                .collect(),
+            ..self
+        }
+    }
+
     /// Layer specs in order.
     pub fn specs(&self) -> Vec<LayerSpec> {
         self.layers.iter().map(|l| l.spec.clone()).collect()

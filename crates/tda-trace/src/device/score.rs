@@ -1,6 +1,6 @@
 //! The candidate contraction on the model's device: every query scored against one batch of
 //! candidate taps, the same two paths as the host's `tda_curvature::score` (chosen per layer by
-//! the same cost model, [`Path::choose`]):
+//! the same cost model and dense-query budget, [`QueryBatch::per_sequence`]):
 //! - per token: `s_t(q) = Σ_{c ∈ q} (g_t L)_c (a_t R)_c`, two GEMMs and a GEMM with the column →
 //!   query indicator; `[B·T, Q]` crosses to the host;
 //! - per sequence: `G_b = g_bᵀ a_b` contracted with the dense `P_q`, in column chunks of
@@ -14,7 +14,7 @@
 use std::cell::OnceCell;
 
 use burn::prelude::*;
-use tda_curvature::score::{CandidateScores, Path, QueryBatch};
+use tda_curvature::score::{CandidateScores, QueryBatch};
 
 use super::{in_f32, in_precision, to_f64, Precision};
 use crate::error::{Result, TraceError};
@@ -108,12 +108,11 @@ pub fn score_on_device<B: Backend>(
             .clone()
             .reshape([rows, d_out])
             .mask_fill(pad.clone().expand([rows, d_out]), 0.0);
-        let w = ql.left.dims()[1];
-        if !per_token && Path::choose(spec, rows, b, w, nq) == Path::PerSequence {
+        if !per_token && queries.per_sequence(l, rows, b) {
             let n = d_out * d_a;
             let nc = n.div_ceil(CHUNK);
             let dense = ql.dense.get_or_init(|| {
-                let mut p = queries.dense(l).to_vec(); // [Q, n]
+                let mut p = queries.form_dense(l); // [Q, n]
                 let mut t = vec![0f32; nc * CHUNK * nq]; // [n padded, Q]
                 for q in 0..nq {
                     for (k, x) in p.drain(..n).enumerate() {
