@@ -21,6 +21,7 @@ Examples:
   tda fit --model gpt2 --corpus C --out F --modules all --max-block 4096 --max-windows 20000   # lm_head too (50k wide: block-diagonal)
   tda fit --model qwen2 --corpus C --out F --max-len 2048 --stride 1536 --memory-budget 8GiB   # blocks (default), overlapping windows, bounded memory
   tda fit --model FT --corpus sft.jsonl --completion-only --out FT_F   # {prompt, completion} pairs, loss on completions (multi-stage fine-tuning factors)
+  tda fit --model qwen2-bf16 --corpus C --out F --dtype bf16 --device cuda   # the model as stored (bf16); A, S, Λ in f32/f64
 
 Sharded (one task per shard, e.g. a Slurm array job; see deploy/README.md). --shard I/N takes documents d with d mod N = I and writes the pass's sums to the FILE --out; `tda merge` adds the shards' sums exactly (in shard order) and refuses a missing, duplicate or mismatched shard. ekfac needs two passes:
   tda fit --model M --corpus C --shard $I/$N --out parts/cov-$I.part            # covariance pass

@@ -66,6 +66,7 @@ Examples:
   tda trace --model M --factors F --corpus shard-000.jsonl --queries targets.jsonl --save-queries targets.q   # then, for each new shard:
   tda trace --model M --factors F --corpus shard-001.jsonl --queries-from targets.q
   tda trace --model qwen2 --factors F --corpus long.jsonl --queries q.jsonl --max-len 2048 --stride 1536 --memory-budget 8GiB   # overlapping windows, bounded memory
+  tda trace --model qwen2-bf16 --factors F --corpus C.jsonl --queries q.jsonl --dtype bf16 --device cuda   # the model in bf16; taps, queries and scores in f32
 
 Sharded (one task per shard, e.g. a Slurm array job; see deploy/README.md): --shard I/N scores documents d with d mod N = I and writes a partial parquet (--out; the shard's top-K, or every candidate with --top-k all, in row groups); `tda merge` gives exactly the unsharded ranking and refuses a missing, duplicate or mismatched shard:
   tda trace --model M --factors F --corpus C --queries q.jsonl --top-k 50 --shard $I/$N --out parts/trace-$I.parquet
