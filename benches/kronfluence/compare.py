@@ -1,7 +1,8 @@
-"""Compares `tda trace --json` window scores with Kronfluence's pairwise scores (kron.py output):
-Spearman per query (the two sign conventions are opposite: tda's score is positive when
-up-weighting the document raises the measurement) and the largest difference relative to the
-largest |score|. Usage: compare.py TRACE_JSON KRON_JSON. Standard library only."""
+"""Compares `tda trace --json` window scores with Kronfluence's pairwise scores (kron.py output)
+or with another `tda trace --json` of the same queries and documents: Spearman per query (tda's
+and Kronfluence's sign conventions are opposite: tda's score is positive when up-weighting the
+document raises the measurement) and the largest difference relative to the largest |score| of
+the second file. Usage: compare.py TRACE_JSON (KRON_JSON | TRACE_JSON). Standard library only."""
 
 import json
 import sys
@@ -24,18 +25,37 @@ def spearman(a, b):
     return num / den
 
 
-def main() -> None:
-    trace = json.load(open(sys.argv[1]))
-    kron = json.load(open(sys.argv[2]))["scores"]
+def by_doc(q):
+    return {r["doc_id"]: r["score"] for r in q["results"]}
+
+
+def compare(trace, other):
+    """Agreement of a `tda trace --json` object with a kron.py object or another trace object."""
+    if "scores" in other:  # Kronfluence: [query][document i] for document "doc{i}", opposite sign
+        refs = [{f"doc{d}": -x for d, x in enumerate(row)} for row in other["scores"]]
+    else:
+        refs = [by_doc(q) for q in other["queries"]]
+    if len(refs) != len(trace["queries"]):
+        raise ValueError(f"{len(refs)} queries against {len(trace['queries'])}")
     rhos, rel = [], 0.0
-    for qi, q in enumerate(trace["queries"]):
-        ours = {r["doc_id"]: r["score"] for r in q["results"]}
-        k = kron[qi]
-        t = [-ours[f"doc{d}"] for d in range(len(k))]
+    for q, ref in zip(trace["queries"], refs):
+        ours = by_doc(q)
+        if ours.keys() != ref.keys():
+            raise ValueError(f"query {q.get('id')}: the two rank different documents (use --top-k all)")
+        keys = sorted(ref)
+        t, k = [ours[d] for d in keys], [ref[d] for d in keys]
         rhos.append(spearman(t, k))
-        scale = max(abs(x) for x in k)
+        scale = max(abs(x) for x in k) or 1.0
         rel = max(rel, max(abs(a - b) for a, b in zip(t, k)) / scale)
-    print(json.dumps({"spearman_min": min(rhos), "spearman": rhos, "max_diff_rel": rel}))
+    return {"spearman_min": min(rhos), "spearman_mean": sum(rhos) / len(rhos), "spearman": rhos,
+            "max_diff_rel": rel}
+
+
+def main() -> None:
+    try:
+        print(json.dumps(compare(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))))
+    except ValueError as e:
+        sys.exit(f"{sys.argv[2]}: {e}")
 
 
 if __name__ == "__main__":

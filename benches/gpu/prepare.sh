@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Issue 12's GPU checks, part 1 of 2, on this machine: the GPU machine has CUDA, PyTorch and
+# transformers but no Rust toolchain and no network, so everything it runs is built and gathered
+# here into gpu-kit/ (git-ignored; the device tool carries it):
+#   gpu-kit/tda        `tda` built with burn-cuda (`--features cuda`), stripped (it also runs --device cpu)
+#   gpu-kit/whl/       Kronfluence 1.0.1 and einconv, the one dependency the GPU image lacks
+# Part 2 runs there: the device tool's `run` with carry ["gpu-kit"], timeout_s 600 and the command
+#   bash benches/gpu/run.sh
+#
+#   bash benches/gpu/prepare.sh     # ≈ 15–25 min from a warm target/ (burn-cuda and the tda crates)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+kit=gpu-kit
+mkdir -p "$kit/whl"
+cargo build --release -q -p tda-cli --features cuda --bin tda
+cp target/release/tda "$kit/tda"
+strip "$kit/tda"
+# The plain build again, so target/release/tda stays the one the tests and benches expect.
+cargo build --release -q --workspace --bin tda
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux2014_x86_64 -d "$kit/whl" kronfluence==1.0.1 einconv==0.1.0
+"$kit/tda" --version
+du -sh "$kit" "$kit"/* "$kit"/whl/*
