@@ -21,14 +21,17 @@
 #     GPT2_WORDS=127 A_DOCS=64 bash benches/gpu/run.sh      # a dry run of the whole script on a CPU
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-tda="${TDA:-gpu-kit/tda}"
+tda="${TDA:-}"
 device="${DEVICE:-cuda}"
 py="${PY:-python3}"
 out="${OUT:-/tmp/tda-gpu-out}"
 work="${WORK:-/tmp/tda-gpu}"
 rm -rf "$work" && mkdir -p "$work" "$out"
 : > "$out/steps.txt"
-chmod +x "$tda" 2>/dev/null
+if [ -z "$tda" ]; then  # the kit's compressed CUDA build
+  tda="$work/tda"
+  xz -dc gpu-kit/tda.xz > "$tda" && chmod +x "$tda" || { echo "gpu-kit/tda.xz: missing or unreadable (run benches/gpu/prepare.sh here first)"; exit 1; }
+fi
 export PYTHONUNBUFFERED=1
 if [ -d gpu-kit/whl ] && ls gpu-kit/whl/*.whl >/dev/null 2>&1; then
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
