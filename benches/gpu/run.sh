@@ -16,9 +16,11 @@
 #      same job (goal: tda ≥ 3× faster end to end), score agreement.
 #
 #   bash benches/gpu/run.sh                      # on the GPU machine, from the repository root
-#   TDA=target/release/tda DEVICE=cpu PY=target/kronfluence-venv/bin/python \
+#   DEVICE=cpu PY=target/kronfluence-venv/bin/python \
 #     GPT2_HIDDEN=64 GPT2_LAYERS=2 GPT2_VOCAB=1000 GPT2_DOCS=40 GPT2_FIT_DOCS=16 GPT2_QUERIES=4 \
 #     GPT2_WORDS=127 A_DOCS=64 bash benches/gpu/run.sh      # a dry run of the whole script on a CPU
+#
+# TDA=PATH runs another binary (target/release/tda, say) instead of the kit's gpu-kit/tda.xz.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 tda="${TDA:-}"
@@ -82,20 +84,15 @@ for on in host device; do
   step "a_fit_$on" 150 "$tda" fit --model "$a/model" --corpus "$a/corpus.jsonl" --out "$a/f_$on" \
     --modules all --fisher empirical --max-len 64 --batch-size 16 --device "$device" --compute-on "$on" --json
 done
+# Every document scored against every query, so that two runs can be compared rank by rank.
+a_trace=(trace --model "$a/model" --corpus "$a/corpus.jsonl" --queries "$a/queries.jsonl" --damping 1e-3
+  --query-rank full --top-k all --max-len 64 --batch-size 16 --granularity window --device "$device" --json)
 for on in host device; do
-  step "a_trace_$on" 120 "$tda" trace --model "$a/model" --factors "$a/f_host" --corpus "$a/corpus.jsonl" \
-    --queries "$a/queries.jsonl" --damping 1e-3 --query-rank full --top-k all --max-len 64 --batch-size 16 \
-    --granularity window --device "$device" --compute-on "$on" --json
+  step "a_trace_$on" 120 "$tda" "${a_trace[@]}" --factors "$a/f_host" --compute-on "$on"
 done
-step a_trace_fdev 120 "$tda" trace --model "$a/model" --factors "$a/f_device" --corpus "$a/corpus.jsonl" \
-  --queries "$a/queries.jsonl" --damping 1e-3 --query-rank full --top-k all --max-len 64 --batch-size 16 \
-  --granularity window --device "$device" --compute-on device --json
-step a_trace_pbf16 120 "$tda" trace --model "$a/model" --factors "$a/f_host" --corpus "$a/corpus.jsonl" \
-  --queries "$a/queries.jsonl" --damping 1e-3 --query-rank full --top-k all --max-len 64 --batch-size 16 \
-  --granularity window --device "$device" --compute-on device --precision bf16 --json
-step a_trace_dbf16 120 "$tda" trace --model "$a/model" --factors "$a/f_host" --corpus "$a/corpus.jsonl" \
-  --queries "$a/queries.jsonl" --damping 1e-3 --query-rank full --top-k all --max-len 64 --batch-size 16 \
-  --granularity window --device "$device" --compute-on device --dtype bf16 --json
+step a_trace_fdev 120 "$tda" "${a_trace[@]}" --factors "$a/f_device" --compute-on device
+step a_trace_pbf16 120 "$tda" "${a_trace[@]}" --factors "$a/f_host" --compute-on device --precision bf16
+step a_trace_dbf16 120 "$tda" "${a_trace[@]}" --factors "$a/f_host" --compute-on device --dtype bf16
 step a_kron 240 "$py" benches/kronfluence/kron.py "$a" --device "$device"
 "$py" benches/gpu/summary.py "$work" "$out" > /dev/null  # part A's numbers, in case B runs out of time
 

@@ -26,6 +26,8 @@ def spearman(a, b):
 
 
 def by_doc(q):
+    """Document id → score of one query's results (one result per document: a document of one
+    window, or `--granularity document`)."""
     return {r["doc_id"]: r["score"] for r in q["results"]}
 
 
