@@ -47,6 +47,76 @@ pub struct CandidateScores {
     pub per_layer: Vec<f64>,
 }
 
+/// A batch's scores summed layer by layer, as a scorer computes them: per layer `[B, L, Q]` and,
+/// when asked for, per token `[B, T, Q]` (rows `b·T + t`). [`LayerSums::into_scores`] adds the
+/// layers up into [`CandidateScores::total`].
+pub struct LayerSums {
+    batch: usize,
+    seq_len: usize,
+    n_queries: usize,
+    n_layers: usize,
+    per_token: Vec<f64>,
+    per_layer: Vec<f64>,
+}
+
+impl LayerSums {
+    /// Zero sums; `per_token` is kept only when `want_tokens`.
+    pub fn new(
+        batch: usize,
+        seq_len: usize,
+        n_queries: usize,
+        n_layers: usize,
+        want_tokens: bool,
+    ) -> Self {
+        let rows = batch * seq_len;
+        Self {
+            batch,
+            seq_len,
+            n_queries,
+            n_layers,
+            per_token: vec![0.0; if want_tokens { rows * n_queries } else { 0 }],
+            per_layer: vec![0.0; batch * n_layers * n_queries],
+        }
+    }
+
+    /// Adds layer `l`'s per-sequence scores `s [B, Q]`.
+    pub fn add_sequences(&mut self, l: usize, s: &[f64]) {
+        let (nq, nl) = (self.n_queries, self.n_layers);
+        for b in 0..self.batch {
+            for q in 0..nq {
+                self.per_layer[(b * nl + l) * nq + q] += s[b * nq + q];
+            }
+        }
+    }
+
+    /// Adds layer `l`'s per-token scores `s [B·T, Q]` (to the per-token sums too, when kept).
+    pub fn add_tokens(&mut self, l: usize, s: &[f64]) {
+        let (nq, nl) = (self.n_queries, self.n_layers);
+        let keep = !self.per_token.is_empty();
+        for r in 0..self.batch * self.seq_len {
+            let b = r / self.seq_len;
+            for q in 0..nq {
+                let v = s[r * nq + q];
+                if keep {
+                    self.per_token[r * nq + q] += v;
+                }
+                self.per_layer[(b * nl + l) * nq + q] += v;
+            }
+        }
+    }
+
+    pub fn into_scores(self) -> CandidateScores {
+        CandidateScores::from_layers(
+            self.batch,
+            self.seq_len,
+            self.n_queries,
+            self.n_layers,
+            self.per_token,
+            self.per_layer,
+        )
+    }
+}
+
 impl CandidateScores {
     /// The scores of a batch from its per-layer scores `[B, L, Q]` (and per-token scores
     /// `[B, T, Q]`, or empty): `total` is their sum over the layers.
@@ -167,19 +237,13 @@ pub fn score_layers(
     );
     let rows = bsz * t_len;
     let want_tokens = per_token;
-    let mut per_token = vec![0.0f64; if want_tokens { rows * nq } else { 0 }];
-    let mut per_layer = vec![0.0f64; bsz * nl * nq];
+    let mut sums = LayerSums::new(bsz, t_len, nq, nl, want_tokens);
     for (l, spec) in queries.specs.iter().enumerate().take(end).skip(first) {
         let lb = &batches[l - first];
         let pk = &queries.layers[l];
         let w = pk.width;
         if !want_tokens && queries.per_sequence(l, rows, bsz) {
-            let s = per_sequence(queries.dense(l), spec, lb, nq);
-            for b in 0..bsz {
-                for q in 0..nq {
-                    per_layer[(b * nl + l) * nq + q] += s[b * nq + q];
-                }
-            }
+            sums.add_sequences(l, &per_sequence(queries.dense(l), spec, lb, nq));
             continue;
         }
         let mut x = vec![0.0f32; rows * w];
@@ -223,20 +287,9 @@ pub fn score_layers(
                 out.into_iter()
             })
             .collect();
-        for r in 0..rows {
-            let b = r / t_len;
-            for q in 0..nq {
-                let v = contrib[r * nq + q];
-                if want_tokens {
-                    per_token[r * nq + q] += v;
-                }
-                per_layer[(b * nl + l) * nq + q] += v;
-            }
-        }
+        sums.add_tokens(l, &contrib);
     }
-    Ok(CandidateScores::from_layers(
-        bsz, t_len, nq, nl, per_token, per_layer,
-    ))
+    Ok(sums.into_scores())
 }
 
 /// `⟨P_q, G_b⟩` of one layer `[B, Q]`: `G_b = g_bᵀ a_b` over the real rows of each sequence

@@ -14,7 +14,7 @@
 use std::cell::OnceCell;
 
 use burn::prelude::*;
-use tda_curvature::score::{CandidateScores, QueryBatch};
+use tda_curvature::score::{CandidateScores, LayerSums, QueryBatch};
 
 use super::{in_f32, in_precision, to_f64, Precision};
 use crate::error::{Result, TraceError};
@@ -94,10 +94,9 @@ pub fn score_on_device<B: Backend>(
         &device,
     )
     .reshape([rows, 1]);
-    let mut tokens = vec![0.0f64; if per_token { rows * nq } else { 0 }];
-    let mut per_layer = vec![0.0f64; b * nl * nq];
-    for l in first..end {
-        let (spec, ql) = (&specs[l], &dq.layers[l]);
+    let mut sums = LayerSums::new(b, t, nq, nl, per_token);
+    for (l, spec) in specs.iter().enumerate().take(end).skip(first) {
+        let ql = &dq.layers[l];
         let (d_out, d_a) = (spec.d_out, spec.d_a());
         let mut a = taps.a[l - first].clone().reshape([rows, spec.d_in]);
         if spec.has_bias {
@@ -135,11 +134,7 @@ pub fn score_on_device<B: Backend>(
             ); // [nc, b, Q]
             let parts = to_f64(parts);
             for part in parts.chunks(b * nq) {
-                for bi in 0..b {
-                    for q in 0..nq {
-                        per_layer[(bi * nl + l) * nq + q] += part[bi * nq + q];
-                    }
-                }
+                sums.add_sequences(l, part);
             }
             continue;
         }
@@ -147,19 +142,9 @@ pub fn score_on_device<B: Backend>(
         let y =
             in_f32(in_precision(a, precision).matmul(in_precision(ql.right.clone(), precision)));
         let s = (x * y).matmul(ql.columns.clone());
-        let s = to_f64(s); // [rows, Q]
-        for r in 0..rows {
-            let bi = r / t;
-            for q in 0..nq {
-                let v = s[r * nq + q];
-                if per_token {
-                    tokens[r * nq + q] += v;
-                }
-                per_layer[(bi * nl + l) * nq + q] += v;
-            }
-        }
+        sums.add_tokens(l, &to_f64(s)); // [rows, Q]
     }
-    let scores = CandidateScores::from_layers(b, t, nq, nl, tokens, per_layer);
+    let scores = sums.into_scores();
     if let Some(l) = (first..end)
         .find(|&l| (0..b).any(|bi| (0..nq).any(|q| !scores.layer(bi, l, q).is_finite())))
     {
