@@ -52,5 +52,5 @@ pub use score::{
     candidate_stats, grad_sq_norms, relabel_influence, score_candidates, score_candidates_with,
     score_layers, self_influence, CandidateScores, CandidateStats, QueryBatch,
 };
-pub use taps::{LayerBatch, LayerSpec};
+pub use taps::{all_finite, LayerBatch, LayerSpec};
 pub use topk::{Order, TopK};

@@ -1,6 +1,8 @@
 //! The inputs of every computation: tracked layers ([`LayerSpec`]) and their per-token taps for a
 //! batch ([`LayerBatch`]), with the shape and finiteness checks shared by fitting and scoring.
 
+use std::borrow::Cow;
+
 use crate::error::{self, CurvatureError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -110,21 +112,34 @@ impl<'a> LayerBatch<'a> {
         (start..start + self.seq_len).filter(move |&r| self.mask[r])
     }
 
-    /// Compact copy of the real rows of sequence `b`: `(a_ext [n, d_a], g [n, d_out], rows)`, with
-    /// the bias column appended when `spec.has_bias`.
+    /// The real rows of sequence `b`: `(a_ext [n, d_a], g [n, d_out], rows)`, with the bias
+    /// column appended when `spec.has_bias` (see [`Self::gather_rows`]).
     pub(crate) fn gather_seq(
         &self,
         spec: &LayerSpec,
         b: usize,
-    ) -> (Vec<f32>, Vec<f32>, Vec<usize>) {
+    ) -> (Cow<'a, [f32]>, Cow<'a, [f32]>, Vec<usize>) {
         let rows: Vec<usize> = self.real_rows(b).collect();
         let (a, g) = self.gather_rows(spec, &rows);
         (a, g, rows)
     }
 
-    /// Compact copy of the given rows: `(a_ext [n, d_a], g [n, d_out])`.
-    pub(crate) fn gather_rows(&self, spec: &LayerSpec, rows: &[usize]) -> (Vec<f32>, Vec<f32>) {
+    /// The given rows, compact: `(a_ext [n, d_a], g [n, d_out])`. Borrowed when they are
+    /// consecutive and the layer has no bias (the usual case: no padding), else a copy.
+    pub(crate) fn gather_rows(
+        &self,
+        spec: &LayerSpec,
+        rows: &[usize],
+    ) -> (Cow<'a, [f32]>, Cow<'a, [f32]>) {
         let (d_in, d_out, d_a) = (spec.d_in, spec.d_out, spec.d_a());
+        let consecutive = rows.windows(2).all(|w| w[1] == w[0] + 1);
+        if let (Some(&r0), true, false) = (rows.first(), consecutive, spec.has_bias) {
+            let r1 = r0 + rows.len();
+            return (
+                Cow::Borrowed(&self.a[r0 * d_in..r1 * d_in]),
+                Cow::Borrowed(&self.g[r0 * d_out..r1 * d_out]),
+            );
+        }
         let mut a = Vec::with_capacity(rows.len() * d_a);
         let mut g = Vec::with_capacity(rows.len() * d_out);
         for &r in rows {
@@ -134,13 +149,13 @@ impl<'a> LayerBatch<'a> {
             }
             g.extend_from_slice(&self.g[r * d_out..(r + 1) * d_out]);
         }
-        (a, g)
+        (Cow::Owned(a), Cow::Owned(g))
     }
 }
 
 /// Whether every value is finite: a branch-free OR over the exponent bits (vectorises, unlike
 /// `iter().all(is_finite)`, which stops at each element).
-pub(crate) fn all_finite(x: &[f32]) -> bool {
+pub fn all_finite(x: &[f32]) -> bool {
     const EXP: u32 = 0x7f80_0000;
     x.chunks(256).all(|c| {
         c.iter()

@@ -74,9 +74,10 @@ pub struct Target {
 }
 
 fn to_host<BI: Backend>(t: Tensor<BI, 3>) -> Vec<f32> {
+    // `into_vec` takes the buffer over where it can (no copy).
     t.into_data()
         .convert::<f32>()
-        .to_vec::<f32>()
+        .into_vec::<f32>()
         .expect("f32 tensor data")
 }
 
@@ -105,7 +106,9 @@ pub struct DeviceTaps<B: Backend> {
 }
 
 /// Forward + backward on `batch` of a *frozen* model, taps of the layers named in `specs`, copied
-/// to the host; real rows are checked to be finite.
+/// to the host. A non-finite scalar is an error naming the first layer in forward order whose
+/// taps are not finite; non-finite taps under a finite scalar are refused by every consumer
+/// (`tda-curvature` checks the real rows of what it is given), so they are not scanned twice here.
 pub fn host_taps<AD: AutodiffBackend>(
     frozen: &Transformer<AD>,
     specs: &[LayerSpec],
@@ -118,32 +121,9 @@ pub fn host_taps<AD: AutodiffBackend>(
     let g: Vec<Vec<f32>> = taps.g.into_iter().map(to_host).collect();
     let t_copy = t1.elapsed().as_secs_f64();
     let mask = taps.mask;
-    // Non-finite values: name the first layer in forward order whose activations (real tokens)
-    // are not finite (where the forward broke), else the first with non-finite output gradients.
-    let bad_rows = |x: &[f32], d: usize| {
-        mask.iter()
-            .enumerate()
-            .any(|(r, &m)| m && !x[r * d..(r + 1) * d].iter().all(|v| v.is_finite()))
-    };
-    let bad = specs
-        .iter()
-        .enumerate()
-        .find(|(i, s)| bad_rows(&a[*i], s.d_in))
-        .map(|(_, s)| format!("layer {}: non-finite value in activations a", s.name))
-        .or_else(|| {
-            specs
-                .iter()
-                .enumerate()
-                .find(|(i, s)| bad_rows(&g[*i], s.d_out))
-                .map(|(_, s)| format!("layer {}: non-finite value in output gradients g", s.name))
-        });
-    if let Some(msg) = bad {
-        return Err(TraceError::Usage(msg));
-    }
     if !taps.value.is_finite() {
-        return Err(TraceError::Usage(format!(
-            "the differentiated scalar is {} (non-finite model output)",
-            taps.value
+        return Err(TraceError::Usage(non_finite(
+            specs, &a, &g, &mask, taps.value,
         )));
     }
     Ok(HostTaps {
@@ -157,6 +137,37 @@ pub fn host_taps<AD: AutodiffBackend>(
         t_model: taps.t_model,
         t_copy,
     })
+}
+
+/// The error for a non-finite scalar: the first layer in forward order whose activations (real
+/// tokens) are not finite (where the forward broke), else the first with non-finite output
+/// gradients, else the scalar itself.
+fn non_finite(
+    specs: &[LayerSpec],
+    a: &[Vec<f32>],
+    g: &[Vec<f32>],
+    mask: &[bool],
+    value: f32,
+) -> String {
+    let bad_rows = |x: &[f32], d: usize| {
+        mask.iter()
+            .enumerate()
+            .any(|(r, &m)| m && !tda_curvature::all_finite(&x[r * d..(r + 1) * d]))
+    };
+    let layer = |x: &[Vec<f32>], d: fn(&LayerSpec) -> usize| {
+        specs
+            .iter()
+            .zip(x)
+            .find(|(s, x)| bad_rows(x, d(s)))
+            .map(|(s, _)| &s.name)
+    };
+    if let Some(name) = layer(a, |s| s.d_in) {
+        format!("layer {name}: non-finite value in activations a")
+    } else if let Some(name) = layer(g, |s| s.d_out) {
+        format!("layer {name}: non-finite value in output gradients g")
+    } else {
+        format!("the differentiated scalar is {value} (non-finite model output)")
+    }
 }
 
 /// Forward + backward on `batch` of a *frozen* model, taps of the layers named in `specs`, left

@@ -1,6 +1,8 @@
 //! The covariance and Λ accumulation of one batch of host taps into a layer's f64 sums
 //! (the kernels behind [`super::FactorFitter::add_layers`]).
 
+use std::borrow::Cow;
+
 use super::fitted::Eigenbasis;
 use crate::linalg::{gemm_par, Op};
 use crate::taps::{LayerBatch, LayerSpec};
@@ -116,8 +118,8 @@ pub(super) fn accumulate_lambda(
     let (a, g) = if ekfac {
         let (a_basis, s_basis) = (acc.a_basis.as_ref(), acc.s_basis.as_ref());
         (
-            a_basis.unwrap().rotate_f32(&a, n),
-            s_basis.unwrap().rotate_f32(&g, n),
+            Cow::Owned(a_basis.unwrap().rotate_f32(&a, n)),
+            Cow::Owned(s_basis.unwrap().rotate_f32(&g, n)),
         )
     } else {
         (a, g)

@@ -238,12 +238,19 @@ pub fn score_layers(
     let rows = bsz * t_len;
     let want_tokens = per_token;
     let mut sums = LayerSums::new(bsz, t_len, nq, nl, want_tokens);
+    // The per-sequence gradients of the widest layer scored per sequence (reused by every layer).
+    let widest = (first..end)
+        .filter(|&l| !want_tokens && queries.per_sequence(l, rows, bsz))
+        .map(|l| queries.specs[l].n_params())
+        .max();
+    let mut scratch = vec![0.0f32; bsz * widest.unwrap_or(0)];
     for (l, spec) in queries.specs.iter().enumerate().take(end).skip(first) {
         let lb = &batches[l - first];
         let pk = &queries.layers[l];
         let w = pk.width;
         if !want_tokens && queries.per_sequence(l, rows, bsz) {
-            sums.add_sequences(l, &per_sequence(queries.dense(l), spec, lb, nq));
+            let dense = queries.dense(l);
+            sums.add_sequences(l, &per_sequence(dense, spec, lb, nq, &mut scratch));
             continue;
         }
         let mut x = vec![0.0f32; rows * w];
@@ -294,18 +301,23 @@ pub fn score_layers(
 
 /// `⟨P_q, G_b⟩` of one layer `[B, Q]`: `G_b = g_bᵀ a_b` over the real rows of each sequence
 /// (f32 GEMMs, in parallel over sequences), contracted with `dense [Q, d_out·d_a]` in column
-/// chunks whose f32 products are summed in f64.
-fn per_sequence(dense: &[f32], spec: &LayerSpec, lb: &LayerBatch<'_>, nq: usize) -> Vec<f64> {
+/// chunks whose f32 products are summed in f64. `scratch` (at least `B · d_out · d_a`) holds the
+/// `G_b`; every entry used is overwritten, so one buffer serves every layer of a batch.
+fn per_sequence(
+    dense: &[f32],
+    spec: &LayerSpec,
+    lb: &LayerBatch<'_>,
+    nq: usize,
+    scratch: &mut [f32],
+) -> Vec<f64> {
     const CHUNK: usize = 4096;
     let (d_out, d_a, bsz) = (spec.d_out, spec.d_a(), lb.batch);
     let n = d_out * d_a;
-    let mut grads = vec![0.0f32; bsz * n];
+    let grads = &mut scratch[..bsz * n];
     grads.par_chunks_mut(n).enumerate().for_each(|(b, out)| {
         let (a, g, rows) = lb.gather_seq(spec, b);
         let k = rows.len();
-        if k == 0 {
-            return;
-        }
+        // k = 0 (no real row): `gemm_par` writes zeros.
         gemm_par(
             out,
             Op::t(&g, k, d_out),
@@ -314,7 +326,7 @@ fn per_sequence(dense: &[f32], spec: &LayerSpec, lb: &LayerBatch<'_>, nq: usize)
             faer::Par::Seq,
         );
     });
-    let gm = MatRef::from_row_major_slice(&grads, bsz, n);
+    let gm = MatRef::from_row_major_slice(grads, bsz, n);
     let pm = MatRef::from_row_major_slice(dense, nq, n);
     let starts: Vec<usize> = (0..n).step_by(CHUNK).collect();
     let parts: Vec<Vec<f32>> = starts
