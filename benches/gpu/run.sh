@@ -33,6 +33,7 @@ rm -rf "$work" && mkdir -p "$work" "$out"
 if [ -z "$tda" ]; then  # the kit's compressed CUDA build
   tda="$work/tda"
   xz -dc gpu-kit/tda.xz > "$tda" && chmod +x "$tda" || { echo "gpu-kit/tda.xz: missing or unreadable (run benches/gpu/prepare.sh here first)"; exit 1; }
+  echo "kit built from $(cat gpu-kit/COMMIT 2>/dev/null || echo 'an unknown commit')" | tee "$out/kit.txt"
 fi
 export PYTHONUNBUFFERED=1
 if [ -d gpu-kit/whl ] && ls gpu-kit/whl/*.whl >/dev/null 2>&1; then
