@@ -49,15 +49,8 @@ pub struct CandidateScores {
 
 /// A batch's scores summed layer by layer, as a scorer computes them: per layer `[B, L, Q]` and,
 /// when asked for, per token `[B, T, Q]` (rows `b·T + t`). [`LayerSums::into_scores`] adds the
-/// layers up into [`CandidateScores::total`].
-pub struct LayerSums {
-    batch: usize,
-    seq_len: usize,
-    n_queries: usize,
-    n_layers: usize,
-    per_token: Vec<f64>,
-    per_layer: Vec<f64>,
-}
+/// layers up into [`CandidateScores::total`] (empty until then).
+pub struct LayerSums(CandidateScores);
 
 impl LayerSums {
     /// Zero sums; `per_token` is kept only when `want_tokens`.
@@ -69,84 +62,62 @@ impl LayerSums {
         want_tokens: bool,
     ) -> Self {
         let rows = batch * seq_len;
-        Self {
+        Self(CandidateScores {
             batch,
             seq_len,
             n_queries,
             n_layers,
+            total: vec![],
             per_token: vec![0.0; if want_tokens { rows * n_queries } else { 0 }],
             per_layer: vec![0.0; batch * n_layers * n_queries],
-        }
+        })
     }
 
     /// Adds layer `l`'s per-sequence scores `s [B, Q]`.
     pub fn add_sequences(&mut self, l: usize, s: &[f64]) {
-        let (nq, nl) = (self.n_queries, self.n_layers);
-        for b in 0..self.batch {
+        let c = &mut self.0;
+        let (nq, nl) = (c.n_queries, c.n_layers);
+        for b in 0..c.batch {
             for q in 0..nq {
-                self.per_layer[(b * nl + l) * nq + q] += s[b * nq + q];
+                c.per_layer[(b * nl + l) * nq + q] += s[b * nq + q];
             }
         }
     }
 
     /// Adds layer `l`'s per-token scores `s [B·T, Q]` (to the per-token sums too, when kept).
     pub fn add_tokens(&mut self, l: usize, s: &[f64]) {
-        let (nq, nl) = (self.n_queries, self.n_layers);
-        let keep = !self.per_token.is_empty();
-        for r in 0..self.batch * self.seq_len {
-            let b = r / self.seq_len;
+        let c = &mut self.0;
+        let (nq, nl) = (c.n_queries, c.n_layers);
+        let keep = !c.per_token.is_empty();
+        for r in 0..c.batch * c.seq_len {
+            let b = r / c.seq_len;
             for q in 0..nq {
                 let v = s[r * nq + q];
                 if keep {
-                    self.per_token[r * nq + q] += v;
+                    c.per_token[r * nq + q] += v;
                 }
-                self.per_layer[(b * nl + l) * nq + q] += v;
+                c.per_layer[(b * nl + l) * nq + q] += v;
             }
         }
     }
 
+    /// The batch's scores: `total` is the sum of the per-layer scores over the layers.
     pub fn into_scores(self) -> CandidateScores {
-        CandidateScores::from_layers(
-            self.batch,
-            self.seq_len,
-            self.n_queries,
-            self.n_layers,
-            self.per_token,
-            self.per_layer,
-        )
+        let mut c = self.0;
+        let (nq, nl) = (c.n_queries, c.n_layers);
+        c.total = vec![0.0f64; c.batch * nq];
+        for b in 0..c.batch {
+            for l in 0..nl {
+                for q in 0..nq {
+                    c.total[b * nq + q] += c.per_layer[(b * nl + l) * nq + q];
+                }
+            }
+        }
+        c
     }
 }
 
 impl CandidateScores {
-    /// The scores of a batch from its per-layer scores `[B, L, Q]` (and per-token scores
-    /// `[B, T, Q]`, or empty): `total` is their sum over the layers.
-    pub fn from_layers(
-        batch: usize,
-        seq_len: usize,
-        n_queries: usize,
-        n_layers: usize,
-        per_token: Vec<f64>,
-        per_layer: Vec<f64>,
-    ) -> Self {
-        let mut total = vec![0.0f64; batch * n_queries];
-        for b in 0..batch {
-            for l in 0..n_layers {
-                for q in 0..n_queries {
-                    total[b * n_queries + q] += per_layer[(b * n_layers + l) * n_queries + q];
-                }
-            }
-        }
-        Self {
-            batch,
-            seq_len,
-            n_queries,
-            n_layers,
-            total,
-            per_token,
-            per_layer,
-        }
-    }
-
     /// Adds `part` (a layer group's scores of a batch) to the batch's scores so far in `sum`, or
     /// starts them.
     pub fn accumulate(sum: &mut Option<Self>, part: Self) -> Result<()> {
