@@ -180,8 +180,8 @@ impl<B: Backend> Block<B> {
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
         rec: &mut R,
     ) -> Tensor<B, 3> {
-        let [b, t, d] = x.dims();
-        let heads = |y: Tensor<B, 3>| y.reshape([b, t, c.n_heads, c.head_dim]).swap_dims(1, 2);
+        let d = x.dims()[2];
+        let heads = |y: Tensor<B, 3>| nn::split_heads(y, c.n_heads);
         let qkv = self.c_attn.forward(self.norm_attn.forward(x.clone()), rec);
         let q = heads(qkv.clone().narrow(2, 0, d));
         let k = heads(qkv.clone().narrow(2, d, d));

@@ -248,23 +248,21 @@ impl<B: Backend> Block<B> {
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
         rec: &mut R,
     ) -> Tensor<B, 3> {
-        let [b, t, _] = x.dims();
-        let heads = |y: Tensor<B, 3>, h: usize| y.reshape([b, t, h, c.head_dim]).swap_dims(1, 2);
         let h = self.norm_attn.forward(x.clone());
         let rope = step
             .rope
             .as_ref()
             .expect("rope tables for the Llama layout");
         // RoPE before the heads are split off: contiguous rows (see `nn::Rope`).
-        let q = heads(
+        let q = nn::split_heads(
             rope.apply(self.q_proj.forward(h.clone(), rec), false),
             c.n_heads,
         );
-        let k = heads(
+        let k = nn::split_heads(
             rope.apply(self.k_proj.forward(h.clone(), rec), true),
             c.n_kv_heads,
         );
-        let v = heads(self.v_proj.forward(h, rec), c.n_kv_heads);
+        let v = nn::split_heads(self.v_proj.forward(h, rec), c.n_kv_heads);
         let (k, v) = match cache {
             Some(slot) => KvCache::append(slot, k, v),
             None => (k, v),

@@ -101,7 +101,7 @@ pub fn causal_attention<B: Backend>(
         scores
     };
     let probs = super::cast(super::softmax_last(scores), dtype);
-    probs.matmul(v).swap_dims(1, 2).reshape([b, tq, h * hd])
+    super::merge_heads(probs.matmul(v))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 mod attention;
 mod capture;
+mod heads;
 mod linear;
 mod norm;
 mod rope;
@@ -14,6 +15,7 @@ mod softmax;
 
 pub use attention::{causal_attention, causal_mask, KvCache};
 pub use capture::{capture, take_grad, GradSlot};
+pub use heads::{merge_heads, split_heads, swap_heads};
 pub use linear::{NoRecord, Recorder, TapLinear};
 pub use norm::Norm;
 pub use rope::Rope;
