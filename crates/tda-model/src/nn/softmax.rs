@@ -6,12 +6,12 @@
 //! `[b, t, V]` are the largest tensors of a forward + backward, so on the autodiff backends this
 //! module records one operation with the closed-form backward instead:
 //! - softmax `p`: `dx = p ⊙ (dp − Σ_last dp ⊙ p)`;
-//! - log-softmax `y`: `dx = dy − exp(y) ⊙ Σ_last dy`;
+//! - log-softmax `y`: `dx = dy − p ⊙ Σ_last dy`, the softmax `p = exp(y)` saved by the forward;
 //! - SiLU `x·σ(x)` (burn: sigmoid, recomputed in the backward, and a product):
 //!   `dx = dy ⊙ σ(x)·(1 + x·(1 − σ(x)))`, the factor saved by the forward.
 //!
-//! The forward is the backend's own, except softmax and SiLU on the CPU backend (with or without
-//! autodiff): there kernels with a vectorising exponential ([`cpu`]). Values are those of burn's
+//! The forward is the backend's own, except on the CPU backend (with or without autodiff): there
+//! kernels with a vectorising exponential ([`cpu`]). Values are those of burn's
 //! functions up to f32 rounding; `tests::*` check values and gradients against them and against
 //! finite differences. Other backends call burn's functions directly.
 
@@ -95,7 +95,8 @@ pub(super) fn wrap<B: Backend, const D: usize, P: Any>(prim: P) -> Tensor<B, D> 
 }
 
 /// The backward of one recorded operation. The state is what the forward saved (softmax: its
-/// output p; log-softmax: its output y; SiLU: the derivative factor) and the axis.
+/// output p; log-softmax: the softmax p = exp(y) of its output; SiLU: the derivative factor) and
+/// the axis.
 #[derive(Debug)]
 struct Recorded(Kind);
 
@@ -112,7 +113,7 @@ impl<B: Backend> Backward<B, 1> for Recorded {
             }
             Kind::LogSoftmax => {
                 let total = B::float_sum_dim(grad.clone(), dim);
-                B::float_sub(grad, B::float_mul(B::float_exp(saved), total))
+                B::float_sub(grad, B::float_mul(saved, total))
             }
             Kind::Silu => B::float_mul(grad, saved),
         });
@@ -132,7 +133,11 @@ fn backend_forward<B: Backend>(
 ) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
     let out = match kind {
         Kind::Softmax => B::softmax(x, dim),
-        Kind::LogSoftmax => B::log_softmax(x, dim),
+        Kind::LogSoftmax => {
+            let out = B::log_softmax(x, dim);
+            let keep = saved.then(|| B::float_exp(out.clone()));
+            return (out, keep);
+        }
         Kind::Silu => {
             let s = B::sigmoid(x.clone());
             let out = B::float_mul(x.clone(), s.clone());
@@ -179,8 +184,9 @@ mod cpu {
     use super::{backend_forward, Kind};
     use crate::device::Cpu;
 
-    /// Softmax over the last axis (`dim` must be it) or SiLU of an f32 tensor; anything else
-    /// goes to the backend's own function. With `saved`, also what the backward needs.
+    /// Softmax or log-softmax over the last axis (`dim` must be it) or SiLU of an f32 tensor;
+    /// anything else goes to the backend's own function. With `saved`, also what the backward
+    /// needs.
     pub fn forward(
         x: FlexTensor,
         dim: usize,
@@ -190,8 +196,7 @@ mod cpu {
         let dims: Vec<usize> = x.layout().shape().to_vec();
         let n = *dims.last().unwrap_or(&0);
         let ours = match kind {
-            Kind::Softmax => dim + 1 == dims.len(),
-            Kind::LogSoftmax => false,
+            Kind::Softmax | Kind::LogSoftmax => dim + 1 == dims.len(),
             Kind::Silu => true,
         };
         if !ours || x.dtype() != DType::F32 || n == 0 {
@@ -218,7 +223,34 @@ mod cpu {
                     .for_each(|(o, s)| silu_slice(s, o, None));
                 (tensor(out), None)
             }
-            _ => {
+            Kind::LogSoftmax => {
+                let mut p = vec![0f32; if saved { src.len() } else { 0 }];
+                let rows = |(o, s): (&mut [f32], &[f32]), p: Option<&mut [f32]>| match p {
+                    Some(p) => {
+                        for ((o, s), p) in o.chunks_mut(n).zip(s.chunks(n)).zip(p.chunks_mut(n)) {
+                            log_softmax_row(s, o, Some(p));
+                        }
+                    }
+                    None => {
+                        for (o, s) in o.chunks_mut(n).zip(s.chunks(n)) {
+                            log_softmax_row(s, o, None);
+                        }
+                    }
+                };
+                if saved {
+                    out.par_chunks_mut(per_task)
+                        .zip(src.par_chunks(per_task))
+                        .zip(p.par_chunks_mut(per_task))
+                        .for_each(|(os, p)| rows(os, Some(p)));
+                    (tensor(out), Some(tensor(p)))
+                } else {
+                    out.par_chunks_mut(per_task)
+                        .zip(src.par_chunks(per_task))
+                        .for_each(|os| rows(os, None));
+                    (tensor(out), None)
+                }
+            }
+            Kind::Softmax => {
                 out.par_chunks_mut(per_task)
                     .zip(src.par_chunks(per_task))
                     .for_each(|(o, s)| {
@@ -258,9 +290,37 @@ mod cpu {
     }
 
     /// One row: exp(x − max) / Σ. A row of −∞ gives NaN, as the division 0/0 does in burn.
-    /// Max and sum run over 8 independent lanes and the exponentials in their own loop, so that
-    /// each loop vectorises.
     pub fn softmax_row(x: &[f32], out: &mut [f32]) {
+        let (_, sum) = exp_shifted(x, out);
+        let inv = 1.0 / sum;
+        for o in out.iter_mut() {
+            *o *= inv;
+        }
+    }
+
+    /// One row: x − max − ln Σ exp(x − max) into `out` and, when given, the softmax
+    /// exp(x − max) / Σ into `p`. A row of −∞ gives NaN, as in burn.
+    pub fn log_softmax_row(x: &[f32], out: &mut [f32], p: Option<&mut [f32]>) {
+        let lse = match p {
+            Some(p) => {
+                let (max, sum) = exp_shifted(x, p);
+                let inv = 1.0 / sum;
+                p.iter_mut().for_each(|v| *v *= inv);
+                max + sum.ln()
+            }
+            None => {
+                let (max, sum) = exp_shifted(x, out); // `out` as scratch for the exponentials
+                max + sum.ln()
+            }
+        };
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = v - lse;
+        }
+    }
+
+    /// exp(x − max) into `out`; returns (max, Σ). Max and sum run over 8 independent lanes and
+    /// the exponentials in their own loop, so that each loop vectorises.
+    fn exp_shifted(x: &[f32], out: &mut [f32]) -> (f32, f32) {
         let mut lanes = [f32::NEG_INFINITY; 8];
         let chunks = x.chunks_exact(8);
         let tail = chunks.remainder();
@@ -284,10 +344,7 @@ mod cpu {
                 *s += v;
             }
         }
-        let inv = 1.0 / (sums.iter().sum::<f32>() + tail);
-        for o in out.iter_mut() {
-            *o *= inv;
-        }
+        (max, sums.iter().sum::<f32>() + tail)
     }
 
     /// e^x for x ≤ 0 (and NaN), branch-free so the loop vectorises: Cody–Waite reduction
@@ -467,7 +524,16 @@ mod tests {
     fn inference_softmax_is_burns_to_f32_rounding() {
         let x = input().inner();
         let a = softmax_last(x.clone()).into_data().to_vec::<f32>().unwrap();
-        let b = activation::softmax(x, 2)
+        let b = activation::softmax(x.clone(), 2)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        close(&a, &b, 1e-6);
+        let a = log_softmax_last(x.clone())
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let b = activation::log_softmax(x, 2)
             .into_data()
             .to_vec::<f32>()
             .unwrap();
