@@ -5,6 +5,13 @@ use faer::linalg::matmul::matmul;
 use faer::traits::ComplexField;
 use faer::{Accum, MatMut, MatRef};
 
+/// Runs `f` compiled for the widest SIMD the CPU has (pulp's runtime dispatch: AVX-512 or AVX2
+/// on x86-64, where the build's baseline is SSE2). It applies to what is inlined into `f`.
+#[inline(always)]
+pub fn simd<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
+
 /// Row-major matrix operand: `data` is `[rows, cols]`; `t` = use its transpose.
 #[derive(Clone, Copy)]
 pub struct Op<'a, T> {

@@ -89,21 +89,22 @@ impl<'a> LayerBatch<'a> {
                 ),
             ));
         }
-        for r in 0..n {
-            if !self.mask[r] {
-                continue;
-            }
-            if !all_finite(&self.a[r * spec.d_in..(r + 1) * spec.d_in]) {
-                return Err(error::non_finite(name, format!("activations a (row {r})")));
-            }
-            if !all_finite(&self.g[r * spec.d_out..(r + 1) * spec.d_out]) {
-                return Err(error::non_finite(
-                    name,
-                    format!("output gradients g (row {r})"),
-                ));
-            }
+        // Every tap is read here once: the scan is compiled for the CPU's widest SIMD.
+        let bad = crate::linalg::simd(|| {
+            (0..n).filter(|&r| self.mask[r]).find_map(|r| {
+                if !all_finite(&self.a[r * spec.d_in..(r + 1) * spec.d_in]) {
+                    Some((r, "activations a"))
+                } else if !all_finite(&self.g[r * spec.d_out..(r + 1) * spec.d_out]) {
+                    Some((r, "output gradients g"))
+                } else {
+                    None
+                }
+            })
+        });
+        match bad {
+            Some((r, what)) => Err(error::non_finite(name, format!("{what} (row {r})"))),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Real (unmasked) row indices of sequence `b`.
@@ -155,6 +156,7 @@ impl<'a> LayerBatch<'a> {
 
 /// Whether every value is finite: a branch-free OR over the exponent bits (vectorises, unlike
 /// `iter().all(is_finite)`, which stops at each element).
+#[inline(always)]
 pub fn all_finite(x: &[f32]) -> bool {
     const EXP: u32 = 0x7f80_0000;
     x.chunks(256).all(|c| {

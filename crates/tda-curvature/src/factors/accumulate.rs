@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use super::fitted::Eigenbasis;
-use crate::linalg::{gemm_par, Op};
+use crate::linalg::{gemm_par, simd, Op};
 use crate::taps::{LayerBatch, LayerSpec};
 use faer::{Accum, MatMut, MatRef};
 use rayon::prelude::*;
@@ -90,10 +90,12 @@ fn add_gram_blocks(
             faer::get_global_parallelism(),
         );
         let c = &mut cov[k];
-        for i in 0..s {
-            let (ci, pi) = (&mut c[i * s..i * s + i + 1], &part[i * s..i * s + i + 1]);
-            ci.iter_mut().zip(pi).for_each(|(c, &p)| *c += p as f64);
-        }
+        simd(|| {
+            for i in 0..s {
+                let (ci, pi) = (&mut c[i * s..i * s + i + 1], &part[i * s..i * s + i + 1]);
+                ci.iter_mut().zip(pi).for_each(|(c, &p)| *c += p as f64);
+            }
+        });
     }
 }
 
@@ -165,17 +167,19 @@ pub(super) fn accumulate_lambda(
                         false,
                         faer::Par::Seq,
                     );
-                    sq.iter_mut().zip(&gt).for_each(|(s, &x)| *s += x * x);
+                    simd(|| sq.iter_mut().zip(&gt).for_each(|(s, &x)| *s += x * x));
                 }
                 sq
             })
             .collect();
-        for part in &parts {
-            acc.lambda
-                .iter_mut()
-                .zip(part)
-                .for_each(|(l, &x)| *l += x as f64);
-        }
+        simd(|| {
+            for part in &parts {
+                acc.lambda
+                    .iter_mut()
+                    .zip(part)
+                    .for_each(|(l, &x)| *l += x as f64);
+            }
+        });
     }
 }
 

@@ -214,13 +214,13 @@ mod cpu {
                 out.par_chunks_mut(per_task)
                     .zip(deriv.par_chunks_mut(per_task))
                     .zip(src.par_chunks(per_task))
-                    .for_each(|((o, d), s)| silu_slice(s, o, Some(d)));
+                    .for_each(|((o, d), s)| simd(|| silu_slice(s, o, Some(d))));
                 (tensor(out), Some(tensor(deriv)))
             }
             Kind::Silu => {
                 out.par_chunks_mut(per_task)
                     .zip(src.par_chunks(per_task))
-                    .for_each(|(o, s)| silu_slice(s, o, None));
+                    .for_each(|(o, s)| simd(|| silu_slice(s, o, None)));
                 (tensor(out), None)
             }
             Kind::LogSoftmax => {
@@ -241,12 +241,12 @@ mod cpu {
                     out.par_chunks_mut(per_task)
                         .zip(src.par_chunks(per_task))
                         .zip(p.par_chunks_mut(per_task))
-                        .for_each(|(os, p)| rows(os, Some(p)));
+                        .for_each(|(os, p)| simd(|| rows(os, Some(p))));
                     (tensor(out), Some(tensor(p)))
                 } else {
                     out.par_chunks_mut(per_task)
                         .zip(src.par_chunks(per_task))
-                        .for_each(|os| rows(os, None));
+                        .for_each(|os| simd(|| rows(os, None)));
                     (tensor(out), None)
                 }
             }
@@ -254,9 +254,11 @@ mod cpu {
                 out.par_chunks_mut(per_task)
                     .zip(src.par_chunks(per_task))
                     .for_each(|(o, s)| {
-                        for (o, s) in o.chunks_mut(n).zip(s.chunks(n)) {
-                            softmax_row(s, o);
-                        }
+                        simd(|| {
+                            for (o, s) in o.chunks_mut(n).zip(s.chunks(n)) {
+                                softmax_row(s, o);
+                            }
+                        })
                     });
                 let out = tensor(out);
                 let keep = saved.then(|| out.clone());
@@ -265,8 +267,17 @@ mod cpu {
         }
     }
 
+    /// Runs `f` compiled for the widest SIMD the CPU has (pulp's runtime dispatch: AVX-512 or
+    /// AVX2 on x86-64, where the build's baseline is SSE2). It applies to what is inlined into
+    /// `f`, hence the `#[inline(always)]` kernels below.
+    #[inline(always)]
+    pub fn simd<R>(f: impl FnOnce() -> R) -> R {
+        pulp::Arch::new().dispatch(f)
+    }
+
     /// x·σ(x) into `out` and, when given, σ(x)·(1 + x·(1 − σ(x))) into `deriv`;
     /// σ(x) = 1/(1 + e^−x) for x ≥ 0 and e^x/(1 + e^x) below (no overflow either way).
+    #[inline(always)]
     pub fn silu_slice(x: &[f32], out: &mut [f32], deriv: Option<&mut [f32]>) {
         let sigma = |v: f32| {
             let e = exp_nonpositive(-v.abs());
@@ -290,6 +301,7 @@ mod cpu {
     }
 
     /// One row: exp(x − max) / Σ. A row of −∞ gives NaN, as the division 0/0 does in burn.
+    #[inline(always)]
     pub fn softmax_row(x: &[f32], out: &mut [f32]) {
         let (_, sum) = exp_shifted(x, out);
         let inv = 1.0 / sum;
@@ -300,6 +312,7 @@ mod cpu {
 
     /// One row: x − max − ln Σ exp(x − max) into `out` and, when given, the softmax
     /// exp(x − max) / Σ into `p`. A row of −∞ gives NaN, as in burn.
+    #[inline(always)]
     pub fn log_softmax_row(x: &[f32], out: &mut [f32], p: Option<&mut [f32]>) {
         let lse = match p {
             Some(p) => {
@@ -320,6 +333,7 @@ mod cpu {
 
     /// exp(x − max) into `out`; returns (max, Σ). Max and sum run over 8 independent lanes and
     /// the exponentials in their own loop, so that each loop vectorises.
+    #[inline(always)]
     fn exp_shifted(x: &[f32], out: &mut [f32]) -> (f32, f32) {
         let mut lanes = [f32::NEG_INFINITY; 8];
         let chunks = x.chunks_exact(8);
