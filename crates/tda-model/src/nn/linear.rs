@@ -49,10 +49,7 @@ impl<B: Backend> TapLinear<B> {
     pub fn forward<R: Recorder<B>>(&self, x: Tensor<B, 3>, rec: &mut R) -> Tensor<B, 3> {
         let [b, t, d_in] = x.dims();
         let d_out = self.d_out();
-        let mut y = x
-            .clone()
-            .reshape([b * t, d_in])
-            .matmul(self.weight.val())
+        let mut y = super::matmul_2d(x.clone().reshape([b * t, d_in]), self.weight.val())
             .reshape([b, t, d_out]);
         if let Some(bias) = &self.bias {
             y = y + bias.val().unsqueeze::<3>();
